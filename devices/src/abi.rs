@@ -1,0 +1,51 @@
+//! Constants of the simvm guest ABI (`docs/guest-abi.md`). The guest kernel patches and init use
+//! the same numbers; change that page first.
+
+/// First port of the simvm port block.
+pub const PORT_BASE: u16 = 0x0e00;
+/// Number of ports in the block.
+pub const PORT_COUNT: u16 = 0x10;
+/// `inl`: probe; `outl pfn`: register the clock page.
+pub const PORT_CLOCK_PAGE: u16 = 0x0e00;
+/// `outl 1`: arm the one-shot timer at the page's deadline; `outl 0`: disarm.
+pub const PORT_TIMER: u16 = 0x0e04;
+/// `outl n`: the last `n` clock reads saw no change.
+pub const PORT_CLOCK_KICK: u16 = 0x0e08;
+/// `outl event | arg << 8`: control channel.
+pub const PORT_CONTROL: u16 = 0x0e0c;
+/// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
+pub const PROBE_MAGIC: u32 = 0x5349_4d56;
+/// Version written to the clock page.
+pub const ABI_VERSION: u32 = 1;
+
+/// Clock page field offsets.
+pub mod clock_page {
+    pub const NOW_NS: u64 = 0x00;
+    pub const WALL_BASE_NS: u64 = 0x08;
+    pub const TIMER_DEADLINE_NS: u64 = 0x10;
+    pub const ABI_VERSION: u64 = 0x18;
+    pub const STALL_LIMIT: u64 = 0x1c;
+    pub const TSC_KHZ: u64 = 0x20;
+}
+
+/// Frequency of the virtual TSC: it counts nanoseconds.
+pub const VIRTUAL_TSC_KHZ: u64 = 1_000_000;
+
+/// Control channel events (low byte of the value written to [`PORT_CONTROL`]).
+pub mod control {
+    pub const READY: u8 = 1;
+    pub const EXIT: u8 = 2;
+    pub const PANIC: u8 = 3;
+    pub const POWEROFF: u8 = 4;
+    pub const RESTART: u8 = 5;
+}
+
+/// Interrupt lines.
+pub const IRQ_TIMER: u8 = 0;
+pub const IRQ_SERIAL: u8 = 4;
+/// IRQ of the first virtio-mmio device; device `i` uses `IRQ_VIRTIO_BASE + i`.
+pub const IRQ_VIRTIO_BASE: u8 = 5;
+/// Guest-physical address of the first virtio-mmio device window.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// Size of one virtio-mmio device window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;

@@ -1,0 +1,8 @@
+//! Device models for simvm machines.
+//!
+//! Nothing in this crate touches KVM, spawns a thread, uses an eventfd or reads host time: every
+//! device is a plain state machine driven by the VMM at VM exits, so it can be unit-tested as plain
+//! Rust and behaves identically on every run.
+
+pub mod abi;
+pub mod irq;
