@@ -1,0 +1,292 @@
+//! The simvm port block: paravirtual clock page, one-shot timer, clock kicks and the control
+//! channel (`docs/guest-abi.md`).
+//!
+//! The device owns no clock. The machine tells it the virtual time before every guest entry
+//! ([`SimvmPorts::publish`]), and the device reports what the guest asked for as a [`PortEvent`];
+//! the machine decides what that costs and when the timer fires.
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
+
+use crate::abi::{self, clock_page};
+
+/// Something the guest did through the port block that the machine must act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortEvent {
+    /// The guest registered its clock page at this guest-physical address.
+    ClockPageRegistered(u64),
+    /// The guest asked for a clock page outside guest RAM; the registration was refused.
+    ClockPageRejected(u64),
+    /// The one-shot timer is armed for this virtual time (ns).
+    TimerArmed(u64),
+    /// The one-shot timer is disarmed.
+    TimerDisarmed,
+    /// This many consecutive clock reads saw no change.
+    ClockKick(u32),
+    /// A control channel message.
+    Control(ControlEvent),
+    /// A write to a port of the block that means nothing; recorded, otherwise ignored.
+    Ignored { port: u16, value: u32 },
+}
+
+/// Messages of the control channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// Init is about to start the command.
+    Ready,
+    /// The command ended with this status.
+    Exit(u8),
+    /// The guest kernel panicked.
+    Panic,
+    /// Orderly power-off.
+    PowerOff,
+    /// The guest asked for a reboot.
+    Restart,
+    /// An event number this VMM does not know.
+    Unknown(u32),
+}
+
+impl ControlEvent {
+    fn decode(value: u32) -> Self {
+        let arg = value >> 8;
+        match value as u8 {
+            abi::control::READY => Self::Ready,
+            abi::control::EXIT => Self::Exit(arg as u8),
+            abi::control::PANIC => Self::Panic,
+            abi::control::POWEROFF => Self::PowerOff,
+            abi::control::RESTART => Self::Restart,
+            _ => Self::Unknown(value),
+        }
+    }
+}
+
+/// The simvm port block of one machine.
+#[derive(Debug)]
+pub struct SimvmPorts {
+    /// Guest-physical address of the registered clock page.
+    page: Option<GuestAddress>,
+    /// The armed one-shot deadline, in virtual ns.
+    deadline: Option<u64>,
+    /// `now_ns` as last written to the page, to skip identical writes.
+    published: Option<u64>,
+    wall_base_ns: u64,
+    stall_limit: u32,
+}
+
+impl SimvmPorts {
+    /// A port block whose guest sees `CLOCK_REALTIME = wall_base_ns + now` and kicks after
+    /// `stall_limit` unchanged clock reads.
+    pub fn new(wall_base_ns: u64, stall_limit: u32) -> Self {
+        Self {
+            page: None,
+            deadline: None,
+            published: None,
+            wall_base_ns,
+            stall_limit: stall_limit.max(1),
+        }
+    }
+
+    /// Whether `port` belongs to the block.
+    pub fn contains(port: u16) -> bool {
+        (abi::PORT_BASE..abi::PORT_BASE + abi::PORT_COUNT).contains(&port)
+    }
+
+    /// The armed timer deadline, if any.
+    pub fn deadline(&self) -> Option<u64> {
+        self.deadline
+    }
+
+    /// Disarms the timer because it fired.
+    pub fn timer_fired(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Handles a guest `in` from the block.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        let value = if port == abi::PORT_CLOCK_PAGE && data.len() == 4 {
+            abi::PROBE_MAGIC
+        } else {
+            u32::MAX
+        };
+        let bytes = value.to_le_bytes();
+        for (dst, src) in data.iter_mut().zip(bytes.iter().cycle()) {
+            *dst = *src;
+        }
+    }
+
+    /// Handles a guest `out` to the block. `now` is the current virtual time; `mem` is the guest
+    /// memory in which the clock page lives.
+    pub fn write<M: GuestMemory>(
+        &mut self,
+        mem: &M,
+        port: u16,
+        data: &[u8],
+        now: u64,
+    ) -> PortEvent {
+        let value = match <[u8; 4]>::try_from(data) {
+            Ok(bytes) => u32::from_le_bytes(bytes),
+            // The ABI only defines 32-bit writes.
+            Err(_) => {
+                let mut bytes = [0u8; 4];
+                bytes[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+                return PortEvent::Ignored {
+                    port,
+                    value: u32::from_le_bytes(bytes),
+                };
+            }
+        };
+        match port {
+            abi::PORT_CLOCK_PAGE => self.register_page(mem, u64::from(value) << 12, now),
+            abi::PORT_TIMER if value == 0 => {
+                self.deadline = None;
+                PortEvent::TimerDisarmed
+            }
+            abi::PORT_TIMER => match self.read_deadline(mem) {
+                Some(deadline) => {
+                    self.deadline = Some(deadline);
+                    PortEvent::TimerArmed(deadline)
+                }
+                None => PortEvent::Ignored { port, value },
+            },
+            abi::PORT_CLOCK_KICK => PortEvent::ClockKick(value),
+            abi::PORT_CONTROL => PortEvent::Control(ControlEvent::decode(value)),
+            _ => PortEvent::Ignored { port, value },
+        }
+    }
+
+    /// Writes `now` into the clock page, if one is registered. Called before every guest entry.
+    pub fn publish<M: GuestMemory>(&mut self, mem: &M, now: u64) {
+        if self.published == Some(now) {
+            return;
+        }
+        if let Some(page) = self.page {
+            // The page was checked to lie in RAM when it was registered; RAM does not shrink.
+            let _ = mem.write_obj(now, page.unchecked_add(clock_page::NOW_NS));
+            self.published = Some(now);
+        }
+    }
+
+    fn register_page<M: GuestMemory>(&mut self, mem: &M, gpa: u64, now: u64) -> PortEvent {
+        let page = GuestAddress(gpa);
+        let fields = [
+            (clock_page::WALL_BASE_NS, self.wall_base_ns.to_le_bytes().to_vec()),
+            (clock_page::ABI_VERSION, abi::ABI_VERSION.to_le_bytes().to_vec()),
+            (clock_page::STALL_LIMIT, self.stall_limit.to_le_bytes().to_vec()),
+            (clock_page::TSC_KHZ, abi::VIRTUAL_TSC_KHZ.to_le_bytes().to_vec()),
+            (clock_page::NOW_NS, now.to_le_bytes().to_vec()),
+        ];
+        // Check the whole page before writing any of it, so a bad address changes nothing.
+        if gpa.checked_add(4096).is_none() || !mem.check_range(page, 4096, Permissions::ReadWrite) {
+            return PortEvent::ClockPageRejected(gpa);
+        }
+        for (offset, bytes) in fields {
+            if mem.write_slice(&bytes, page.unchecked_add(offset)).is_err() {
+                return PortEvent::ClockPageRejected(gpa);
+            }
+        }
+        self.page = Some(page);
+        self.published = Some(now);
+        PortEvent::ClockPageRegistered(gpa)
+    }
+
+    fn read_deadline<M: GuestMemory>(&self, mem: &M) -> Option<u64> {
+        let page = self.page?;
+        mem.read_obj::<u64>(page.unchecked_add(clock_page::TIMER_DEADLINE_NS))
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn out(ports: &mut SimvmPorts, mem: &GuestMemoryMmap, port: u16, value: u32, now: u64) -> PortEvent {
+        ports.write(mem, port, &value.to_le_bytes(), now)
+    }
+
+    #[test]
+    fn probe_answers_magic_only_for_a_32_bit_read() {
+        let ports = SimvmPorts::new(0, 64);
+        let mut data = [0u8; 4];
+        ports.read(abi::PORT_CLOCK_PAGE, &mut data);
+        assert_eq!(u32::from_le_bytes(data), abi::PROBE_MAGIC);
+        let mut byte = [0u8; 1];
+        ports.read(abi::PORT_CLOCK_PAGE, &mut byte);
+        assert_eq!(byte, [0xff]);
+    }
+
+    #[test]
+    fn registration_fills_the_page_and_publish_updates_now() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(1_700_000_000_000_000_000, 64);
+        let event = out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 1000);
+        assert_eq!(event, PortEvent::ClockPageRegistered(0x42000));
+        let page = GuestAddress(0x42000);
+        let read = |offset| mem.read_obj::<u64>(page.unchecked_add(offset)).unwrap();
+        assert_eq!(read(clock_page::NOW_NS), 1000);
+        assert_eq!(read(clock_page::WALL_BASE_NS), 1_700_000_000_000_000_000);
+        assert_eq!(read(clock_page::TSC_KHZ), abi::VIRTUAL_TSC_KHZ);
+        let version: u32 = mem.read_obj(page.unchecked_add(clock_page::ABI_VERSION)).unwrap();
+        let limit: u32 = mem.read_obj(page.unchecked_add(clock_page::STALL_LIMIT)).unwrap();
+        assert_eq!((version, limit), (abi::ABI_VERSION, 64));
+        ports.publish(&mem, 5000);
+        assert_eq!(read(clock_page::NOW_NS), 5000);
+    }
+
+    #[test]
+    fn a_page_outside_ram_is_rejected_and_changes_nothing() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        let event = out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xffff_ffff, 0);
+        assert_eq!(event, PortEvent::ClockPageRejected(0xffff_ffff << 12));
+        // The last page of RAM is fine, one past it is not.
+        assert!(matches!(
+            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x100, 0),
+            PortEvent::ClockPageRejected(_)
+        ));
+        assert!(matches!(
+            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xff, 0),
+            PortEvent::ClockPageRegistered(_)
+        ));
+    }
+
+    #[test]
+    fn timer_arms_from_the_page_and_disarms() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        // Arming before a page exists means nothing.
+        assert!(matches!(out(&mut ports, &mem, abi::PORT_TIMER, 1, 0), PortEvent::Ignored { .. }));
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x10, 0);
+        mem.write_obj(77_000u64, GuestAddress(0x10000 + clock_page::TIMER_DEADLINE_NS))
+            .unwrap();
+        assert_eq!(out(&mut ports, &mem, abi::PORT_TIMER, 1, 0), PortEvent::TimerArmed(77_000));
+        assert_eq!(ports.deadline(), Some(77_000));
+        assert_eq!(out(&mut ports, &mem, abi::PORT_TIMER, 0, 0), PortEvent::TimerDisarmed);
+        assert_eq!(ports.deadline(), None);
+    }
+
+    #[test]
+    fn control_events_decode() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        let mut control = |value| out(&mut ports, &mem, abi::PORT_CONTROL, value, 0);
+        assert_eq!(control(1), PortEvent::Control(ControlEvent::Ready));
+        assert_eq!(control(2 | 3 << 8), PortEvent::Control(ControlEvent::Exit(3)));
+        assert_eq!(control(3), PortEvent::Control(ControlEvent::Panic));
+        assert_eq!(control(4), PortEvent::Control(ControlEvent::PowerOff));
+        assert_eq!(control(5), PortEvent::Control(ControlEvent::Restart));
+        assert_eq!(control(0x99), PortEvent::Control(ControlEvent::Unknown(0x99)));
+    }
+
+    #[test]
+    fn odd_sized_writes_are_ignored() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        let event = ports.write(&mem, abi::PORT_CONTROL, &[2], 0);
+        assert_eq!(event, PortEvent::Ignored { port: abi::PORT_CONTROL, value: 2 });
+    }
+}
