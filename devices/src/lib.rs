@@ -6,3 +6,5 @@
 
 pub mod abi;
 pub mod irq;
+pub mod pic;
+pub mod serial;
