@@ -8,3 +8,5 @@ pub mod abi;
 pub mod irq;
 pub mod pic;
 pub mod serial;
+pub mod net;
+pub mod virtio;
