@@ -1,1 +1,26 @@
+//! simvm's VMM: machines under KVM and the world that steps them in virtual time.
+//!
+//! A [`world::World`] owns every machine of a run and one trace. It always steps the machine with
+//! the lowest virtual time (ties by index): that machine's vCPU runs to its next exit, the exit is
+//! handled by the machine's devices, and every guest-visible effect is recorded in the trace,
+//! whose digest identifies the run.
 
+pub mod boot;
+pub mod boot_data;
+pub mod clock;
+pub mod cmdline;
+pub mod console;
+pub mod cpio;
+pub mod cpuid;
+pub mod crash;
+pub mod error;
+pub mod kvm_ext;
+pub mod layout;
+pub mod machine;
+pub mod msr;
+pub mod seed;
+pub mod trace;
+pub mod watchdog;
+pub mod world;
+
+pub use error::{Error, Result};

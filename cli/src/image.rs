@@ -1,0 +1,82 @@
+//! Finding the guest image: given paths, or built (and cached) by the guest-images build script.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The files a machine boots from.
+#[derive(Clone, Debug)]
+pub struct GuestImage {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("guest kernel {} not found.\n  Build the default image with `simvm image build` (or pass --kernel PATH)", .0.display())]
+    KernelMissing(PathBuf),
+    #[error("guest initramfs {} not found.\n  Build the default image with `simvm image build` (or pass --initramfs PATH)", .0.display())]
+    InitramfsMissing(PathBuf),
+    #[error("the guest image build script {} is missing: set SIMVM_GUEST_IMAGES to the guest-images directory of a simvm checkout", .0.display())]
+    ScriptMissing(PathBuf),
+    #[error("cannot run the guest image build: {0}")]
+    Spawn(std::io::Error),
+    #[error("the guest image build failed ({0}); its output above says why")]
+    BuildFailed(std::process::ExitStatus),
+    #[error("the guest image build did not print the {0} path")]
+    NoArtefact(&'static str),
+}
+
+/// The directory holding the image recipes and build script.
+fn guest_images_dir() -> PathBuf {
+    std::env::var_os("SIMVM_GUEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images"))
+}
+
+/// Builds (or finds in the cache) the image for `recipe`, with the build's progress on stderr.
+pub fn build(recipe: Option<&str>) -> Result<GuestImage, ImageError> {
+    let script = guest_images_dir().join("build.sh");
+    if !script.exists() {
+        return Err(ImageError::ScriptMissing(script));
+    }
+    let mut command = Command::new("bash");
+    command.arg(&script);
+    if let Some(recipe) = recipe {
+        command.args(["--recipe", recipe]);
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(ImageError::Spawn)?;
+    if !output.status.success() {
+        return Err(ImageError::BuildFailed(output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let artefact = |key: &'static str| {
+        stdout
+            .lines()
+            .rev()
+            .find_map(|line| {
+                line.strip_prefix(key)
+                    .and_then(|rest| rest.strip_prefix('='))
+            })
+            .map(PathBuf::from)
+            .ok_or(ImageError::NoArtefact(key))
+    };
+    Ok(GuestImage {
+        kernel: artefact("kernel")?,
+        initramfs: artefact("initramfs")?,
+    })
+}
+
+/// Checks that an image given by path exists.
+pub fn given(kernel: PathBuf, initramfs: PathBuf) -> Result<GuestImage, ImageError> {
+    if !kernel.is_file() {
+        return Err(ImageError::KernelMissing(kernel));
+    }
+    if !initramfs.is_file() {
+        return Err(ImageError::InitramfsMissing(initramfs));
+    }
+    Ok(GuestImage { kernel, initramfs })
+}

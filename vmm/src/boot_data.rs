@@ -1,0 +1,95 @@
+//! The per-machine boot archive: who the machine is and what it runs (`docs/guest-abi.md`,
+//! "Per-machine boot data"). Kept out of the base image so one image serves every machine.
+
+use crate::cpio::CpioWriter;
+
+/// What one machine is told at boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootData {
+    pub name: String,
+    /// 1-based.
+    pub index: usize,
+    pub machines: usize,
+    pub seed: u64,
+    /// `10.0.0.N/24`, when the machine has a network interface.
+    pub ip: Option<String>,
+    pub mac: Option<String>,
+    /// The command; empty runs `/bin/sh`.
+    pub argv: Vec<String>,
+    pub environ: Vec<(String, String)>,
+    /// `(name, address)` of every machine, for `/etc/hosts`.
+    pub hosts: Vec<(String, String)>,
+}
+
+impl BootData {
+    /// The archive to append after the base initramfs.
+    pub fn archive(&self) -> Vec<u8> {
+        let mut machine = format!(
+            "name={}\nindex={}\nmachines={}\nseed={}\n",
+            self.name, self.index, self.machines, self.seed
+        );
+        if let Some(ip) = &self.ip {
+            machine.push_str(&format!("ip={ip}\n"));
+        }
+        if let Some(mac) = &self.mac {
+            machine.push_str(&format!("mac={mac}\n"));
+        }
+        let nul_list = |items: &mut dyn Iterator<Item = String>| {
+            items.fold(Vec::new(), |mut out, item| {
+                out.extend_from_slice(item.as_bytes());
+                out.push(0);
+                out
+            })
+        };
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n");
+        for (name, addr) in &self.hosts {
+            hosts.push_str(&format!("{addr}\t{name}\n"));
+        }
+
+        let mut w = CpioWriter::new();
+        w.dir("/simvm", 0o755)
+            .file("/simvm/machine", 0o644, machine.as_bytes());
+        if !self.argv.is_empty() {
+            w.file(
+                "/simvm/argv",
+                0o644,
+                &nul_list(&mut self.argv.iter().cloned()),
+            );
+        }
+        if !self.environ.is_empty() {
+            let env = nul_list(&mut self.environ.iter().map(|(k, v)| format!("{k}={v}")));
+            w.file("/simvm/environ", 0o644, &env);
+        }
+        w.dir("/etc", 0o755)
+            .file(
+                "/etc/hostname",
+                0o644,
+                format!("{}\n", self.name).as_bytes(),
+            )
+            .file("/etc/hosts", 0o644, hosts.as_bytes());
+        w.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_carries_argv_nul_separated_and_is_reproducible() {
+        let data = BootData {
+            name: "m2".into(),
+            index: 2,
+            machines: 3,
+            seed: 5,
+            argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            ..Default::default()
+        };
+        let a = data.archive();
+        assert_eq!(a, data.archive());
+        let text = String::from_utf8_lossy(&a);
+        assert!(text.contains("sh\0-c\0echo hi\0"));
+        assert!(text.contains("name=m2\nindex=2\nmachines=3\nseed=5\n"));
+        assert!(!text.contains("simvm/environ"));
+    }
+}

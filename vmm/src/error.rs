@@ -1,0 +1,72 @@
+//! Errors of the VMM. Every failure a user or a guest can cause ends up here, never in a panic.
+
+use std::io;
+use std::path::PathBuf;
+
+use vmm_sys_util::errno;
+
+use crate::crash::CrashReport;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "cannot open /dev/kvm: {source}\n  simvm needs KVM. Check that virtualization is enabled and the kvm module is \
+         loaded (`ls -l /dev/kvm`), and that your user may use it: `sudo usermod -aG kvm $USER` \
+         (then log in again) or `sudo setfacl -m u:$USER:rw /dev/kvm`."
+    )]
+    KvmOpen { source: errno::Error },
+
+    #[error("KVM does not offer {0}, which simvm needs")]
+    KvmCapability(&'static str),
+
+    #[error("{op} failed: {source}")]
+    Kvm {
+        op: &'static str,
+        source: errno::Error,
+    },
+
+    #[error("cannot open the guest kernel {}: {source}", path.display())]
+    KernelOpen { path: PathBuf, source: io::Error },
+
+    #[error("cannot load the guest kernel {}: {reason} (simvm boots an uncompressed ELF vmlinux)", path.display())]
+    KernelLoad { path: PathBuf, reason: String },
+
+    #[error("cannot read the initramfs {}: {source}", path.display())]
+    InitramfsOpen { path: PathBuf, source: io::Error },
+
+    #[error("guest memory of {} MiB is too small: the kernel and initramfs need at least {} MiB", mem_size >> 20, needed.div_ceil(1 << 20))]
+    MemoryTooSmall { mem_size: u64, needed: u64 },
+
+    #[error("guest memory of {} MiB is too large: simvm machines have at most {} MiB", mem_size >> 20, max >> 20)]
+    MemoryTooLarge { mem_size: u64, max: u64 },
+
+    #[error("cannot allocate {} MiB of guest memory: {reason}", mem_size >> 20)]
+    MemoryAlloc { mem_size: u64, reason: String },
+
+    #[error("guest memory access failed: {0}")]
+    GuestMemory(String),
+
+    #[error("bad kernel command line: {0}")]
+    Cmdline(String),
+
+    #[error("the host CPU lacks {0}, which simvm's fixed guest CPU model needs")]
+    HostCpu(String),
+
+    #[error("cannot start the watchdog: {0}")]
+    Watchdog(String),
+
+    #[error("{0}")]
+    GuestCrash(Box<CrashReport>),
+
+    #[error("cannot write the trace: {0}")]
+    Trace(io::Error),
+}
+
+impl Error {
+    /// Adapter for `map_err` on a KVM ioctl: `vcpu.run().map_err(Error::kvm("KVM_RUN"))`.
+    pub fn kvm(op: &'static str) -> impl Fn(errno::Error) -> Error {
+        move |source| Error::Kvm { op, source }
+    }
+}

@@ -1,0 +1,559 @@
+//! One simvm machine: a KVM VM with one vCPU, its memory and devices, and its virtual clock.
+//!
+//! [`Machine::step`] runs the vCPU to its next exit and hands the exit to the devices. Between
+//! two steps nothing happens to the guest, so its execution is a function of its state and of
+//! what simvm does at exits: interrupts are injected only at exits (or at the interrupt-window
+//! exit the machine asks for), and the clock page is rewritten only there.
+
+use std::path::PathBuf;
+
+use kvm_bindings::{kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
+use simvm_devices::abi;
+use simvm_devices::irq::IrqLines;
+use simvm_devices::pic::Pic;
+use simvm_devices::pvclock::{ControlEvent, PortEvent, SimvmPorts};
+use simvm_devices::serial::Console;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::boot::{self, BootImage};
+use crate::clock::ExitCosts;
+use crate::console::LineBuffer;
+use crate::crash::{self, CrashKind, CrashReport};
+use crate::error::{Error, Result};
+use crate::layout::{MAX_RAM, MIN_RAM};
+use crate::msr;
+use crate::trace::{Event, Trace};
+use crate::watchdog::Watchdog;
+
+const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
+const COM1: u16 = 0x3f8;
+
+/// How a machine is built.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    pub name: String,
+    /// 0-based position in the world; also the machine's trace id.
+    pub index: usize,
+    pub mem_size: u64,
+    pub kernel: PathBuf,
+    /// Initramfs archives in order: the base image, then the per-machine archive.
+    pub initramfs: Vec<Vec<u8>>,
+    pub cmdline: String,
+    pub rng_seed: [u8; 32],
+    pub wall_base_ns: u64,
+    pub stall_limit: u32,
+    pub costs: ExitCosts,
+}
+
+/// Where a machine stands after a step.
+#[derive(Debug)]
+pub enum Status {
+    /// Ready to run again.
+    Running,
+    /// Halted, waiting for an interrupt; its timer fires at `wake_at` if armed.
+    Halted { wake_at: Option<u64> },
+    /// Done for good.
+    Stopped(Stop),
+}
+
+/// Why a machine stopped.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// Orderly power-off; `exit_status` is the command's, if init reported it.
+    PowerOff { exit_status: Option<u8> },
+    /// The guest asked to reboot.
+    Restart { exit_status: Option<u8> },
+    /// The guest halted with interrupts disabled: nothing can ever wake it.
+    HaltedForever,
+    /// The guest died.
+    Crashed(Box<CrashReport>),
+}
+
+/// Exit counters, for the run summary and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitStats {
+    pub pio: u64,
+    pub mmio: u64,
+    pub msr: u64,
+    pub hlt: u64,
+    pub irq_window: u64,
+    pub interrupts: u64,
+    pub clock_kicks: u64,
+    pub watchdog_kicks: u64,
+}
+
+impl ExitStats {
+    pub fn total(&self) -> u64 {
+        self.pio + self.mmio + self.msr + self.hlt + self.irq_window + self.watchdog_kicks
+    }
+}
+
+pub struct Machine {
+    name: String,
+    index: usize,
+    // Field order is drop order: the vCPU goes before the VM, the VM before its memory.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    mem: GuestMemoryMmap,
+    pic: Pic,
+    console: Console,
+    ports: SimvmPorts,
+    irq: IrqLines,
+    costs: ExitCosts,
+    now: u64,
+    console_lines: LineBuffer,
+    pending_lines: Vec<(u64, String)>,
+    exit_status: Option<u8>,
+    ready_at: Option<u64>,
+    saw_panic_line: bool,
+    stats: ExitStats,
+}
+
+impl Machine {
+    /// Creates the VM, loads the guest and puts the vCPU at the kernel's entry point.
+    pub fn new(kvm: &Kvm, config: MachineConfig) -> Result<Self> {
+        if config.mem_size > MAX_RAM {
+            return Err(Error::MemoryTooLarge {
+                mem_size: config.mem_size,
+                max: MAX_RAM,
+            });
+        }
+        if config.mem_size < MIN_RAM {
+            return Err(Error::MemoryTooSmall {
+                mem_size: config.mem_size,
+                needed: MIN_RAM,
+            });
+        }
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::X86UserSpaceMsr, "KVM_CAP_X86_USER_SPACE_MSR"),
+            (Cap::X86MsrFilter, "KVM_CAP_X86_MSR_FILTER"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::KvmCapability(name));
+            }
+        }
+        let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), config.mem_size as usize)])
+            .map_err(|e| Error::MemoryAlloc {
+                mem_size: config.mem_size,
+                reason: e.to_string(),
+            })?;
+        for (slot, region) in mem.iter().enumerate() {
+            let region_desc = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which the machine keeps until
+            // after the VM is dropped (field order), so the guest never sees freed memory.
+            unsafe { vm.set_user_memory_region(region_desc) }
+                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            ..Default::default()
+        };
+        cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_FILTER);
+        vm.enable_cap(&cap)
+            .map_err(Error::kvm("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)"))?;
+        msr::install_filter(&vm)?;
+
+        let vcpu = vm.create_vcpu(0).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&crate::cpuid::guest_cpuid(&supported)?)
+            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+
+        let image = BootImage {
+            kernel: &config.kernel,
+            initramfs: &config.initramfs,
+            cmdline: &config.cmdline,
+            rng_seed: config.rng_seed,
+        };
+        let entry = boot::load(&mem, config.mem_size, &image)?;
+        boot::setup_vcpu(&vcpu, entry)?;
+
+        let irq = IrqLines::default();
+        Ok(Self {
+            name: config.name,
+            index: config.index,
+            vcpu,
+            _vm: vm,
+            mem,
+            pic: Pic::new(),
+            console: Console::new(irq.clone()),
+            ports: SimvmPorts::new(config.wall_base_ns, config.stall_limit),
+            irq,
+            costs: config.costs,
+            now: 0,
+            console_lines: LineBuffer::default(),
+            pending_lines: Vec::new(),
+            exit_status: None,
+            ready_at: None,
+            saw_panic_line: false,
+            stats: ExitStats::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Virtual time of this machine.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn stats(&self) -> &ExitStats {
+        &self.stats
+    }
+
+    /// Virtual time at which init reported READY.
+    pub fn ready_at(&self) -> Option<u64> {
+        self.ready_at
+    }
+
+    pub fn exit_status(&self) -> Option<u8> {
+        self.exit_status
+    }
+
+    /// Console lines completed since the last call, with the virtual time they completed at.
+    pub fn take_console_lines(&mut self) -> Vec<(u64, String)> {
+        std::mem::take(&mut self.pending_lines)
+    }
+
+    /// The unterminated console line and the last lines, for reports.
+    pub fn console_tail(&self) -> Vec<String> {
+        self.console_lines.tail()
+    }
+
+    /// Moves a halted machine's clock forward to `t` (its timer deadline or another event).
+    pub fn wake(&mut self, step: u64, t: u64, trace: &mut Trace) -> Result<()> {
+        if t > self.now {
+            self.now = t;
+            trace.record(step, self.index, self.now, &Event::TimeJump { to_ns: t })?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU to its next exit and handles it.
+    pub fn step(
+        &mut self,
+        step: u64,
+        trace: &mut Trace,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<Status> {
+        self.prepare_entry(step, trace)?;
+        if let Some(w) = watchdog {
+            w.enter();
+        }
+        let exit = self.vcpu.run();
+        if let Some(w) = watchdog {
+            w.leave();
+        }
+        let index = self.index;
+        let now = self.now;
+        let event = match exit {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.stats.pio += 1;
+                let size = data.len() as u8;
+                io_in(&mut self.pic, &mut self.console, &self.ports, port, data);
+                let value = le_value(data) as u32;
+                self.now += self.costs.pio_ns;
+                Event::PioIn { port, size, value }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.stats.pio += 1;
+                let size = data.len() as u8;
+                let value = le_value(data) as u32;
+                let data = data.to_vec();
+                self.now += self.costs.pio_ns;
+                trace.record(step, index, now, &Event::PioOut { port, size, value })?;
+                return self.io_out(step, port, &data, trace);
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.stats.mmio += 1;
+                data.fill(0xff);
+                self.now += self.costs.mmio_ns;
+                Event::MmioRead {
+                    addr,
+                    size: data.len() as u8,
+                    value: le_value(data),
+                }
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.stats.mmio += 1;
+                self.now += self.costs.mmio_ns;
+                Event::MmioWrite {
+                    addr,
+                    size: data.len() as u8,
+                    value: le_value(data),
+                }
+            }
+            Ok(VcpuExit::X86Rdmsr(exit)) => {
+                self.stats.msr += 1;
+                let value = msr::read(exit.index, now);
+                *exit.data = value;
+                *exit.error = 0;
+                self.now += self.costs.msr_ns;
+                Event::MsrRead {
+                    index: exit.index,
+                    value,
+                }
+            }
+            Ok(VcpuExit::X86Wrmsr(exit)) => {
+                self.stats.msr += 1;
+                // Writes to time MSRs are accepted and ignored: the guest cannot move virtual time.
+                *exit.error = 0;
+                self.now += self.costs.msr_ns;
+                Event::MsrWrite {
+                    index: exit.index,
+                    value: exit.data,
+                }
+            }
+            Ok(VcpuExit::Hlt) => {
+                self.stats.hlt += 1;
+                trace.record(step, index, now, &Event::Halt)?;
+                return Ok(self.halted());
+            }
+            Ok(VcpuExit::IrqWindowOpen) => {
+                self.stats.irq_window += 1;
+                self.now += self.costs.irq_ns;
+                Event::IrqWindow
+            }
+            Ok(VcpuExit::Shutdown) => return self.crashed(step, CrashKind::TripleFault),
+            Ok(VcpuExit::InternalError) => {
+                let run = self.vcpu.get_kvm_run();
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // union member KVM filled in.
+                let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+                return self.crashed(step, CrashKind::InternalError { suberror });
+            }
+            Ok(VcpuExit::FailEntry(reason, _)) => {
+                return self.crashed(step, CrashKind::FailEntry { reason })
+            }
+            Ok(VcpuExit::Intr) => return self.kicked(step, trace),
+            Ok(other) => {
+                let what = format!("{other:?}");
+                return self.crashed(step, CrashKind::UnexpectedExit(what));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return self.kicked(step, trace)
+            }
+            Err(e) => {
+                return Err(Error::Kvm {
+                    op: "KVM_RUN",
+                    source: e,
+                })
+            }
+        };
+        trace.record(step, index, now, &event)?;
+        Ok(Status::Running)
+    }
+
+    /// Delivers what is due before the guest runs again: the timer, device interrupts, the
+    /// clock page.
+    fn prepare_entry(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
+        if let Some(deadline) = self.ports.deadline().filter(|&d| d <= self.now) {
+            self.ports.timer_fired();
+            self.pic.raise_edge(abi::IRQ_TIMER);
+            trace.record(
+                step,
+                self.index,
+                self.now,
+                &Event::TimerFired {
+                    deadline_ns: deadline,
+                },
+            )?;
+        }
+        self.drain_irq_lines();
+        let mut injected = None;
+        let run = self.vcpu.get_kvm_run();
+        if self.pic.has_pending() && run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
+            injected = self.pic.acknowledge();
+        }
+        if let Some(vector) = injected {
+            crate::kvm_ext::inject_interrupt(&self.vcpu, vector)
+                .map_err(Error::kvm("KVM_INTERRUPT"))?;
+            self.stats.interrupts += 1;
+            self.now += self.costs.irq_ns;
+            trace.record(step, self.index, self.now, &Event::Interrupt { vector })?;
+        }
+        // Ask for an exit as soon as the guest can take the next interrupt.
+        self.vcpu.get_kvm_run().request_interrupt_window = u8::from(self.pic.has_pending());
+        self.ports.publish(&self.mem, self.now);
+        Ok(())
+    }
+
+    fn drain_irq_lines(&mut self) {
+        let lines = self.irq.take();
+        for irq in 0..16u8 {
+            if lines & (1 << irq) != 0 {
+                self.pic.raise_edge(irq);
+            }
+        }
+    }
+
+    fn halted(&mut self) -> Status {
+        self.drain_irq_lines();
+        if self.vcpu.get_kvm_run().if_flag == 0 {
+            if self.saw_panic_line {
+                let report = self.crash_report(0, CrashKind::KernelPanic);
+                return Status::Stopped(Stop::Crashed(Box::new(report)));
+            }
+            return Status::Stopped(Stop::HaltedForever);
+        }
+        if self.pic.has_pending() {
+            return Status::Running;
+        }
+        Status::Halted {
+            wake_at: self.ports.deadline(),
+        }
+    }
+
+    fn io_out(&mut self, step: u64, port: u16, data: &[u8], trace: &mut Trace) -> Result<Status> {
+        let byte = data.first().copied().unwrap_or(0);
+        if PIC_PORTS.contains(&port) {
+            self.pic.write(port, byte);
+        } else if (COM1..COM1 + 8).contains(&port) {
+            self.console.write((port - COM1) as u8, byte);
+            let output = self.console.take_output();
+            self.console_output(&output, step, trace)?;
+        } else if SimvmPorts::contains(port) {
+            let event = self.ports.write(&self.mem, port, data, self.now);
+            return self.port_event(step, event, trace);
+        }
+        Ok(Status::Running)
+    }
+
+    fn console_output(&mut self, bytes: &[u8], step: u64, trace: &mut Trace) -> Result<()> {
+        for line in self.console_lines.push(bytes) {
+            if line.contains("Kernel panic - not syncing") {
+                self.saw_panic_line = true;
+            }
+            trace.record(
+                step,
+                self.index,
+                self.now,
+                &Event::Console { line: line.clone() },
+            )?;
+            self.pending_lines.push((self.now, line));
+        }
+        Ok(())
+    }
+
+    fn port_event(&mut self, step: u64, event: PortEvent, trace: &mut Trace) -> Result<Status> {
+        let message = match event {
+            PortEvent::ClockKick(reads) => {
+                self.stats.clock_kicks += 1;
+                self.now += u64::from(reads) * self.costs.clock_read_ns;
+                trace.record(step, self.index, self.now, &Event::ClockKick { reads })?;
+                return Ok(Status::Running);
+            }
+            PortEvent::Control(control) => {
+                let message = format!("{control:?}");
+                trace.record(step, self.index, self.now, &Event::Control { message })?;
+                return Ok(self.control(step, control));
+            }
+            PortEvent::ClockPageRegistered(gpa) => format!("clock page at {gpa:#x}"),
+            PortEvent::ClockPageRejected(gpa) => {
+                format!("clock page at {gpa:#x} rejected: not in RAM")
+            }
+            PortEvent::TimerArmed(_) | PortEvent::TimerDisarmed | PortEvent::Ignored { .. } => {
+                return Ok(Status::Running)
+            }
+        };
+        trace.record(step, self.index, self.now, &Event::Control { message })?;
+        Ok(Status::Running)
+    }
+
+    fn control(&mut self, step: u64, event: ControlEvent) -> Status {
+        match event {
+            ControlEvent::Ready => {
+                self.ready_at.get_or_insert(self.now);
+                Status::Running
+            }
+            ControlEvent::Exit(status) => {
+                self.exit_status = Some(status);
+                Status::Running
+            }
+            ControlEvent::PowerOff => Status::Stopped(Stop::PowerOff {
+                exit_status: self.exit_status,
+            }),
+            ControlEvent::Restart => Status::Stopped(Stop::Restart {
+                exit_status: self.exit_status,
+            }),
+            ControlEvent::Panic => {
+                let report = self.crash_report(step, CrashKind::KernelPanic);
+                Status::Stopped(Stop::Crashed(Box::new(report)))
+            }
+            ControlEvent::Unknown(_) => Status::Running,
+        }
+    }
+
+    fn kicked(&mut self, step: u64, trace: &mut Trace) -> Result<Status> {
+        self.stats.watchdog_kicks += 1;
+        let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+        self.now += self.costs.watchdog_kick_ns;
+        trace.record(step, self.index, self.now, &Event::WatchdogKick { rip })?;
+        Ok(Status::Running)
+    }
+
+    fn crashed(&mut self, step: u64, kind: CrashKind) -> Result<Status> {
+        let report = self.crash_report(step, kind);
+        Ok(Status::Stopped(Stop::Crashed(Box::new(report))))
+    }
+
+    fn crash_report(&mut self, step: u64, kind: CrashKind) -> CrashReport {
+        if let Some(line) = self.console_lines.flush() {
+            self.pending_lines.push((self.now, line));
+        }
+        let regs = match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
+            (Ok(r), Ok(s)) => Some((r, s)),
+            _ => None,
+        };
+        let code = regs
+            .as_ref()
+            .and_then(|(r, s)| crash::code_at(&self.mem, s, r.rip));
+        CrashReport {
+            machine: self.name.clone(),
+            step,
+            vtime_ns: self.now,
+            kind,
+            regs,
+            code,
+            console_tail: self.console_lines.tail(),
+        }
+    }
+
+    /// Guest RIP, for reports.
+    pub fn rip(&self) -> Option<u64> {
+        self.vcpu.get_regs().ok().map(|r| r.rip)
+    }
+}
+
+fn io_in(pic: &mut Pic, console: &mut Console, ports: &SimvmPorts, port: u16, data: &mut [u8]) {
+    if PIC_PORTS.contains(&port) {
+        data.fill(pic.read(port));
+    } else if (COM1..COM1 + 8).contains(&port) {
+        data.fill(console.read((port - COM1) as u8));
+    } else if SimvmPorts::contains(port) {
+        ports.read(port, data);
+    } else {
+        data.fill(0xff);
+    }
+}
+
+fn le_value(data: &[u8]) -> u64 {
+    data.iter()
+        .take(8)
+        .rev()
+        .fold(0, |v, &b| v << 8 | u64::from(b))
+}

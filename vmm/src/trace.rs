@@ -1,0 +1,281 @@
+//! The trace: every guest-visible event, folded into the run's digest and optionally written as
+//! JSON lines.
+//!
+//! The digest is BLAKE3 over a fixed binary encoding of each event in order, so two runs have the
+//! same digest only if the guests saw the same exits, values, interrupts, time jumps and console
+//! output at the same steps. For `--check-determinism` the trace can also keep a 64-bit
+//! fingerprint per event, which locates the first step at which two runs diverge.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// A guest-visible event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    PioIn {
+        port: u16,
+        size: u8,
+        value: u32,
+    },
+    PioOut {
+        port: u16,
+        size: u8,
+        value: u32,
+    },
+    MmioRead {
+        addr: u64,
+        size: u8,
+        value: u64,
+    },
+    MmioWrite {
+        addr: u64,
+        size: u8,
+        value: u64,
+    },
+    MsrRead {
+        index: u32,
+        value: u64,
+    },
+    MsrWrite {
+        index: u32,
+        value: u64,
+    },
+    Halt,
+    IrqWindow,
+    Interrupt {
+        vector: u8,
+    },
+    TimerFired {
+        deadline_ns: u64,
+    },
+    TimeJump {
+        to_ns: u64,
+    },
+    ClockKick {
+        reads: u32,
+    },
+    Control {
+        message: String,
+    },
+    Console {
+        line: String,
+    },
+    /// The watchdog interrupted a guest that did not exit for too long: nondeterministic.
+    WatchdogKick {
+        rip: u64,
+    },
+}
+
+impl Event {
+    /// The fixed binary encoding the digest is computed over.
+    fn encode(&self, out: &mut Vec<u8>) {
+        let mut put = |tag: u8, fields: &[u64]| {
+            out.push(tag);
+            for f in fields {
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+        };
+        match self {
+            Self::PioIn { port, size, value } => {
+                put(1, &[(*port).into(), (*size).into(), (*value).into()])
+            }
+            Self::PioOut { port, size, value } => {
+                put(2, &[(*port).into(), (*size).into(), (*value).into()])
+            }
+            Self::MmioRead { addr, size, value } => put(3, &[*addr, (*size).into(), *value]),
+            Self::MmioWrite { addr, size, value } => put(4, &[*addr, (*size).into(), *value]),
+            Self::MsrRead { index, value } => put(5, &[(*index).into(), *value]),
+            Self::MsrWrite { index, value } => put(6, &[(*index).into(), *value]),
+            Self::Halt => put(7, &[]),
+            Self::IrqWindow => put(8, &[]),
+            Self::Interrupt { vector } => put(9, &[(*vector).into()]),
+            Self::TimerFired { deadline_ns } => put(10, &[*deadline_ns]),
+            Self::TimeJump { to_ns } => put(11, &[*to_ns]),
+            Self::ClockKick { reads } => put(12, &[(*reads).into()]),
+            Self::Control { message } => {
+                put(13, &[message.len() as u64]);
+                out.extend_from_slice(message.as_bytes());
+            }
+            Self::Console { line } => {
+                put(14, &[line.len() as u64]);
+                out.extend_from_slice(line.as_bytes());
+            }
+            Self::WatchdogKick { rip } => put(15, &[*rip]),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    step: u64,
+    machine: &'a str,
+    vtime_ns: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The running digest, with optional per-event fingerprints and JSON output.
+pub struct Trace {
+    hasher: blake3::Hasher,
+    scratch: Vec<u8>,
+    events: u64,
+    fingerprints: Option<Vec<(u64, u64)>>,
+    json: Option<BufWriter<File>>,
+    machine_names: Vec<String>,
+}
+
+impl Trace {
+    pub fn new(machine_names: Vec<String>) -> Self {
+        Self {
+            hasher: blake3::Hasher::new(),
+            scratch: Vec::with_capacity(64),
+            events: 0,
+            fingerprints: None,
+            json: None,
+            machine_names,
+        }
+    }
+
+    /// Also writes every event as a JSON line to `path`.
+    pub fn with_json(mut self, path: &Path) -> Result<Self> {
+        self.json = Some(BufWriter::new(File::create(path).map_err(Error::Trace)?));
+        Ok(self)
+    }
+
+    /// Also keeps a fingerprint per event, for locating divergence between runs.
+    pub fn with_fingerprints(mut self) -> Self {
+        self.fingerprints = Some(Vec::new());
+        self
+    }
+
+    /// Records one event of `machine` at `step` and virtual time `vtime_ns`.
+    pub fn record(
+        &mut self,
+        step: u64,
+        machine: usize,
+        vtime_ns: u64,
+        event: &Event,
+    ) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&step.to_le_bytes());
+        self.scratch
+            .extend_from_slice(&(machine as u64).to_le_bytes());
+        self.scratch.extend_from_slice(&vtime_ns.to_le_bytes());
+        event.encode(&mut self.scratch);
+        self.hasher.update(&self.scratch);
+        self.events += 1;
+        if let Some(prints) = &mut self.fingerprints {
+            prints.push((step, fnv1a(&self.scratch)));
+        }
+        if let Some(out) = &mut self.json {
+            let record = JsonRecord {
+                step,
+                machine: self.machine_names.get(machine).map_or("?", String::as_str),
+                vtime_ns,
+                event,
+            };
+            serde_json::to_writer(&mut *out, &record).map_err(|e| Error::Trace(e.into()))?;
+            out.write_all(b"\n").map_err(Error::Trace)?;
+        }
+        Ok(())
+    }
+
+    /// Number of events recorded.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The digest of everything so far, as 32 hex digits.
+    pub fn digest(&self) -> String {
+        let hash = self.hasher.finalize();
+        hash.to_hex()[..32].to_string()
+    }
+
+    /// Flushes the JSON output and returns the per-event fingerprints, if kept.
+    pub fn finish(mut self) -> Result<Option<Vec<(u64, u64)>>> {
+        if let Some(out) = &mut self.json {
+            out.flush().map_err(Error::Trace)?;
+        }
+        Ok(self.fingerprints.take())
+    }
+}
+
+/// The step of the first event at which two fingerprint lists differ, if they differ.
+pub fn first_divergence(a: &[(u64, u64)], b: &[(u64, u64)]) -> Option<u64> {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return Some(x.0.min(y.0));
+        }
+    }
+    match a.len().cmp(&b.len()) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(b[a.len()].0),
+        std::cmp::Ordering::Greater => Some(a[b.len()].0),
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(events: &[Event]) -> Trace {
+        let mut trace = Trace::new(vec!["m1".into()]).with_fingerprints();
+        for (i, e) in events.iter().enumerate() {
+            trace.record(i as u64, 0, 1000 * i as u64, e).unwrap();
+        }
+        trace
+    }
+
+    #[test]
+    fn same_events_same_digest_and_a_change_anywhere_shows() {
+        let events = vec![
+            Event::Halt,
+            Event::Interrupt { vector: 0x30 },
+            Event::PioOut {
+                port: 0x3f8,
+                size: 1,
+                value: 65,
+            },
+        ];
+        assert_eq!(run(&events).digest(), run(&events).digest());
+        let mut changed = events.clone();
+        changed[2] = Event::PioOut {
+            port: 0x3f8,
+            size: 1,
+            value: 66,
+        };
+        assert_ne!(run(&events).digest(), run(&changed).digest());
+        let a = run(&events).finish().unwrap().unwrap();
+        let b = run(&changed).finish().unwrap().unwrap();
+        assert_eq!(first_divergence(&a, &b), Some(2));
+        assert_eq!(first_divergence(&a, &a), None);
+        assert_eq!(first_divergence(&a, &a[..1]), Some(1));
+    }
+
+    #[test]
+    fn json_lines_name_the_machine() {
+        let dir = std::env::temp_dir().join(format!("simvm-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.jsonl");
+        let mut trace = Trace::new(vec!["m1".into()]).with_json(&path).unwrap();
+        trace
+            .record(7, 0, 99, &Event::Interrupt { vector: 32 })
+            .unwrap();
+        trace.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\":7,\"machine\":\"m1\",\"vtime_ns\":99,\"event\":\"interrupt\",\"vector\":32}\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

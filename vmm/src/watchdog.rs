@@ -1,0 +1,106 @@
+//! The watchdog: kicks a vCPU out of `KVM_RUN` when it has not exited for too long.
+//!
+//! A guest spinning in user space without any exit would otherwise hang simvm. The watchdog is
+//! the one place where host time may affect a guest, so every kick is recorded and reported as
+//! making the run nondeterministic.
+//!
+//! The simulation thread bumps a progress counter on every guest entry and exit (odd: inside the
+//! guest). A watchdog thread samples it; when the counter is odd and unchanged for longer than the
+//! limit, it signals the simulation thread, whose `KVM_RUN` then returns `EINTR`. A signal that
+//! lands just before the ioctl is lost, so the kick repeats at every sample until progress
+//! resumes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use crate::error::{Error, Result};
+
+struct Shared {
+    progress: AtomicU64,
+    kicks: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// A running watchdog for the calling thread.
+pub struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: the signal's only purpose is to make KVM_RUN return EINTR.
+}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN() + 1
+}
+
+impl Watchdog {
+    /// Starts watching the calling thread with the given limit of real time without an exit.
+    pub fn start(limit: Duration) -> Result<Self> {
+        register_signal_handler(kick_signal(), on_kick)
+            .map_err(|e| Error::Watchdog(e.to_string()))?;
+        // SAFETY: pthread_self has no preconditions and always succeeds.
+        let target = unsafe { libc::pthread_self() };
+        let shared = Arc::new(Shared {
+            progress: AtomicU64::new(0),
+            kicks: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let watched = Arc::clone(&shared);
+        let period = (limit / 4).max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("simvm-watchdog".into())
+            .spawn(move || {
+                let mut last = (u64::MAX, Instant::now());
+                while !watched.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(period);
+                    let now = watched.progress.load(Ordering::Relaxed);
+                    if now != last.0 {
+                        last = (now, Instant::now());
+                    } else if now % 2 == 1 && last.1.elapsed() >= limit {
+                        watched.kicks.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: `target` is the simulation thread, which outlives this thread
+                        // (Drop joins us before the simulation thread can exit), and the signal
+                        // has a handler installed above.
+                        unsafe { libc::pthread_kill(target, kick_signal()) };
+                    }
+                }
+            })
+            .map_err(|e| Error::Watchdog(e.to_string()))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Called just before entering the guest.
+    #[inline]
+    pub fn enter(&self) {
+        self.shared.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called just after the guest exited.
+    #[inline]
+    pub fn leave(&self) {
+        self.shared.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Number of kicks sent so far.
+    pub fn kicks(&self) -> u64 {
+        self.shared.kicks.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

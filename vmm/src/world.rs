@@ -1,0 +1,240 @@
+//! The world: every machine of a run, stepped one exit at a time in virtual-time order.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+
+use crate::console::format_line;
+use crate::crash::CrashReport;
+use crate::error::{Error, Result};
+use crate::machine::{ExitStats, Machine, MachineConfig, Status, Stop};
+use crate::seed::Seed;
+use crate::trace::Trace;
+use crate::watchdog::Watchdog;
+
+/// How a run is set up.
+pub struct WorldConfig {
+    pub seed: Seed,
+    pub machines: Vec<MachineConfig>,
+    /// Stop at this virtual time (ns) even if machines are still running.
+    pub until_ns: Option<u64>,
+    /// Kick a vCPU that has not exited for this long (real time).
+    pub watchdog: Option<Duration>,
+    pub trace_json: Option<PathBuf>,
+    /// Keep per-event fingerprints (for `--check-determinism`).
+    pub fingerprints: bool,
+}
+
+/// How one machine ended.
+#[derive(Debug)]
+pub struct MachineOutcome {
+    pub name: String,
+    /// `None` if the machine was still running when the run ended.
+    pub stop: Option<Stop>,
+    pub exit_status: Option<u8>,
+    pub ready_at_ns: Option<u64>,
+    pub vtime_ns: u64,
+    pub stats: ExitStats,
+    /// Real time from the start of the run to READY.
+    pub ready_wall: Option<Duration>,
+}
+
+/// Why the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Every machine stopped.
+    AllStopped,
+    /// The `until` time was reached.
+    Until,
+    /// Every machine that is still up is halted with nothing pending: the system under test
+    /// is deadlocked or idle forever.
+    Idle,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: Seed,
+    pub steps: u64,
+    pub events: u64,
+    pub vtime_ns: u64,
+    pub wall: Duration,
+    pub digest: String,
+    pub ending: Ending,
+    pub machines: Vec<MachineOutcome>,
+    /// Watchdog kicks: each made the run nondeterministic.
+    pub watchdog_kicks: Vec<String>,
+    pub fingerprints: Option<Vec<(u64, u64)>>,
+}
+
+impl Outcome {
+    /// The run succeeded: every machine powered off after its command exited 0, nothing
+    /// crashed, and (unless `allow_nondeterminism`) no watchdog kick happened.
+    pub fn success(&self, strict: bool) -> bool {
+        let machines_ok = self.machines.iter().all(|m| match &m.stop {
+            Some(Stop::PowerOff { exit_status }) => *exit_status == Some(0),
+            None => self.ending == Ending::Until,
+            _ => false,
+        });
+        machines_ok && (!strict || self.watchdog_kicks.is_empty())
+    }
+
+    /// The first crash report, if a machine crashed.
+    pub fn crash(&self) -> Option<&CrashReport> {
+        self.machines.iter().find_map(|m| match &m.stop {
+            Some(Stop::Crashed(report)) => Some(report.as_ref()),
+            _ => None,
+        })
+    }
+}
+
+enum Slot {
+    Runnable,
+    Halted(Option<u64>),
+    Stopped(Stop),
+}
+
+/// A run in progress.
+pub struct World {
+    seed: Seed,
+    machines: Vec<Machine>,
+    slots: Vec<Slot>,
+    ready_wall: Vec<Option<Duration>>,
+    trace: Trace,
+    step: u64,
+    until_ns: Option<u64>,
+    watchdog: Option<Watchdog>,
+    watchdog_kicks: Vec<String>,
+}
+
+impl World {
+    /// Opens KVM and builds every machine.
+    pub fn new(config: WorldConfig) -> Result<Self> {
+        let kvm = Kvm::new().map_err(|source| Error::KvmOpen { source })?;
+        let names = config.machines.iter().map(|m| m.name.clone()).collect();
+        let mut trace = Trace::new(names);
+        if let Some(path) = &config.trace_json {
+            trace = trace.with_json(path)?;
+        }
+        if config.fingerprints {
+            trace = trace.with_fingerprints();
+        }
+        let machines = config
+            .machines
+            .into_iter()
+            .map(|m| Machine::new(&kvm, m))
+            .collect::<Result<Vec<_>>>()?;
+        let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
+        Ok(Self {
+            seed: config.seed,
+            slots: machines.iter().map(|_| Slot::Runnable).collect(),
+            ready_wall: vec![None; machines.len()],
+            machines,
+            trace,
+            step: 0,
+            until_ns: config.until_ns,
+            watchdog,
+            watchdog_kicks: Vec::new(),
+        })
+    }
+
+    /// Runs to the end, passing every annotated console line to `print`.
+    pub fn run(mut self, print: &mut dyn FnMut(&str)) -> Result<Outcome> {
+        let started = Instant::now();
+        let ending = loop {
+            let Some((index, at)) = self.next_machine() else {
+                let all_stopped = self.slots.iter().all(|s| matches!(s, Slot::Stopped(_)));
+                break if all_stopped {
+                    Ending::AllStopped
+                } else {
+                    Ending::Idle
+                };
+            };
+            if self.until_ns.is_some_and(|until| at > until) {
+                break Ending::Until;
+            }
+            self.step += 1;
+            let machine = &mut self.machines[index];
+            if let Slot::Halted(_) = self.slots[index] {
+                machine.wake(self.step, at, &mut self.trace)?;
+            }
+            let kicks_before = machine.stats().watchdog_kicks;
+            let status = machine.step(self.step, &mut self.trace, self.watchdog.as_ref())?;
+            if machine.stats().watchdog_kicks > kicks_before {
+                let message = format!(
+                    "NONDETERMINISTIC: the watchdog kicked machine {} at step {} (virtual time {}), rip {:#x}: \
+                     the guest ran without any VM exit for longer than the watchdog limit",
+                    machine.name(),
+                    self.step,
+                    crate::console::format_vtime(machine.now()),
+                    machine.rip().unwrap_or(0),
+                );
+                print(&message);
+                self.watchdog_kicks.push(message);
+            }
+            for (vtime, line) in machine.take_console_lines() {
+                print(&format_line(self.step, machine.name(), vtime, &line));
+            }
+            if self.ready_wall[index].is_none() && machine.ready_at().is_some() {
+                self.ready_wall[index] = Some(started.elapsed());
+            }
+            self.slots[index] = match status {
+                Status::Running => Slot::Runnable,
+                Status::Halted { wake_at } => Slot::Halted(wake_at),
+                Status::Stopped(stop) => Slot::Stopped(stop),
+            };
+        };
+        let wall = started.elapsed();
+        let digest = self.trace.digest();
+        let events = self.trace.events();
+        let fingerprints = self.trace.finish()?;
+        let vtime_ns = self.machines.iter().map(Machine::now).max().unwrap_or(0);
+        let machines = self
+            .machines
+            .iter()
+            .zip(self.slots)
+            .zip(self.ready_wall)
+            .map(|((m, slot), ready_wall)| MachineOutcome {
+                name: m.name().to_string(),
+                stop: match slot {
+                    Slot::Stopped(stop) => Some(stop),
+                    _ => None,
+                },
+                exit_status: m.exit_status(),
+                ready_at_ns: m.ready_at(),
+                vtime_ns: m.now(),
+                stats: *m.stats(),
+                ready_wall,
+            })
+            .collect();
+        Ok(Outcome {
+            seed: self.seed,
+            steps: self.step,
+            events,
+            vtime_ns,
+            wall,
+            digest,
+            ending,
+            machines,
+            watchdog_kicks: self.watchdog_kicks,
+            fingerprints,
+        })
+    }
+
+    /// The machine to step next and the virtual time it steps at: the lowest time wins, ties go
+    /// to the lowest index. Halted machines count at their wake-up time; machines halted with
+    /// nothing pending and stopped machines do not count.
+    fn next_machine(&self) -> Option<(usize, u64)> {
+        self.slots
+            .iter()
+            .zip(&self.machines)
+            .enumerate()
+            .filter_map(|(i, (slot, m))| match slot {
+                Slot::Runnable => Some((i, m.now())),
+                Slot::Halted(Some(t)) => Some((i, (*t).max(m.now()))),
+                Slot::Halted(None) | Slot::Stopped(_) => None,
+            })
+            .min_by_key(|&(i, t)| (t, i))
+    }
+}
