@@ -6,7 +6,8 @@
 
 pub mod abi;
 pub mod irq;
-pub mod pic;
-pub mod serial;
+pub mod pvclock;
 pub mod net;
 pub mod virtio;
+pub mod pic;
+pub mod serial;
