@@ -52,7 +52,8 @@ pub struct TransportStats {
     pub bad_accesses: u64,
     /// Well-formed writes the protocol does not allow at this point (ignored).
     pub refused_writes: u64,
-    /// Times the device entered `DEVICE_NEEDS_RESET`.
+    /// Times an activation or a queue notification put the device in `DEVICE_NEEDS_RESET`
+    /// (failures found while receiving are in the device's own error report).
     pub needs_reset: u64,
 }
 

@@ -845,4 +845,50 @@ mod tests {
             d.dev.device_mut().take_tx_frames();
         }
     }
+
+    /// Two machines through the switch, as the world wires them: transmit, switch, deliver,
+    /// report the outcome.
+    #[test]
+    fn frames_cross_the_switch_between_two_devices() {
+        use crate::net::switch::{link_seed_from_master, LinkConfig, Switch};
+        let mut a = started(all_features());
+        let mut b = Driver::new(VirtioNet::new(MachineId(1).mac()));
+        b.start(all_features(), 2, QUEUE_SIZE);
+        let mut sw = Switch::new(2, LinkConfig::default(), |f, t| {
+            link_seed_from_master([0; 32], f, t)
+        })
+        .unwrap();
+        let (mut frame, udp) = crate::net::checksum::tests::partial_udp_frame(b"ping");
+        frame[..6].copy_from_slice(&MachineId(1).mac().0);
+        frame[6..12].copy_from_slice(&MachineId(0).mac().0);
+        let hdr = header(VIRTIO_NET_HDR_F_NEEDS_CSUM as u8, 0, udp as u16, 6);
+        transmit(&mut a, 0, &hdr, &frame);
+        transmit(&mut a, 1, &hdr, &frame);
+        a.notify(TX_QUEUE);
+        post_rx(&mut b, 0, RX_BUF_LEN);
+        let mem_b = b.mem.clone();
+        let mut received = 0;
+        for sent in a.dev.device_mut().take_tx_frames() {
+            for d in sw.send(MachineId(0), sent, 1_000).unwrap().deliveries {
+                assert!(d.at_ns > 1_000 + sw.min_latency_ns());
+                match b.dev.device_mut().deliver(&mem_b, &d.frame) {
+                    Ok(()) => {
+                        received += 1;
+                        sw.report_delivered(&d).unwrap();
+                    }
+                    Err(RxDrop::NoBuffers) => sw.report_queue_full(&d).unwrap(),
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+        assert_eq!(received, 1);
+        let got = read(&mem_b, RX_BUF, NET_HDR_LEN + frame.len());
+        assert_eq!(got[0], VIRTIO_NET_HDR_F_DATA_VALID as u8);
+        let mut expected = frame.clone();
+        complete_partial(&mut expected, udp, 6).unwrap();
+        assert_eq!(&got[NET_HDR_LEN..], &expected[..]);
+        let c = sw.link_counters(MachineId(0), MachineId(1)).unwrap();
+        assert_eq!((c.sent, c.delivered, c.dropped_queue_full), (2, 1, 1));
+        assert_eq!(b.dev.device().stats().rx_dropped_no_buffers, 1);
+    }
 }
