@@ -66,6 +66,9 @@ struct RunArgs {
     /// Write every guest-visible event as JSON lines to this file.
     #[arg(long)]
     trace: Option<PathBuf>,
+    /// Write every frame the network switch handles to this pcapng file (Wireshark, tshark).
+    #[arg(long)]
+    pcap: Option<PathBuf>,
     /// Run twice and compare the digests.
     #[arg(long)]
     check_determinism: bool,
@@ -118,6 +121,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         image,
         strict: args.strict,
         trace: args.trace,
+        pcap: args.pcap,
         watchdog: args.watchdog,
         until: args.until,
         cmdline_extra: args.kernel_args,

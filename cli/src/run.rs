@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use simvm_devices::abi;
+use simvm_devices::net::MachineId;
 use simvm_vmm::boot_data::BootData;
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::{MachineConfig, Stop};
+use simvm_vmm::network::NetworkConfig;
 use simvm_vmm::seed::Seed;
 use simvm_vmm::trace::first_divergence;
 use simvm_vmm::world::{Ending, Outcome, World, WorldConfig};
@@ -22,6 +25,7 @@ pub struct RunPlan {
     pub image: GuestImage,
     pub strict: bool,
     pub trace: Option<PathBuf>,
+    pub pcap: Option<PathBuf>,
     pub watchdog: Duration,
     pub until: Option<Duration>,
     pub cmdline_extra: String,
@@ -49,15 +53,28 @@ impl RunPlan {
         trace: Option<PathBuf>,
     ) -> WorldConfig {
         let seed = Seed(self.seed);
+        let networked = self.machines > 1;
+        let hosts: Vec<(String, String)> = (1..=self.machines)
+            .map(|index| (format!("m{index}"), format!("10.0.0.{index}")))
+            .collect();
+        let virtio = if networked {
+            vec![(abi::VIRTIO_MMIO_BASE, abi::IRQ_VIRTIO_BASE)]
+        } else {
+            vec![]
+        };
         let machines = (1..=self.machines)
             .map(|index| {
                 let name = format!("m{index}");
+                let mac = networked.then(|| MachineId(index as u16 - 1).mac());
                 let boot = BootData {
                     name: name.clone(),
                     index,
                     machines: self.machines,
                     seed: self.seed,
+                    ip: networked.then(|| format!("10.0.0.{index}/24")),
+                    mac: mac.map(|m| m.to_string()),
                     argv: self.command.clone(),
+                    hosts: if networked { hosts.clone() } else { vec![] },
                     ..Default::default()
                 };
                 MachineConfig {
@@ -65,11 +82,12 @@ impl RunPlan {
                     mem_size: self.mem,
                     kernel: self.image.kernel.clone(),
                     initramfs: vec![base_initramfs.to_vec(), boot.archive()],
-                    cmdline: kernel_cmdline(&[], &self.cmdline_extra),
+                    cmdline: kernel_cmdline(&virtio, &self.cmdline_extra),
                     rng_seed: seed.key(&format!("machine/{name}/kernel-rng")),
                     wall_base_ns: DEFAULT_WALL_BASE_NS,
                     stall_limit: DEFAULT_STALL_LIMIT,
                     costs: ExitCosts::default(),
+                    mac,
                     name,
                 }
             })
@@ -83,6 +101,10 @@ impl RunPlan {
             watchdog: Some(self.watchdog),
             trace_json: trace,
             fingerprints,
+            kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
+                .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
+            network: networked.then(NetworkConfig::default),
+            pcap: self.pcap.clone(),
         }
     }
 

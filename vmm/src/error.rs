@@ -12,11 +12,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot open /dev/kvm: {source}\n  simvm needs KVM. Check that virtualization is enabled and the kvm module is \
+        "cannot open {}: {source}\n  simvm needs KVM. Check that virtualization is enabled and the kvm module is \
          loaded (`ls -l /dev/kvm`), and that your user may use it: `sudo usermod -aG kvm $USER` \
-         (then log in again) or `sudo setfacl -m u:$USER:rw /dev/kvm`."
+         (then log in again) or `sudo setfacl -m u:$USER:rw /dev/kvm`.", path.display()
     )]
-    KvmOpen { source: errno::Error },
+    KvmOpen { path: PathBuf, source: errno::Error },
 
     #[error("KVM does not offer {0}, which simvm needs")]
     KvmCapability(&'static str),
@@ -59,6 +59,12 @@ pub enum Error {
 
     #[error("{0}")]
     GuestCrash(Box<CrashReport>),
+
+    #[error("network: {0}")]
+    Network(String),
+
+    #[error("cannot write the packet capture {}: {source}", path.display())]
+    Pcap { path: PathBuf, source: io::Error },
 
     #[error("cannot write the trace: {0}")]
     Trace(io::Error),

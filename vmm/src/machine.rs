@@ -11,9 +11,12 @@ use kvm_bindings::{kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REAS
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use simvm_devices::abi;
 use simvm_devices::irq::IrqLines;
+use simvm_devices::net::{Frame, MacAddr};
 use simvm_devices::pic::Pic;
 use simvm_devices::pvclock::{ControlEvent, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
+use simvm_devices::virtio::mmio::VirtioMmio;
+use simvm_devices::virtio::net::{RxDrop, VirtioNet};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::{self, BootImage};
@@ -44,6 +47,8 @@ pub struct MachineConfig {
     pub wall_base_ns: u64,
     pub stall_limit: u32,
     pub costs: ExitCosts,
+    /// The MAC of the machine's virtio-net interface; `None` for a machine without a network.
+    pub mac: Option<MacAddr>,
 }
 
 /// Where a machine stands after a step.
@@ -70,6 +75,44 @@ pub enum Stop {
     Crashed(Box<CrashReport>),
 }
 
+/// A VM exit, owned: the thin boundary between KVM's `kvm_run` and simvm's handling.
+#[derive(Debug)]
+enum Exit {
+    PioIn {
+        port: u16,
+        size: u8,
+        value: u32,
+    },
+    PioOut {
+        port: u16,
+        size: u8,
+        data: [u8; 4],
+    },
+    MmioRead {
+        addr: u64,
+        size: u8,
+        value: u64,
+    },
+    MmioWrite {
+        addr: u64,
+        size: u8,
+        value: u64,
+    },
+    MsrRead {
+        index: u32,
+        value: u64,
+    },
+    MsrWrite {
+        index: u32,
+        value: u64,
+    },
+    Hlt,
+    IrqWindow,
+    /// `KVM_RUN` returned because the watchdog signalled the thread.
+    Interrupted,
+    Crash(CrashKind),
+}
+
 /// Exit counters, for the run summary and benchmarks.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExitStats {
@@ -81,6 +124,8 @@ pub struct ExitStats {
     pub interrupts: u64,
     pub clock_kicks: u64,
     pub watchdog_kicks: u64,
+    /// Watchdog signals that found the guest in kernel code and were resumed invisibly.
+    pub benign_kicks: u64,
 }
 
 impl ExitStats {
@@ -99,6 +144,9 @@ pub struct Machine {
     pic: Pic,
     console: Console,
     ports: SimvmPorts,
+    net: Option<VirtioMmio<VirtioNet>>,
+    /// Frames the guest sent during the last step, for the world to switch.
+    outbox: Vec<Frame>,
     irq: IrqLines,
     costs: ExitCosts,
     now: u64,
@@ -108,7 +156,12 @@ pub struct Machine {
     ready_at: Option<u64>,
     saw_panic_line: bool,
     stats: ExitStats,
+    device_errors: u64,
+    device_error_lines: u32,
 }
+
+/// Device errors printed per machine; the rest are only counted (and all are traced).
+const MAX_DEVICE_ERROR_LINES: u32 = 10;
 
 impl Machine {
     /// Creates the VM, loads the guest and puts the vCPU at the kernel's entry point.
@@ -190,6 +243,10 @@ impl Machine {
             pic: Pic::new(),
             console: Console::new(irq.clone()),
             ports: SimvmPorts::new(config.wall_base_ns, config.stall_limit),
+            net: config
+                .mac
+                .map(|mac| VirtioMmio::new(VirtioNet::new(mac), irq.clone(), abi::IRQ_VIRTIO_BASE)),
+            outbox: Vec::new(),
             irq,
             costs: config.costs,
             now: 0,
@@ -199,6 +256,8 @@ impl Machine {
             ready_at: None,
             saw_panic_line: false,
             stats: ExitStats::default(),
+            device_errors: 0,
+            device_error_lines: 0,
         })
     }
 
@@ -251,102 +310,151 @@ impl Machine {
         watchdog: Option<&Watchdog>,
     ) -> Result<Status> {
         self.prepare_entry(step, trace)?;
-        if let Some(w) = watchdog {
-            w.enter();
-        }
-        let exit = self.vcpu.run();
-        if let Some(w) = watchdog {
-            w.leave();
-        }
-        let index = self.index;
-        let now = self.now;
+        let exit = loop {
+            match self.run_to_exit(watchdog)? {
+                // The watchdog interrupted kernel code. Nothing about the guest changed, so
+                // resuming it is invisible: the run stays deterministic. (On a PVM host, kernel
+                // code runs emulated and can take seconds between exits.)
+                Exit::Interrupted if !self.in_user_mode() => self.stats.benign_kicks += 1,
+                exit => break exit,
+            }
+        };
+        let (index, now) = (self.index, self.now);
         let event = match exit {
-            Ok(VcpuExit::IoIn(port, data)) => {
+            Exit::PioIn { port, size, value } => {
                 self.stats.pio += 1;
-                let size = data.len() as u8;
-                io_in(&mut self.pic, &mut self.console, &self.ports, port, data);
-                let value = le_value(data) as u32;
                 self.now += self.costs.pio_ns;
                 Event::PioIn { port, size, value }
             }
-            Ok(VcpuExit::IoOut(port, data)) => {
+            Exit::PioOut { port, size, data } => {
                 self.stats.pio += 1;
-                let size = data.len() as u8;
-                let value = le_value(data) as u32;
-                let data = data.to_vec();
                 self.now += self.costs.pio_ns;
+                let bytes = &data[..usize::from(size)];
+                let value = le_value(bytes) as u32;
                 trace.record(step, index, now, &Event::PioOut { port, size, value })?;
-                return self.io_out(step, port, &data, trace);
+                return self.io_out(step, port, bytes, trace);
+            }
+            Exit::MmioRead { addr, size, value } => {
+                self.stats.mmio += 1;
+                self.now += self.costs.mmio_ns;
+                Event::MmioRead { addr, size, value }
+            }
+            Exit::MmioWrite { addr, size, value } => {
+                self.stats.mmio += 1;
+                self.now += self.costs.mmio_ns;
+                trace.record(step, index, now, &Event::MmioWrite { addr, size, value })?;
+                self.collect_net_output(step, trace)?;
+                return Ok(Status::Running);
+            }
+            Exit::MsrRead { index, value } => {
+                self.stats.msr += 1;
+                self.now += self.costs.msr_ns;
+                Event::MsrRead { index, value }
+            }
+            Exit::MsrWrite { index, value } => {
+                self.stats.msr += 1;
+                self.now += self.costs.msr_ns;
+                Event::MsrWrite { index, value }
+            }
+            Exit::Hlt => {
+                self.stats.hlt += 1;
+                trace.record(step, index, now, &Event::Halt)?;
+                return Ok(self.halted());
+            }
+            Exit::IrqWindow => {
+                self.stats.irq_window += 1;
+                self.now += self.costs.irq_ns;
+                Event::IrqWindow
+            }
+            Exit::Interrupted => return self.kicked(step, trace),
+            Exit::Crash(kind) => return self.crashed(step, kind),
+        };
+        trace.record(step, index, now, &event)?;
+        Ok(Status::Running)
+    }
+
+    /// Enters the guest and turns its exit into an owned [`Exit`], answering the exits that
+    /// carry data back into the guest (port and MMIO reads, MSR reads) on the way.
+    fn run_to_exit(&mut self, watchdog: Option<&Watchdog>) -> Result<Exit> {
+        if let Some(w) = watchdog {
+            w.enter();
+        }
+        let result = self.vcpu.run();
+        if let Some(w) = watchdog {
+            w.leave();
+        }
+        let exit = match result {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                io_in(&mut self.pic, &mut self.console, &self.ports, port, data);
+                Exit::PioIn {
+                    port,
+                    size: data.len() as u8,
+                    value: le_value(data) as u32,
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let mut bytes = [0u8; 4];
+                let size = data.len().min(4);
+                bytes[..size].copy_from_slice(&data[..size]);
+                Exit::PioOut {
+                    port,
+                    size: size as u8,
+                    data: bytes,
+                }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                self.stats.mmio += 1;
-                data.fill(0xff);
-                self.now += self.costs.mmio_ns;
-                Event::MmioRead {
+                match (self.net.as_mut(), net_offset(addr)) {
+                    (Some(net), Some(offset)) => net.read(offset, data),
+                    _ => data.fill(0xff),
+                }
+                Exit::MmioRead {
                     addr,
                     size: data.len() as u8,
                     value: le_value(data),
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                self.stats.mmio += 1;
-                self.now += self.costs.mmio_ns;
-                Event::MmioWrite {
+                if let (Some(net), Some(offset)) = (self.net.as_mut(), net_offset(addr)) {
+                    // A queue notification runs the device here, synchronously.
+                    net.write(&self.mem, offset, data);
+                }
+                Exit::MmioWrite {
                     addr,
                     size: data.len() as u8,
                     value: le_value(data),
                 }
             }
             Ok(VcpuExit::X86Rdmsr(exit)) => {
-                self.stats.msr += 1;
-                let value = msr::read(exit.index, now);
+                let value = msr::read(exit.index, self.now);
                 *exit.data = value;
                 *exit.error = 0;
-                self.now += self.costs.msr_ns;
-                Event::MsrRead {
+                Exit::MsrRead {
                     index: exit.index,
                     value,
                 }
             }
             Ok(VcpuExit::X86Wrmsr(exit)) => {
-                self.stats.msr += 1;
                 // Writes to time MSRs are accepted and ignored: the guest cannot move virtual time.
                 *exit.error = 0;
-                self.now += self.costs.msr_ns;
-                Event::MsrWrite {
+                Exit::MsrWrite {
                     index: exit.index,
                     value: exit.data,
                 }
             }
-            Ok(VcpuExit::Hlt) => {
-                self.stats.hlt += 1;
-                trace.record(step, index, now, &Event::Halt)?;
-                return Ok(self.halted());
-            }
-            Ok(VcpuExit::IrqWindowOpen) => {
-                self.stats.irq_window += 1;
-                self.now += self.costs.irq_ns;
-                Event::IrqWindow
-            }
-            Ok(VcpuExit::Shutdown) => return self.crashed(step, CrashKind::TripleFault),
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::IrqWindowOpen) => Exit::IrqWindow,
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::Shutdown) => Exit::Crash(CrashKind::TripleFault),
             Ok(VcpuExit::InternalError) => {
                 let run = self.vcpu.get_kvm_run();
                 // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the
                 // union member KVM filled in.
                 let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
-                return self.crashed(step, CrashKind::InternalError { suberror });
+                Exit::Crash(CrashKind::InternalError { suberror })
             }
-            Ok(VcpuExit::FailEntry(reason, _)) => {
-                return self.crashed(step, CrashKind::FailEntry { reason })
-            }
-            Ok(VcpuExit::Intr) => return self.kicked(step, trace),
-            Ok(other) => {
-                let what = format!("{other:?}");
-                return self.crashed(step, CrashKind::UnexpectedExit(what));
-            }
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return self.kicked(step, trace)
-            }
+            Ok(VcpuExit::FailEntry(reason, _)) => Exit::Crash(CrashKind::FailEntry { reason }),
+            Ok(other) => Exit::Crash(CrashKind::UnexpectedExit(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => {
                 return Err(Error::Kvm {
                     op: "KVM_RUN",
@@ -354,8 +462,66 @@ impl Machine {
                 })
             }
         };
-        trace.record(step, index, now, &event)?;
-        Ok(Status::Running)
+        Ok(exit)
+    }
+
+    /// Moves frames the guest transmitted to the outbox and records device errors.
+    fn collect_net_output(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
+        let Some(net) = self.net.as_mut() else {
+            return Ok(());
+        };
+        self.outbox.extend(net.device_mut().take_tx_frames());
+        let errors: Vec<String> = net
+            .take_errors()
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                net.device_mut()
+                    .take_errors()
+                    .iter()
+                    .map(ToString::to_string),
+            )
+            .collect();
+        for message in errors {
+            self.device_errors += 1;
+            trace.record(
+                step,
+                self.index,
+                self.now,
+                &Event::DeviceError {
+                    message: message.clone(),
+                },
+            )?;
+            if self.device_error_lines < MAX_DEVICE_ERROR_LINES {
+                self.device_error_lines += 1;
+                self.pending_lines
+                    .push((self.now, format!("simvm: {}: {message}", self.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Frames sent since the last call.
+    pub fn take_outbox(&mut self) -> Vec<Frame> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Hands a frame to the machine's NIC; the interrupt reaches the guest at its next entry.
+    pub fn deliver_frame(&mut self, frame: &Frame) -> std::result::Result<(), RxDrop> {
+        match self.net.as_mut() {
+            Some(net) => net.device_mut().deliver(&self.mem, frame),
+            None => Err(RxDrop::NotRunning),
+        }
+    }
+
+    /// Device errors the guest caused (malformed virtio chains and the like).
+    pub fn device_errors(&self) -> u64 {
+        self.device_errors
+    }
+
+    /// Whether the guest is executing user code (CPL 3).
+    fn in_user_mode(&self) -> bool {
+        self.vcpu.get_sregs().is_ok_and(|s| s.cs.selector & 3 == 3)
     }
 
     /// Delivers what is due before the guest runs again: the timer, device interrupts, the
@@ -393,12 +559,7 @@ impl Machine {
     }
 
     fn drain_irq_lines(&mut self) {
-        let lines = self.irq.take();
-        for irq in 0..16u8 {
-            if lines & (1 << irq) != 0 {
-                self.pic.raise_edge(irq);
-            }
-        }
+        self.pic.raise_edges(self.irq.take());
     }
 
     fn halted(&mut self) -> Status {
@@ -549,6 +710,12 @@ fn io_in(pic: &mut Pic, console: &mut Console, ports: &SimvmPorts, port: u16, da
     } else {
         data.fill(0xff);
     }
+}
+
+/// Offset of `addr` in the virtio-net window, if it lies there.
+fn net_offset(addr: u64) -> Option<u64> {
+    let offset = addr.checked_sub(abi::VIRTIO_MMIO_BASE)?;
+    (offset < abi::VIRTIO_MMIO_SIZE).then_some(offset)
 }
 
 fn le_value(data: &[u8]) -> u64 {

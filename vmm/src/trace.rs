@@ -70,6 +70,31 @@ pub enum Event {
     WatchdogKick {
         rip: u64,
     },
+    /// The machine's NIC sent a frame (identified by a fingerprint of its bytes).
+    FrameSent {
+        len: u32,
+        fingerprint: u64,
+    },
+    /// A frame reached the machine's NIC; `accepted` is false when no receive buffer was free.
+    FrameDelivered {
+        from: u16,
+        len: u32,
+        fingerprint: u64,
+        accepted: bool,
+    },
+    /// The switch dropped a frame from this machine on its way to `to`.
+    FrameDropped {
+        to: u16,
+        reason: String,
+    },
+    /// A timeline action changed the network.
+    Network {
+        action: String,
+    },
+    /// A device rejected something the guest did (for example a malformed virtio chain).
+    DeviceError {
+        message: String,
+    },
 }
 
 impl Event {
@@ -107,6 +132,33 @@ impl Event {
                 out.extend_from_slice(line.as_bytes());
             }
             Self::WatchdogKick { rip } => put(15, &[*rip]),
+            Self::FrameSent { len, fingerprint } => put(16, &[(*len).into(), *fingerprint]),
+            Self::FrameDelivered {
+                from,
+                len,
+                fingerprint,
+                accepted,
+            } => put(
+                17,
+                &[
+                    (*from).into(),
+                    (*len).into(),
+                    *fingerprint,
+                    (*accepted).into(),
+                ],
+            ),
+            Self::FrameDropped { to, reason } => {
+                put(18, &[(*to).into(), reason.len() as u64]);
+                out.extend_from_slice(reason.as_bytes());
+            }
+            Self::Network { action } => {
+                put(19, &[action.len() as u64]);
+                out.extend_from_slice(action.as_bytes());
+            }
+            Self::DeviceError { message } => {
+                put(20, &[message.len() as u64]);
+                out.extend_from_slice(message.as_bytes());
+            }
         }
     }
 }

@@ -8,8 +8,12 @@ use kvm_ioctls::Kvm;
 use crate::console::format_line;
 use crate::crash::CrashReport;
 use crate::error::{Error, Result};
+use simvm_devices::net::switch::MachineCounters;
+
 use crate::machine::{ExitStats, Machine, MachineConfig, Status, Stop};
+use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
+use crate::trace::Event;
 use crate::trace::Trace;
 use crate::watchdog::Watchdog;
 
@@ -24,6 +28,20 @@ pub struct WorldConfig {
     pub trace_json: Option<PathBuf>,
     /// Keep per-event fingerprints (for `--check-determinism`).
     pub fingerprints: bool,
+    /// The KVM device, normally `/dev/kvm`.
+    pub kvm_device: PathBuf,
+    /// The network between the machines, if they have one.
+    pub network: Option<NetworkConfig>,
+    /// Write every frame the switch handles to this pcapng file.
+    pub pcap: Option<PathBuf>,
+}
+
+/// `Kvm::new_with_path` wants a C string.
+fn kvm_path(path: &std::path::Path) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| Error::KvmOpen {
+        path: path.to_owned(),
+        source: vmm_sys_util::errno::Error::new(libc::EINVAL),
+    })
 }
 
 /// How one machine ended.
@@ -38,6 +56,10 @@ pub struct MachineOutcome {
     pub stats: ExitStats,
     /// Real time from the start of the run to READY.
     pub ready_wall: Option<Duration>,
+    /// Network counters, when the machine has a network.
+    pub net: Option<MachineCounters>,
+    /// Errors its devices reported (malformed virtio chains and the like).
+    pub device_errors: u64,
 }
 
 /// Why the run ended.
@@ -106,13 +128,32 @@ pub struct World {
     until_ns: Option<u64>,
     watchdog: Option<Watchdog>,
     watchdog_kicks: Vec<String>,
+    network: Option<Network>,
 }
 
 impl World {
     /// Opens KVM and builds every machine.
     pub fn new(config: WorldConfig) -> Result<Self> {
-        let kvm = Kvm::new().map_err(|source| Error::KvmOpen { source })?;
-        let names = config.machines.iter().map(|m| m.name.clone()).collect();
+        let kvm =
+            Kvm::new_with_path(kvm_path(&config.kvm_device)?).map_err(|source| Error::KvmOpen {
+                path: config.kvm_device.clone(),
+                source,
+            })?;
+        let mut names: Vec<String> = config.machines.iter().map(|m| m.name.clone()).collect();
+        // Network timeline events belong to no machine: they are traced as "net".
+        names.push("net".to_string());
+        let network = config
+            .network
+            .as_ref()
+            .map(|net| {
+                Network::new(
+                    config.seed,
+                    config.machines.len(),
+                    net,
+                    config.pcap.as_deref(),
+                )
+            })
+            .transpose()?;
         let mut trace = Trace::new(names);
         if let Some(path) = &config.trace_json {
             trace = trace.with_json(path)?;
@@ -136,6 +177,7 @@ impl World {
             until_ns: config.until_ns,
             watchdog,
             watchdog_kicks: Vec::new(),
+            network,
         })
     }
 
@@ -155,10 +197,12 @@ impl World {
                 break Ending::Until;
             }
             self.step += 1;
-            let machine = &mut self.machines[index];
+            self.apply_network_timeline(at)?;
             if let Slot::Halted(_) = self.slots[index] {
-                machine.wake(self.step, at, &mut self.trace)?;
+                self.machines[index].wake(self.step, at, &mut self.trace)?;
             }
+            self.deliver_frames(index)?;
+            let machine = &mut self.machines[index];
             let kicks_before = machine.stats().watchdog_kicks;
             let status = machine.step(self.step, &mut self.trace, self.watchdog.as_ref())?;
             if machine.stats().watchdog_kicks > kicks_before {
@@ -179,6 +223,7 @@ impl World {
             if self.ready_wall[index].is_none() && machine.ready_at().is_some() {
                 self.ready_wall[index] = Some(started.elapsed());
             }
+            self.send_frames(index)?;
             self.slots[index] = match status {
                 Status::Running => Slot::Runnable,
                 Status::Halted { wake_at } => Slot::Halted(wake_at),
@@ -186,16 +231,21 @@ impl World {
             };
         };
         let wall = started.elapsed();
+        if let Some(network) = &mut self.network {
+            network.finish()?;
+        }
         let digest = self.trace.digest();
         let events = self.trace.events();
         let fingerprints = self.trace.finish()?;
         let vtime_ns = self.machines.iter().map(Machine::now).max().unwrap_or(0);
+        let network = self.network;
         let machines = self
             .machines
             .iter()
+            .enumerate()
             .zip(self.slots)
             .zip(self.ready_wall)
-            .map(|((m, slot), ready_wall)| MachineOutcome {
+            .map(|(((i, m), slot), ready_wall)| MachineOutcome {
                 name: m.name().to_string(),
                 stop: match slot {
                     Slot::Stopped(stop) => Some(stop),
@@ -206,6 +256,8 @@ impl World {
                 vtime_ns: m.now(),
                 stats: *m.stats(),
                 ready_wall,
+                net: network.as_ref().and_then(|n| n.counters(i)),
+                device_errors: m.device_errors(),
             })
             .collect();
         Ok(Outcome {
@@ -223,18 +275,88 @@ impl World {
     }
 
     /// The machine to step next and the virtual time it steps at: the lowest time wins, ties go
-    /// to the lowest index. Halted machines count at their wake-up time; machines halted with
-    /// nothing pending and stopped machines do not count.
+    /// to the lowest index. Halted machines count at their wake-up time (timer or the next frame
+    /// in flight to them); machines halted with nothing pending and stopped machines do not.
     fn next_machine(&self) -> Option<(usize, u64)> {
         self.slots
             .iter()
             .zip(&self.machines)
             .enumerate()
-            .filter_map(|(i, (slot, m))| match slot {
-                Slot::Runnable => Some((i, m.now())),
-                Slot::Halted(Some(t)) => Some((i, (*t).max(m.now()))),
-                Slot::Halted(None) | Slot::Stopped(_) => None,
+            .filter_map(|(i, (slot, m))| {
+                let arrival = || self.network.as_ref().and_then(|n| n.next_arrival(i));
+                let wake = match slot {
+                    Slot::Runnable => return Some((i, m.now())),
+                    Slot::Halted(timer) => match (*timer, arrival()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    },
+                    Slot::Stopped(_) => None,
+                };
+                wake.map(|t| (i, t.max(m.now())))
             })
             .min_by_key(|&(i, t)| (t, i))
+    }
+
+    /// Applies network timeline actions due by `now` (the lowest virtual time of the world).
+    fn apply_network_timeline(&mut self, now: u64) -> Result<()> {
+        let Some(network) = &mut self.network else {
+            return Ok(());
+        };
+        let net_id = self.machines.len();
+        for event in network.apply_timeline(now)? {
+            if let NetEvent::Applied(action) = event {
+                self.trace
+                    .record(self.step, net_id, now, &Event::Network { action })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands `index` the frames that have arrived for it by its current time.
+    fn deliver_frames(&mut self, index: usize) -> Result<()> {
+        let Some(network) = &mut self.network else {
+            return Ok(());
+        };
+        let machine = &mut self.machines[index];
+        for delivery in network.take_due(index, machine.now()) {
+            let accepted = machine.deliver_frame(&delivery.frame).is_ok();
+            network.delivered(&delivery, accepted)?;
+            let event = Event::FrameDelivered {
+                from: delivery.from.0,
+                len: delivery.frame.data.len() as u32,
+                fingerprint: crate::network::fingerprint(&delivery.frame.data),
+                accepted,
+            };
+            self.trace.record(self.step, index, machine.now(), &event)?;
+        }
+        Ok(())
+    }
+
+    /// Switches the frames `index` sent during its last step.
+    fn send_frames(&mut self, index: usize) -> Result<()> {
+        let Some(network) = &mut self.network else {
+            return Ok(());
+        };
+        let machine = &mut self.machines[index];
+        let now = machine.now();
+        for frame in machine.take_outbox() {
+            for event in network.send(index, frame, now)? {
+                let event = match event {
+                    NetEvent::Sent {
+                        len, fingerprint, ..
+                    } => Event::FrameSent {
+                        len: len as u32,
+                        fingerprint,
+                    },
+                    NetEvent::Dropped { to, reason, .. } => Event::FrameDropped {
+                        to: to as u16,
+                        reason: reason.to_string(),
+                    },
+                    NetEvent::Applied(action) => Event::Network { action },
+                };
+                self.trace.record(self.step, index, now, &event)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,305 @@
+//! The world's network: the switch, the frames in flight, the timeline of network faults and
+//! the packet capture.
+//!
+//! Frames in flight wait in a queue ordered by arrival time (ties by the order they were sent).
+//! The world delivers a machine's due frames just before it steps that machine; see
+//! `docs/design.md` for why the switch's minimum latency makes this causal.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use simvm_devices::net::pcapng::{Direction, Packet, PcapngWriter};
+use simvm_devices::net::switch::{
+    link_seed_from_master, Cut, Delivery, DropReason, LinkConfig, MachineCounters, Switch,
+};
+use simvm_devices::net::{Frame, MachineId};
+
+use crate::error::{Error, Result};
+use crate::seed::Seed;
+
+/// A change to the network at a virtual time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NetAction {
+    /// Cut `a` from `b` (both ways, or only `a -> b`) under `name`.
+    Partition {
+        name: String,
+        a: Vec<usize>,
+        b: Vec<usize>,
+        cut: Cut,
+    },
+    /// Remove the partition `name`, or every partition.
+    Heal { name: Option<String> },
+    /// Reconfigure the directed link `from -> to`.
+    SetLink {
+        from: usize,
+        to: usize,
+        config: LinkConfig,
+    },
+}
+
+/// How the network of a run is set up.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkConfig {
+    pub defaults: LinkConfig,
+    /// Directed links that differ from the defaults.
+    pub links: Vec<(usize, usize, LinkConfig)>,
+    /// Network events, at virtual times in ns, in order.
+    pub timeline: Vec<(u64, NetAction)>,
+}
+
+/// What happened to a frame, for the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    Sent {
+        from: usize,
+        len: usize,
+        fingerprint: u64,
+    },
+    Dropped {
+        from: usize,
+        to: usize,
+        reason: DropReason,
+    },
+    Applied(String),
+}
+
+pub struct Network {
+    switch: Switch,
+    in_flight: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    deliveries: BTreeMap<u64, Delivery>,
+    next_seq: u64,
+    timeline: Vec<(u64, NetAction)>,
+    next_action: usize,
+    pcap: Option<PcapngWriter<BufWriter<File>>>,
+}
+
+impl Network {
+    pub fn new(
+        seed: Seed,
+        machines: usize,
+        config: &NetworkConfig,
+        pcap: Option<&Path>,
+    ) -> Result<Self> {
+        let count = u16::try_from(machines)
+            .map_err(|_| Error::Network(format!("{machines} machines is too many")))?;
+        let network_seed = seed.key("network");
+        let mut switch = Switch::new(count, config.defaults, |from, to| {
+            link_seed_from_master(network_seed, from, to)
+        })
+        .map_err(|e| Error::Network(e.to_string()))?;
+        for &(from, to, link) in &config.links {
+            switch
+                .set_link(id(from), id(to), link)
+                .map_err(|e| Error::Network(e.to_string()))?;
+        }
+        let pcap = match pcap {
+            Some(path) => {
+                let file = File::create(path).map_err(|e| Error::Pcap {
+                    path: path.to_owned(),
+                    source: e,
+                })?;
+                Some(
+                    PcapngWriter::new(BufWriter::new(file), count).map_err(|e| Error::Pcap {
+                        path: path.to_owned(),
+                        source: e,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            switch,
+            in_flight: BinaryHeap::new(),
+            deliveries: BTreeMap::new(),
+            next_seq: 0,
+            timeline: config.timeline.clone(),
+            next_action: 0,
+            pcap,
+        })
+    }
+
+    /// Applies the timeline's actions due at or before `now`; returns what was applied.
+    pub fn apply_timeline(&mut self, now: u64) -> Result<Vec<NetEvent>> {
+        let mut applied = Vec::new();
+        while let Some((at, action)) = self.timeline.get(self.next_action) {
+            if *at > now {
+                break;
+            }
+            let description = self.apply(action.clone())?;
+            applied.push(NetEvent::Applied(description));
+            self.next_action += 1;
+        }
+        Ok(applied)
+    }
+
+    fn apply(&mut self, action: NetAction) -> Result<String> {
+        let describe = |ids: &[usize]| {
+            ids.iter()
+                .map(|&i| id(i).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let result = match &action {
+            NetAction::Partition { name, a, b, cut } => {
+                let a_ids: Vec<MachineId> = a.iter().map(|&i| id(i)).collect();
+                let b_ids: Vec<MachineId> = b.iter().map(|&i| id(i)).collect();
+                let arrow = if *cut == Cut::OneWay { "->" } else { "<->" };
+                self.switch.partition(name, &a_ids, &b_ids, *cut).map(|()| {
+                    format!(
+                        "partition {name}: {{{}}} {arrow} {{{}}} cut",
+                        describe(a),
+                        describe(b)
+                    )
+                })
+            }
+            NetAction::Heal { name: Some(name) } => {
+                self.switch.heal(name);
+                Ok(format!("heal {name}"))
+            }
+            NetAction::Heal { name: None } => {
+                self.switch.heal_all();
+                Ok("heal all partitions".to_string())
+            }
+            NetAction::SetLink { from, to, config } => self
+                .switch
+                .set_link(id(*from), id(*to), *config)
+                .map(|()| format!("link {}->{}: {config:?}", id(*from), id(*to))),
+        };
+        result.map_err(|e| Error::Network(e.to_string()))
+    }
+
+    /// The next arrival time for `machine`, if a frame is in flight to it.
+    pub fn next_arrival(&self, machine: usize) -> Option<u64> {
+        // The heap is ordered by time for all machines; a per-machine minimum needs a scan, but
+        // the number of frames in flight is small (bounded by the machines' queues).
+        self.in_flight
+            .iter()
+            .filter(|Reverse((_, _, to))| *to == machine)
+            .map(|Reverse((at, _, _))| *at)
+            .min()
+    }
+
+    /// The earliest timeline action still to come.
+    pub fn next_action_at(&self) -> Option<u64> {
+        self.timeline.get(self.next_action).map(|(at, _)| *at)
+    }
+
+    /// Hands a frame sent by `from` at `now` to the switch.
+    pub fn send(&mut self, from: usize, frame: Frame, now: u64) -> Result<Vec<NetEvent>> {
+        let mut events = vec![NetEvent::Sent {
+            from,
+            len: frame.data.len(),
+            fingerprint: fingerprint(&frame.data),
+        }];
+        self.capture(from, now, Direction::Outbound, None, &frame.data)?;
+        let outcome = self
+            .switch
+            .send(id(from), frame.clone(), now)
+            .map_err(|e| Error::Network(e.to_string()))?;
+        for drop in outcome.drops {
+            let to = drop.to.index();
+            events.push(NetEvent::Dropped {
+                from,
+                to,
+                reason: drop.reason,
+            });
+            self.capture(to, now, Direction::Inbound, Some(drop.reason), &frame.data)?;
+        }
+        for delivery in outcome.deliveries {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.in_flight
+                .push(Reverse((delivery.at_ns, seq, delivery.to.index())));
+            self.deliveries.insert(seq, delivery);
+        }
+        Ok(events)
+    }
+
+    /// Removes and returns the frames due at `machine` by `now`, in arrival order.
+    pub fn take_due(&mut self, machine: usize, now: u64) -> Vec<Delivery> {
+        let mut due = Vec::new();
+        let mut keep = Vec::new();
+        while let Some(Reverse((at, seq, to))) = self.in_flight.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.in_flight.pop();
+            if to == machine {
+                if let Some(delivery) = self.deliveries.remove(&seq) {
+                    due.push(delivery);
+                }
+            } else {
+                keep.push(Reverse((at, seq, to)));
+            }
+        }
+        self.in_flight.extend(keep);
+        due
+    }
+
+    /// Records what the receiving NIC did with a delivery.
+    pub fn delivered(&mut self, delivery: &Delivery, accepted: bool) -> Result<()> {
+        let to = delivery.to.index();
+        let dropped = (!accepted).then_some(DropReason::QueueFull);
+        self.capture(
+            to,
+            delivery.at_ns,
+            Direction::Inbound,
+            dropped,
+            &delivery.frame.data,
+        )?;
+        let result = if accepted {
+            self.switch.report_delivered(delivery)
+        } else {
+            self.switch.report_queue_full(delivery)
+        };
+        result.map_err(|e| Error::Network(e.to_string()))
+    }
+
+    pub fn counters(&self, machine: usize) -> Option<MachineCounters> {
+        self.switch.machine_counters(id(machine)).ok()
+    }
+
+    /// Flushes the capture file.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(pcap) = &mut self.pcap {
+            pcap.flush()
+                .map_err(|e| Error::Network(format!("writing the packet capture: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn capture(
+        &mut self,
+        machine: usize,
+        at: u64,
+        direction: Direction,
+        dropped: Option<DropReason>,
+        data: &[u8],
+    ) -> Result<()> {
+        if let Some(pcap) = &mut self.pcap {
+            let packet = Packet {
+                machine: id(machine),
+                timestamp_ns: at,
+                direction,
+                dropped,
+                data,
+            };
+            pcap.write_packet(&packet)
+                .map_err(|e| Error::Network(format!("writing the packet capture: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn id(index: usize) -> MachineId {
+    MachineId(index as u16)
+}
+
+/// A 64-bit fingerprint of a frame's bytes, folded into the trace instead of the whole frame.
+pub fn fingerprint(data: &[u8]) -> u64 {
+    let hash = blake3::hash(data);
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
