@@ -18,6 +18,7 @@ pub mod kvm_ext;
 pub mod layout;
 pub mod machine;
 pub mod msr;
+pub mod network;
 pub mod seed;
 pub mod trace;
 pub mod watchdog;
