@@ -2,6 +2,7 @@
 
 mod image;
 mod run;
+mod scenario;
 mod units;
 
 use std::path::PathBuf;

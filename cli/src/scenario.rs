@@ -1,0 +1,1691 @@
+//! Scenario files: which machines run what, on which network, with which faults and when.
+//!
+//! `simvm run scenario.toml --seed 5` reads a TOML file like this one (`examples/README.md` has
+//! more, and `examples/demo.toml` is the built-in demo):
+//!
+//! ```toml
+//! description = "a server, two clients, a partition"   # optional, shown in reports
+//! until = "60s"              # optional: stop the run at this virtual time
+//!
+//! [network]                  # optional: settings of every link
+//! latency = "2ms"            # ns, us, ms, s, m, h; fractions allowed ("1.5ms")
+//! jitter = "100us"           # extra delay per frame, uniform in [0, jitter]
+//! loss = "1%"                # a probability: "1%" or 0.01
+//! duplicate = 0.001          # probability that a frame arrives twice
+//! bandwidth = "100Mbit"      # bit, kbit, Mbit, Gbit (per second) or "unlimited"
+//! reorder = false            # may jitter let a frame overtake an earlier one?
+//!
+//! [[network.link]]           # optional, any number: overrides for some links
+//! from = "m1"                # omitted: any machine
+//! to = "m2"                  # omitted: any machine
+//! both = true                # also the reverse direction (default: only from -> to)
+//! latency = "20ms"           # any of the settings above, and `up = false`
+//!
+//! [[machine]]                # one table per machine, in order: m1, m2, ...
+//! name = "m1"                # optional, default m<position>; also its host name
+//! command = "httpd -f -p 80" # a shell line (run with sh -c) or a list: ["httpd", "-f"]
+//! recipe = "etcd"            # optional: the guest image recipe
+//! memory = "256M"            # optional: guest RAM (K, M, G); default: `simvm run --mem`
+//! env = { MODE = "server" }  # optional: extra environment variables
+//! expect = "running"         # exit status (default 0), "running" or "any"
+//!
+//! [[machine]]
+//! count = 2                  # this table stands for two machines (m2, m3)
+//! command = ["wget", "-q", "http://m1/"]
+//!
+//! [[timeline]]               # events at virtual times, in time order
+//! at = "5s"
+//! partition = [["m1"], ["m2", "m3"]]   # groups that cannot reach each other
+//! one_way = true             # optional: cut only traffic from the first group to the others
+//! name = "split"             # optional: to heal this one partition later
+//!
+//! [[timeline]]
+//! at = "10s"
+//! heal = "split"             # or "all"
+//!
+//! [[timeline]]
+//! at = "12s"
+//! link = { from = "m2", to = "m1", loss = "50%" }   # change links (same keys as above)
+//! ```
+//!
+//! Semantics the runner relies on:
+//! - Every machine gets `SIMVM_MACHINE`, `SIMVM_INDEX` and `SIMVM_MACHINES` besides `env`.
+//! - Link settings not given anywhere keep the switch's defaults. A link's settings are the
+//!   `[network]` ones, then every matching `[[network.link]]` in file order. A `link` event
+//!   changes only the settings it names, on top of the link's current ones.
+//! - A partition with one group cuts that group from every other machine; with more groups,
+//!   each group from the others (machines in no group are unaffected). Partitions stack until
+//!   healed; a partition reusing a name replaces the earlier one.
+//! - The run ends when every machine expected to exit (`expect` is a status) has exited, or at
+//!   `until`. It succeeds when every machine meets its `expect`: that exit status, `"running"`
+//!   (still running at the end) or `"any"` (anything).
+//!
+//! Errors name the file, line and column and say what was expected; unknown keys are errors.
+//! The model is plain data: times are nanoseconds, probabilities `f64` in `[0, 1]`, bandwidth
+//! bits per second, machines indices into [`Scenario::machines`], as the switch takes them.
+
+// Wired into `simvm run` separately; until then only the tests use parts of it.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use thiserror::Error;
+use toml::{Spanned, Table, Value};
+
+/// The most machines one run can have (the CLI's `--machines` limit).
+pub const MAX_MACHINES: usize = 64;
+
+/// The built-in demo, shipped as an example so the documented file is the one that runs.
+const DEMO_TOML: &str = include_str!("../../examples/demo.toml");
+const DEMO_FILE: &str = "examples/demo.toml";
+
+/// A whole run: machines, network, timeline of network events, end and verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    pub description: Option<String>,
+    pub machines: Vec<Machine>,
+    pub network: Network,
+    /// In time order; events at the same time in file order.
+    pub timeline: Vec<Event>,
+    /// Virtual time at which the run stops, if it has not ended before.
+    pub until_ns: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// Also the host name in every machine's `/etc/hosts`.
+    pub name: String,
+    /// The command; empty means the image's default (only from the command line).
+    pub argv: Vec<String>,
+    pub recipe: Option<String>,
+    /// Guest RAM in bytes; `None` takes the command line's `--mem`.
+    pub memory: Option<u64>,
+    pub env: BTreeMap<String, String>,
+    pub expect: Expect,
+}
+
+/// What a machine's command must do for the run to succeed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Exit with this status. The run waits for it.
+    Exit(u8),
+    /// Still be running when the run ends (a server). The run does not wait for it.
+    Running,
+    /// Anything. The run does not wait for it.
+    Any,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Expect::Exit(0)
+    }
+}
+
+impl Expect {
+    /// Whether the run must wait for this machine's command to exit.
+    pub fn waits(self) -> bool {
+        matches!(self, Expect::Exit(_))
+    }
+
+    /// Whether `status` (`None`: still running) meets the expectation.
+    pub fn is_met(self, status: Option<i32>) -> bool {
+        match self {
+            Expect::Exit(code) => status == Some(i32::from(code)),
+            Expect::Running => status.is_none(),
+            Expect::Any => true,
+        }
+    }
+}
+
+/// Network settings: defaults for every link, then overrides.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Network {
+    pub defaults: LinkSettings,
+    pub links: Vec<LinkOverride>,
+}
+
+impl Network {
+    /// The settings of the directed link `from -> to` at the start of the run.
+    pub fn settings(&self, from: usize, to: usize) -> LinkSettings {
+        self.links
+            .iter()
+            .filter(|o| o.links.matches(from, to))
+            .fold(self.defaults, |acc, o| acc.then(o.settings))
+    }
+}
+
+/// Settings of a link; `None` keeps what the link had (at first, the switch's defaults).
+/// The fields map one to one onto the switch's `LinkConfig`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkSettings {
+    pub latency_ns: Option<u64>,
+    pub jitter_ns: Option<u64>,
+    /// Probability in `[0, 1]`.
+    pub loss: Option<f64>,
+    /// Probability in `[0, 1]`.
+    pub duplicate: Option<f64>,
+    /// Bits per second; 0 is unlimited.
+    pub bandwidth_bps: Option<u64>,
+    pub reorder: Option<bool>,
+    pub up: Option<bool>,
+}
+
+impl LinkSettings {
+    /// These settings with `later`'s given ones on top.
+    pub fn then(self, later: LinkSettings) -> LinkSettings {
+        LinkSettings {
+            latency_ns: later.latency_ns.or(self.latency_ns),
+            jitter_ns: later.jitter_ns.or(self.jitter_ns),
+            loss: later.loss.or(self.loss),
+            duplicate: later.duplicate.or(self.duplicate),
+            bandwidth_bps: later.bandwidth_bps.or(self.bandwidth_bps),
+            reorder: later.reorder.or(self.reorder),
+            up: later.up.or(self.up),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == LinkSettings::default()
+    }
+}
+
+/// New settings for the links a selector matches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkOverride {
+    pub links: LinkSelector,
+    pub settings: LinkSettings,
+}
+
+/// Which directed links an override or a `link` event applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkSelector {
+    /// `None`: any machine.
+    pub from: Option<usize>,
+    /// `None`: any machine.
+    pub to: Option<usize>,
+    /// Also the links `to -> from`.
+    pub both: bool,
+}
+
+impl LinkSelector {
+    pub fn matches(&self, from: usize, to: usize) -> bool {
+        let one_way =
+            |f: usize, t: usize| self.from.is_none_or(|x| x == f) && self.to.is_none_or(|x| x == t);
+        from != to && (one_way(from, to) || (self.both && one_way(to, from)))
+    }
+
+    /// The matching links among `machines` machines.
+    pub fn links(&self, machines: usize) -> Vec<(usize, usize)> {
+        (0..machines)
+            .flat_map(|from| (0..machines).map(move |to| (from, to)))
+            .filter(|&(from, to)| self.matches(from, to))
+            .collect()
+    }
+}
+
+/// Something that happens to the network at a virtual time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub at_ns: u64,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Partition(Partition),
+    Heal(Heal),
+    Link(LinkOverride),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    /// Given in the file, or `partition-N` for the N-th partition event.
+    pub name: String,
+    /// At least two disjoint, non-empty groups of machine indices.
+    pub groups: Vec<Vec<usize>>,
+    /// Only traffic from the first group to the others is cut (`Cut::OneWay`).
+    pub one_way: bool,
+}
+
+impl Partition {
+    /// The `(a, b)` pairs to cut so that this partition holds: one pair for a one-way
+    /// partition (first group to the rest), otherwise each group against all later ones.
+    pub fn cuts(&self) -> Vec<(Vec<usize>, Vec<usize>)> {
+        let pairs = if self.one_way {
+            1
+        } else {
+            self.groups.len() - 1
+        };
+        (0..pairs)
+            .map(|i| (self.groups[i].clone(), self.groups[i + 1..].concat()))
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heal {
+    All,
+    Named(String),
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}\n{excerpt}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+        /// The offending line with a caret under the column.
+        excerpt: String,
+    },
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks scenario text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ScenarioError> {
+        toml::from_str::<RawScenario>(text)
+            .map_err(|e| Problem {
+                span: e.span().unwrap_or(0..0),
+                message: e.message().trim_end().to_owned(),
+            })
+            .and_then(RawScenario::check)
+            .map_err(|problem| problem.locate(file, text))
+    }
+
+    /// The built-in demo (`examples/demo.toml`): an HTTP server, two clients, a partition.
+    pub fn demo() -> Self {
+        // The embedded file is part of the build and a unit test parses it.
+        Self::parse(DEMO_TOML, DEMO_FILE).expect("the built-in demo scenario parses")
+    }
+
+    /// `simvm run --machines N -- command`: the same command on m1..mN, each to exit 0.
+    pub fn from_cli(machines: usize, command: Vec<String>) -> Self {
+        let machines = (1..=machines)
+            .map(|i| Machine {
+                name: format!("m{i}"),
+                argv: command.clone(),
+                recipe: None,
+                memory: None,
+                env: BTreeMap::new(),
+                expect: Expect::default(),
+            })
+            .collect();
+        Scenario {
+            description: None,
+            machines,
+            network: Network::default(),
+            timeline: Vec::new(),
+            until_ns: None,
+        }
+    }
+
+    pub fn machine_index(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors with positions
+
+/// A finding in the file, before it is turned into line and column.
+#[derive(Debug)]
+struct Problem {
+    span: Range<usize>,
+    message: String,
+}
+
+impl Problem {
+    fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        Problem {
+            span,
+            message: message.into(),
+        }
+    }
+
+    fn locate(self, file: &str, text: &str) -> ScenarioError {
+        let (line, column) = line_column(text, self.span.start);
+        let source_line = text.lines().nth(line - 1).unwrap_or("");
+        let gutter = line.to_string().len();
+        let excerpt = format!(
+            "{:gutter$} |\n{line} | {source_line}\n{:gutter$} | {:>column$}",
+            "", "", "^"
+        );
+        ScenarioError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            message: self.message,
+            excerpt,
+        }
+    }
+}
+
+/// One-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file as written, before checks
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    description: Option<String>,
+    until: Option<Spanned<Nanos>>,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    machine: Vec<Spanned<RawMachine>>,
+    #[serde(default)]
+    timeline: Vec<Spanned<RawEvent>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    latency: Option<Nanos>,
+    jitter: Option<Nanos>,
+    loss: Option<Probability>,
+    duplicate: Option<Probability>,
+    bandwidth: Option<Bandwidth>,
+    reorder: Option<bool>,
+    #[serde(default)]
+    link: Vec<Spanned<RawLink>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    from: Option<Spanned<String>>,
+    to: Option<Spanned<String>>,
+    #[serde(default)]
+    both: bool,
+    latency: Option<Nanos>,
+    jitter: Option<Nanos>,
+    loss: Option<Probability>,
+    duplicate: Option<Probability>,
+    bandwidth: Option<Bandwidth>,
+    reorder: Option<bool>,
+    up: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    name: Option<Spanned<String>>,
+    count: Option<Spanned<i64>>,
+    command: Spanned<Command>,
+    recipe: Option<String>,
+    memory: Option<ByteSize>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    expect: Expect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEvent {
+    at: Spanned<Nanos>,
+    partition: Option<Spanned<Vec<Vec<Spanned<String>>>>>,
+    one_way: Option<Spanned<bool>>,
+    name: Option<Spanned<String>>,
+    heal: Option<Spanned<String>>,
+    link: Option<Spanned<RawLink>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks: from the file as written to the model
+
+impl RawScenario {
+    fn check(self) -> Result<Scenario, Problem> {
+        let machines = check_machines(self.machine)?;
+        let names = Names(machines.iter().map(|m| m.name.clone()).collect());
+        if let Some(until) = &self.until {
+            if until.get_ref().0 == 0 {
+                return Err(Problem::at(until.span(), "`until` must be after 0s"));
+            }
+        }
+        let network = self.network.check(&names)?;
+        let timeline = check_timeline(self.timeline, &names, self.until.as_ref())?;
+        Ok(Scenario {
+            description: self.description,
+            machines,
+            network,
+            timeline,
+            until_ns: self.until.map(|u| u.into_inner().0),
+        })
+    }
+}
+
+/// Machine names in order, to resolve references.
+struct Names(Vec<String>);
+
+impl Names {
+    fn index(&self, name: &Spanned<String>) -> Result<usize, Problem> {
+        self.0
+            .iter()
+            .position(|n| n == name.get_ref())
+            .ok_or_else(|| {
+                Problem::at(
+                    name.span(),
+                    format!(
+                        "unknown machine `{}`; the machines are {}",
+                        name.get_ref(),
+                        self.0.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+fn check_machines(raw: Vec<Spanned<RawMachine>>) -> Result<Vec<Machine>, Problem> {
+    if raw.is_empty() {
+        return Err(Problem::at(
+            0..0,
+            "no machines: add a [[machine]] table with a `command` for each machine",
+        ));
+    }
+    let mut machines: Vec<Machine> = Vec::new();
+    for entry in raw {
+        let span = entry.span();
+        let raw = entry.into_inner();
+        for _ in 0..machine_count(&raw)? {
+            if machines.len() == MAX_MACHINES {
+                return Err(Problem::at(
+                    span,
+                    format!("too many machines: at most {MAX_MACHINES}"),
+                ));
+            }
+            let machine = raw.to_machine(machines.len())?;
+            if machines.iter().any(|m| m.name == machine.name) {
+                let span = raw.name.as_ref().map_or(span.clone(), Spanned::span);
+                return Err(Problem::at(
+                    span,
+                    format!(
+                        "two machines are named `{}`; give each a different `name`",
+                        machine.name
+                    ),
+                ));
+            }
+            machines.push(machine);
+        }
+    }
+    Ok(machines)
+}
+
+/// How many machines a `[[machine]]` table stands for.
+fn machine_count(raw: &RawMachine) -> Result<usize, Problem> {
+    let Some(count) = &raw.count else {
+        return Ok(1);
+    };
+    let n = *count.get_ref();
+    if !(1..=MAX_MACHINES as i64).contains(&n) {
+        return Err(Problem::at(
+            count.span(),
+            format!("`count` must be between 1 and {MAX_MACHINES}"),
+        ));
+    }
+    if let (Some(name), true) = (&raw.name, n > 1) {
+        return Err(Problem::at(
+            name.span(),
+            "a table with `count` above 1 names its machines by position (m1, m2, ...): remove `name`",
+        ));
+    }
+    Ok(n as usize)
+}
+
+impl RawMachine {
+    fn to_machine(&self, index: usize) -> Result<Machine, Problem> {
+        let name = match &self.name {
+            Some(name) => check_host_name(name)?,
+            None => format!("m{}", index + 1),
+        };
+        for (key, value) in &self.env {
+            check_env(key, value)?;
+        }
+        Ok(Machine {
+            name,
+            argv: self.command.get_ref().0.clone(),
+            recipe: self.recipe.clone(),
+            memory: self.memory.map(|m| m.0),
+            env: self
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+                .collect(),
+            expect: self.expect,
+        })
+    }
+}
+
+/// Machine names are host names in `/etc/hosts`: a letter, then letters, digits or hyphens.
+fn check_host_name(name: &Spanned<String>) -> Result<String, Problem> {
+    let text = name.get_ref();
+    let valid = text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !valid {
+        return Err(Problem::at(
+            name.span(),
+            format!("`{text}` is not a host name: use a letter, then letters, digits or `-` (at most 63)"),
+        ));
+    }
+    Ok(text.clone())
+}
+
+fn check_env(key: &str, value: &Spanned<String>) -> Result<(), Problem> {
+    let message = if key.is_empty() || key.contains(['=', '\0']) {
+        format!("`{key}` is not an environment variable name")
+    } else if key.starts_with("SIMVM_") {
+        format!("`{key}` is set by simvm itself")
+    } else if value.get_ref().contains('\0') {
+        format!("the value of `{key}` contains a NUL character")
+    } else {
+        return Ok(());
+    };
+    Err(Problem::at(value.span(), message))
+}
+
+impl RawNetwork {
+    fn check(self, names: &Names) -> Result<Network, Problem> {
+        let defaults = LinkSettings {
+            latency_ns: self.latency.map(|n| n.0),
+            jitter_ns: self.jitter.map(|n| n.0),
+            loss: self.loss.map(|p| p.0),
+            duplicate: self.duplicate.map(|p| p.0),
+            bandwidth_bps: self.bandwidth.map(|b| b.0),
+            reorder: self.reorder,
+            up: None,
+        };
+        let links = self
+            .link
+            .iter()
+            .map(|link| link.get_ref().check(link.span(), names))
+            .collect::<Result<_, _>>()?;
+        Ok(Network { defaults, links })
+    }
+}
+
+impl RawLink {
+    fn check(&self, span: Range<usize>, names: &Names) -> Result<LinkOverride, Problem> {
+        let from = self.from.as_ref().map(|n| names.index(n)).transpose()?;
+        let to = self.to.as_ref().map(|n| names.index(n)).transpose()?;
+        if let (Some(from), Some(to)) = (from, to) {
+            if from == to {
+                let span = self.to.as_ref().map_or(span, Spanned::span);
+                return Err(Problem::at(span, "a link joins two different machines"));
+            }
+        }
+        let settings = self.settings();
+        if settings.is_empty() {
+            return Err(Problem::at(
+                span,
+                "this link changes nothing: give latency, jitter, loss, duplicate, bandwidth, reorder or up",
+            ));
+        }
+        Ok(LinkOverride {
+            links: LinkSelector {
+                from,
+                to,
+                both: self.both,
+            },
+            settings,
+        })
+    }
+
+    fn settings(&self) -> LinkSettings {
+        LinkSettings {
+            latency_ns: self.latency.map(|n| n.0),
+            jitter_ns: self.jitter.map(|n| n.0),
+            loss: self.loss.map(|p| p.0),
+            duplicate: self.duplicate.map(|p| p.0),
+            bandwidth_bps: self.bandwidth.map(|b| b.0),
+            reorder: self.reorder,
+            up: self.up,
+        }
+    }
+}
+
+fn check_timeline(
+    raw: Vec<Spanned<RawEvent>>,
+    names: &Names,
+    until: Option<&Spanned<Nanos>>,
+) -> Result<Vec<Event>, Problem> {
+    let mut partitions = BTreeSet::new();
+    let mut previous: Option<u64> = None;
+    let mut events = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let span = entry.span();
+        let raw = entry.into_inner();
+        let at_ns = raw.at.get_ref().0;
+        check_event_time(&raw.at, previous, until)?;
+        previous = Some(at_ns);
+        let action = raw.action(span, names, &mut partitions)?;
+        events.push(Event { at_ns, action });
+    }
+    Ok(events)
+}
+
+fn check_event_time(
+    at: &Spanned<Nanos>,
+    previous: Option<u64>,
+    until: Option<&Spanned<Nanos>>,
+) -> Result<(), Problem> {
+    let at_ns = at.get_ref().0;
+    if let Some(previous) = previous.filter(|&p| p > at_ns) {
+        return Err(Problem::at(
+            at.span(),
+            format!(
+                "events must be in time order: this one at {} comes after one at {}",
+                format_ns(at_ns),
+                format_ns(previous)
+            ),
+        ));
+    }
+    if let Some(until) = until.filter(|u| u.get_ref().0 < at_ns) {
+        return Err(Problem::at(
+            at.span(),
+            format!(
+                "this event at {} is after the end of the run (until = {})",
+                format_ns(at_ns),
+                format_ns(until.get_ref().0)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl RawEvent {
+    /// The one thing the event does; `partitions` collects the partition names so far.
+    fn action(
+        self,
+        span: Range<usize>,
+        names: &Names,
+        partitions: &mut BTreeSet<String>,
+    ) -> Result<Action, Problem> {
+        let given: Vec<(&str, Range<usize>)> = [
+            ("partition", self.partition.as_ref().map(Spanned::span)),
+            ("heal", self.heal.as_ref().map(Spanned::span)),
+            ("link", self.link.as_ref().map(Spanned::span)),
+        ]
+        .into_iter()
+        .filter_map(|(key, span)| Some((key, span?)))
+        .collect();
+        match given.as_slice() {
+            [] => {
+                return Err(Problem::at(
+                    span,
+                    "a timeline event needs one of `partition`, `heal` or `link`",
+                ))
+            }
+            [(first, _), (second, span), ..] => {
+                return Err(Problem::at(
+                    span.clone(),
+                    format!("an event does one thing, this one has `{first}` and `{second}`: use one [[timeline]] table for each"),
+                ))
+            }
+            [_] => {}
+        }
+        if self.partition.is_none() {
+            self.reject_partition_options()?;
+        }
+        if let Some(groups) = &self.partition {
+            let partition = self.check_partition(groups, names, partitions.len())?;
+            partitions.insert(partition.name.clone());
+            Ok(Action::Partition(partition))
+        } else if let Some(heal) = &self.heal {
+            check_heal(heal, partitions).map(Action::Heal)
+        } else if let Some(link) = &self.link {
+            link.get_ref().check(link.span(), names).map(Action::Link)
+        } else {
+            unreachable!("exactly one action was found above")
+        }
+    }
+
+    fn reject_partition_options(&self) -> Result<(), Problem> {
+        let misplaced = [
+            ("one_way", self.one_way.as_ref().map(Spanned::span)),
+            ("name", self.name.as_ref().map(Spanned::span)),
+        ];
+        match misplaced.into_iter().find_map(|(k, s)| Some((k, s?))) {
+            Some((key, span)) => Err(Problem::at(
+                span,
+                format!("`{key}` belongs to a `partition` event"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn check_partition(
+        &self,
+        groups: &Spanned<Vec<Vec<Spanned<String>>>>,
+        names: &Names,
+        earlier: usize,
+    ) -> Result<Partition, Problem> {
+        let name = match &self.name {
+            Some(name) if name.get_ref() == "all" => {
+                return Err(Problem::at(
+                    name.span(),
+                    "`all` is reserved for `heal = \"all\"`: choose another name",
+                ))
+            }
+            Some(name) => name.get_ref().clone(),
+            None => format!("partition-{}", earlier + 1),
+        };
+        Ok(Partition {
+            name,
+            groups: check_groups(groups, names)?,
+            one_way: self.one_way.as_ref().is_some_and(|o| *o.get_ref()),
+        })
+    }
+}
+
+/// Resolves partition groups: non-empty, disjoint, at least two (one group means "against
+/// everyone else").
+fn check_groups(
+    raw: &Spanned<Vec<Vec<Spanned<String>>>>,
+    names: &Names,
+) -> Result<Vec<Vec<usize>>, Problem> {
+    let mut seen = BTreeSet::new();
+    let mut groups = Vec::new();
+    for group in raw.get_ref() {
+        if group.is_empty() {
+            return Err(Problem::at(raw.span(), "a partition group cannot be empty"));
+        }
+        let mut indices = Vec::new();
+        for name in group {
+            let index = names.index(name)?;
+            if !seen.insert(index) {
+                return Err(Problem::at(
+                    name.span(),
+                    format!("`{}` is in two partition groups", name.get_ref()),
+                ));
+            }
+            indices.push(index);
+        }
+        groups.push(indices);
+    }
+    if groups.len() == 1 {
+        let rest: Vec<usize> = (0..names.0.len()).filter(|i| !seen.contains(i)).collect();
+        groups.push(rest);
+    }
+    if groups.len() < 2 || groups.iter().any(Vec::is_empty) {
+        return Err(Problem::at(
+            raw.span(),
+            "a partition needs two sides, like [[\"m1\"], [\"m2\", \"m3\"]]",
+        ));
+    }
+    Ok(groups)
+}
+
+fn check_heal(heal: &Spanned<String>, partitions: &BTreeSet<String>) -> Result<Heal, Problem> {
+    let name = heal.get_ref();
+    if name == "all" {
+        return Ok(Heal::All);
+    }
+    if !partitions.contains(name) {
+        let known: Vec<&str> = partitions.iter().map(String::as_str).collect();
+        return Err(Problem::at(
+            heal.span(),
+            format!(
+                "no partition named `{name}` before this event: use \"all\" or one of: {}",
+                if known.is_empty() {
+                    "(none)".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
+    Ok(Heal::Named(name.clone()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values with units
+
+/// A value written as a number, a string with a unit, or both, as scenario files allow.
+trait Quantity: Sized {
+    /// What the file should have said, for errors.
+    const EXPECTING: &'static str;
+
+    fn from_text(text: &str) -> Result<Self, String>;
+
+    fn from_integer(value: i64) -> Result<Self, String> {
+        Err(format!(
+            "expected {}, found the number {value}",
+            Self::EXPECTING
+        ))
+    }
+
+    fn from_float(value: f64) -> Result<Self, String> {
+        Err(format!(
+            "expected {}, found the number {value}",
+            Self::EXPECTING
+        ))
+    }
+}
+
+struct QuantityVisitor<T>(PhantomData<T>);
+
+impl<T: Quantity> Visitor<'_> for QuantityVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::EXPECTING)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        T::from_text(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::from_integer(v).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        i64::try_from(v)
+            .map_err(|_| E::custom(format!("{v} is too large")))
+            .and_then(|v| self.visit_i64(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        T::from_float(v).map_err(E::custom)
+    }
+}
+
+macro_rules! deserialize_quantity {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(QuantityVisitor(PhantomData))
+            }
+        }
+    )*};
+}
+
+deserialize_quantity!(Nanos, Probability, Bandwidth, ByteSize, Expect);
+
+/// A virtual duration in nanoseconds.
+#[derive(Clone, Copy, Debug)]
+struct Nanos(u64);
+
+const DURATION_UNITS: &[(&str, u64)] = &[
+    ("ns", 1),
+    ("us", 1_000),
+    ("µs", 1_000),
+    ("ms", 1_000_000),
+    ("s", 1_000_000_000),
+    ("m", 60_000_000_000),
+    ("min", 60_000_000_000),
+    ("h", 3_600_000_000_000),
+];
+
+impl Quantity for Nanos {
+    const EXPECTING: &'static str = "a duration like \"500ms\" (units ns, us, ms, s, m, h)";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_scaled(text, DURATION_UNITS)
+            .map(Nanos)
+            .map_err(|e| e.describe(text, Self::EXPECTING, "a duration"))
+    }
+
+    fn from_integer(value: i64) -> Result<Self, String> {
+        match value {
+            0 => Ok(Nanos(0)),
+            _ => Err(format!(
+                "a duration needs a unit: write \"{value}s\" or \"{value}ms\""
+            )),
+        }
+    }
+}
+
+/// A probability in `[0, 1]`.
+#[derive(Clone, Copy, Debug)]
+struct Probability(f64);
+
+impl Quantity for Probability {
+    const EXPECTING: &'static str = "a probability like 0.01 or \"1%\"";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        let percent = text
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("expected {}, found \"{text}\"", Self::EXPECTING))?;
+        Self::from_float(percent / 100.0)
+    }
+
+    fn from_integer(value: i64) -> Result<Self, String> {
+        // Exact for every integer that passes the range check.
+        Self::from_float(value as f64)
+    }
+
+    fn from_float(value: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Probability(value))
+        } else {
+            Err(format!(
+                "a probability must be between 0 and 1 (or \"0%\" and \"100%\"), found {value}"
+            ))
+        }
+    }
+}
+
+/// Bits per second; 0 is unlimited.
+#[derive(Clone, Copy, Debug)]
+struct Bandwidth(u64);
+
+const BANDWIDTH_UNITS: &[(&str, u64)] = &[
+    ("bit", 1),
+    ("kbit", 1_000),
+    ("mbit", 1_000_000),
+    ("gbit", 1_000_000_000),
+    ("bps", 1),
+    ("kbps", 1_000),
+    ("mbps", 1_000_000),
+    ("gbps", 1_000_000_000),
+];
+
+impl Quantity for Bandwidth {
+    const EXPECTING: &'static str =
+        "a bandwidth like \"100Mbit\" (units bit, kbit, Mbit, Gbit per second) or \"unlimited\"";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        if text.trim() == "unlimited" {
+            return Ok(Bandwidth(0));
+        }
+        match parse_scaled(text, BANDWIDTH_UNITS) {
+            Ok(0) => Err("a bandwidth of 0 carries nothing: use \"unlimited\" for no limit or `up = false` for a dead link".to_owned()),
+            Ok(bps) => Ok(Bandwidth(bps)),
+            Err(e) => Err(e.describe(text, Self::EXPECTING, "a bandwidth")),
+        }
+    }
+}
+
+/// A memory size in bytes.
+#[derive(Clone, Copy, Debug)]
+struct ByteSize(u64);
+
+const SIZE_UNITS: &[(&str, u64)] = &[
+    ("", 1),
+    ("k", 1 << 10),
+    ("kib", 1 << 10),
+    ("m", 1 << 20),
+    ("mib", 1 << 20),
+    ("g", 1 << 30),
+    ("gib", 1 << 30),
+];
+
+impl Quantity for ByteSize {
+    const EXPECTING: &'static str = "a size like \"256M\" (units K, M, G)";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        parse_scaled(text, SIZE_UNITS)
+            .map(ByteSize)
+            .map_err(|e| e.describe(text, Self::EXPECTING, "a size"))
+    }
+
+    fn from_integer(value: i64) -> Result<Self, String> {
+        u64::try_from(value)
+            .map(ByteSize)
+            .map_err(|_| "a size cannot be negative".to_owned())
+    }
+}
+
+impl Quantity for Expect {
+    const EXPECTING: &'static str = "an exit status (0 to 255), \"running\" or \"any\"";
+
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "running" => Ok(Expect::Running),
+            "any" => Ok(Expect::Any),
+            _ => Err(format!("expected {}, found \"{text}\"", Self::EXPECTING)),
+        }
+    }
+
+    fn from_integer(value: i64) -> Result<Self, String> {
+        u8::try_from(value)
+            .map(Expect::Exit)
+            .map_err(|_| format!("expected {}, found {value}", Self::EXPECTING))
+    }
+}
+
+/// Why a number with a unit did not parse.
+#[derive(Debug, PartialEq)]
+enum ScaledError {
+    Negative,
+    Malformed,
+    UnknownUnit,
+    TooPrecise,
+    TooLarge,
+}
+
+impl ScaledError {
+    fn describe(self, text: &str, expecting: &str, what: &str) -> String {
+        match self {
+            ScaledError::Negative => format!("{what} cannot be negative, found \"{text}\""),
+            ScaledError::Malformed | ScaledError::UnknownUnit => {
+                format!("expected {expecting}, found \"{text}\"")
+            }
+            ScaledError::TooPrecise => format!("\"{text}\" is finer than the smallest unit"),
+            ScaledError::TooLarge => format!("\"{text}\" is too large"),
+        }
+    }
+}
+
+/// Parses a decimal number and a unit from `units` (case-insensitive) into an exact integer
+/// count of the smallest unit: floats would make "0.3s" one nanosecond short.
+fn parse_scaled(text: &str, units: &[(&str, u64)]) -> Result<u64, ScaledError> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(ScaledError::Negative);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit = unit.trim().to_lowercase();
+    let scale = units
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|&(_, scale)| u128::from(scale))
+        .ok_or(ScaledError::UnknownUnit)?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
+        return Err(ScaledError::Malformed);
+    }
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.len() > 18 {
+        return Err(ScaledError::TooPrecise);
+    }
+    let whole: u128 = match whole {
+        "" => 0,
+        digits => digits.parse().map_err(|_| ScaledError::TooLarge)?,
+    };
+    let denominator = 10u128.pow(fraction.len() as u32);
+    let fraction_scaled = match fraction {
+        "" => 0,
+        digits => digits.parse::<u128>().map_err(|_| ScaledError::Malformed)? * scale,
+    };
+    if !fraction_scaled.is_multiple_of(denominator) {
+        return Err(ScaledError::TooPrecise);
+    }
+    whole
+        .checked_mul(scale)
+        .and_then(|w| w.checked_add(fraction_scaled / denominator))
+        .and_then(|total| u64::try_from(total).ok())
+        .ok_or(ScaledError::TooLarge)
+}
+
+/// A command: a shell line (run with `sh -c`) or an argument list.
+#[derive(Clone, Debug)]
+struct Command(Vec<String>);
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CommandVisitor)
+    }
+}
+
+struct CommandVisitor;
+
+impl<'de> Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a shell command line or a list of arguments, like [\"httpd\", \"-f\"]")
+    }
+
+    fn visit_str<E: de::Error>(self, line: &str) -> Result<Command, E> {
+        if line.trim().is_empty() {
+            return Err(E::custom("the command is empty"));
+        }
+        Ok(Command(vec!["sh".into(), "-c".into(), line.into()]))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+        let mut argv = Vec::new();
+        while let Some(arg) = seq.next_element::<String>()? {
+            argv.push(arg);
+        }
+        match argv.first() {
+            Some(program) if !program.is_empty() => Ok(Command(argv)),
+            _ => Err(de::Error::custom(
+                "the command needs a program as its first element",
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing a scenario back as TOML
+
+/// Writes the scenario in the file format; parsing the result gives the same scenario.
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        let text = toml::to_string(&self.to_table()).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Scenario {
+    fn to_table(&self) -> Table {
+        let mut root = Table::new();
+        if let Some(description) = &self.description {
+            root.insert("description".into(), description.clone().into());
+        }
+        if let Some(until) = self.until_ns {
+            root.insert("until".into(), format_ns(until).into());
+        }
+        let mut network = settings_table(&self.network.defaults);
+        let links: Vec<Value> = (self.network.links.iter())
+            .map(|o| self.link_table(o).into())
+            .collect();
+        if !links.is_empty() {
+            network.insert("link".into(), links.into());
+        }
+        root.insert("network".into(), network.into());
+        let machines: Vec<Value> = self
+            .machines
+            .iter()
+            .map(|m| machine_table(m).into())
+            .collect();
+        root.insert("machine".into(), machines.into());
+        if !self.timeline.is_empty() {
+            let events: Vec<Value> = self
+                .timeline
+                .iter()
+                .map(|e| self.event_table(e).into())
+                .collect();
+            root.insert("timeline".into(), events.into());
+        }
+        root
+    }
+
+    fn name(&self, index: usize) -> Value {
+        self.machines
+            .get(index)
+            .map_or_else(|| format!("#{index}"), |m| m.name.clone())
+            .into()
+    }
+
+    fn link_table(&self, o: &LinkOverride) -> Table {
+        let mut table = settings_table(&o.settings);
+        if let Some(from) = o.links.from {
+            table.insert("from".into(), self.name(from));
+        }
+        if let Some(to) = o.links.to {
+            table.insert("to".into(), self.name(to));
+        }
+        if o.links.both {
+            table.insert("both".into(), true.into());
+        }
+        table
+    }
+
+    fn event_table(&self, event: &Event) -> Table {
+        let mut table = Table::new();
+        table.insert("at".into(), format_ns(event.at_ns).into());
+        match &event.action {
+            Action::Partition(p) => {
+                let groups: Vec<Value> = (p.groups.iter())
+                    .map(|g| g.iter().map(|&i| self.name(i)).collect::<Vec<_>>().into())
+                    .collect();
+                table.insert("partition".into(), groups.into());
+                table.insert("name".into(), p.name.clone().into());
+                if p.one_way {
+                    table.insert("one_way".into(), true.into());
+                }
+            }
+            Action::Heal(Heal::All) => {
+                table.insert("heal".into(), "all".into());
+            }
+            Action::Heal(Heal::Named(name)) => {
+                table.insert("heal".into(), name.clone().into());
+            }
+            Action::Link(o) => {
+                table.insert("link".into(), self.link_table(o).into());
+            }
+        }
+        table
+    }
+}
+
+fn machine_table(machine: &Machine) -> Table {
+    let mut table = Table::new();
+    table.insert("name".into(), machine.name.clone().into());
+    table.insert("command".into(), machine.argv.clone().into());
+    if let Some(recipe) = &machine.recipe {
+        table.insert("recipe".into(), recipe.clone().into());
+    }
+    if let Some(memory) = machine.memory.and_then(|m| i64::try_from(m).ok()) {
+        table.insert("memory".into(), memory.into());
+    }
+    if !machine.env.is_empty() {
+        let env: Table = (machine.env.iter())
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        table.insert("env".into(), env.into());
+    }
+    let expect: Value = match machine.expect {
+        Expect::Exit(code) => i64::from(code).into(),
+        Expect::Running => "running".into(),
+        Expect::Any => "any".into(),
+    };
+    table.insert("expect".into(), expect);
+    table
+}
+
+fn settings_table(s: &LinkSettings) -> Table {
+    let entries: [(&str, Option<Value>); 7] = [
+        ("latency", s.latency_ns.map(|n| format_ns(n).into())),
+        ("jitter", s.jitter_ns.map(|n| format_ns(n).into())),
+        ("loss", s.loss.map(Value::from)),
+        ("duplicate", s.duplicate.map(Value::from)),
+        (
+            "bandwidth",
+            s.bandwidth_bps.map(|b| format_bandwidth(b).into()),
+        ),
+        ("reorder", s.reorder.map(Value::from)),
+        ("up", s.up.map(Value::from)),
+    ];
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+        .collect()
+}
+
+/// The largest unit that writes `ns` exactly, like "1500us" or "2m".
+fn format_ns(ns: u64) -> String {
+    format_exact(
+        ns,
+        &[
+            ("h", 3_600_000_000_000),
+            ("m", 60_000_000_000),
+            ("s", 1_000_000_000),
+            ("ms", 1_000_000),
+            ("us", 1_000),
+            ("ns", 1),
+        ],
+    )
+}
+
+fn format_bandwidth(bps: u64) -> String {
+    if bps == 0 {
+        return "unlimited".to_owned();
+    }
+    format_exact(
+        bps,
+        &[
+            ("Gbit", 1_000_000_000),
+            ("Mbit", 1_000_000),
+            ("kbit", 1_000),
+            ("bit", 1),
+        ],
+    )
+}
+
+/// `units` from the largest; the last must be 1.
+fn format_exact(value: u64, units: &[(&str, u64)]) -> String {
+    let (unit, scale) = units
+        .iter()
+        .find(|&&(_, scale)| value != 0 && value.is_multiple_of(scale))
+        .unwrap_or(&units[units.len() - 1]);
+    format!("{}{unit}", value / scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(text, "s.toml")
+    }
+
+    #[test]
+    fn demo_parses_into_the_documented_cluster() {
+        let demo = Scenario::demo();
+        let names: Vec<&str> = demo.machines.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["m1", "m2", "m3"]);
+        assert_eq!(demo.machines[0].expect, Expect::Running);
+        assert_eq!(demo.machines[1].argv, demo.machines[2].argv);
+        assert_eq!(demo.machines[1].argv[..2], ["sh", "-c"]);
+        assert_eq!(demo.until_ns, Some(60_000_000_000));
+        assert_eq!(demo.network.defaults.latency_ns, Some(1_000_000));
+        let [partition, heal] = &demo.timeline[..] else {
+            panic!("the demo has a partition and a heal: {:?}", demo.timeline);
+        };
+        let Action::Partition(p) = &partition.action else {
+            panic!("first event is not a partition");
+        };
+        assert_eq!(p.groups, vec![vec![0], vec![1, 2]]);
+        assert_eq!(p.cuts(), vec![(vec![0], vec![1, 2])]);
+        assert!(partition.at_ns < heal.at_ns);
+        assert_eq!(heal.action, Action::Heal(Heal::All));
+    }
+
+    #[test]
+    fn every_example_parses_and_round_trips() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples directory") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                let again = parse(&scenario.to_string()).unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(again, scenario, "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "expected at least three examples, found {seen}");
+    }
+
+    #[test]
+    fn demo_round_trips_through_text() {
+        let demo = Scenario::demo();
+        assert_eq!(parse(&demo.to_string()).expect("reparse"), demo);
+    }
+
+    #[test]
+    fn from_cli_names_machines_and_expects_success() {
+        let s = Scenario::from_cli(3, vec!["true".into()]);
+        assert_eq!(s.machines.len(), 3);
+        assert_eq!(s.machines[2].name, "m3");
+        assert!(s
+            .machines
+            .iter()
+            .all(|m| m.argv == ["true"] && m.expect == Expect::Exit(0)));
+        assert_eq!(parse(&s.to_string()).expect("reparse"), s);
+    }
+
+    #[test]
+    fn expectations() {
+        assert!(Expect::Exit(0).is_met(Some(0)));
+        assert!(!Expect::Exit(0).is_met(Some(1)) && !Expect::Exit(0).is_met(None));
+        assert!(Expect::Running.is_met(None) && !Expect::Running.is_met(Some(0)));
+        assert!(Expect::Any.is_met(Some(3)) && Expect::Any.is_met(None));
+        assert!(Expect::Exit(2).waits() && !Expect::Running.waits() && !Expect::Any.waits());
+        assert_eq!(Scenario::demo().machine_index("m3"), Some(2));
+        assert_eq!(Scenario::demo().machine_index("m4"), None);
+    }
+
+    #[test]
+    fn durations() {
+        let cases: &[(&str, Result<u64, ScaledError>)] = &[
+            ("5s", Ok(5_000_000_000)),
+            ("100us", Ok(100_000)),
+            ("100µs", Ok(100_000)),
+            ("1.5ms", Ok(1_500_000)),
+            ("0.3s", Ok(300_000_000)),
+            (".5s", Ok(500_000_000)),
+            ("2m", Ok(120_000_000_000)),
+            ("1h", Ok(3_600_000_000_000)),
+            ("7 ns", Ok(7)),
+            ("1.5ns", Err(ScaledError::TooPrecise)),
+            ("-5s", Err(ScaledError::Negative)),
+            ("5", Err(ScaledError::UnknownUnit)),
+            ("5 seconds", Err(ScaledError::UnknownUnit)),
+            ("1.2.3s", Err(ScaledError::Malformed)),
+            ("s", Err(ScaledError::Malformed)),
+            ("99999999999h", Err(ScaledError::TooLarge)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(&parse_scaled(text, DURATION_UNITS), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn probabilities() {
+        for (text, expected) in [
+            ("\"1%\"", 0.01),
+            ("0.25", 0.25),
+            ("1", 1.0),
+            ("\"0.5 %\"", 0.005),
+        ] {
+            let s = parse(&format!(
+                "[network]\nloss = {text}\n[[machine]]\ncommand = \"true\"\n"
+            ))
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(s.network.defaults.loss, Some(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn bandwidths() {
+        let cases = [
+            ("100Mbit", Ok(100_000_000)),
+            ("1Gbit", Ok(1_000_000_000)),
+            ("1.5gbit", Ok(1_500_000_000)),
+            ("64 kbps", Ok(64_000)),
+            ("unlimited", Ok(0)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(Bandwidth::from_text(text).map(|b| b.0), expected, "{text}");
+        }
+        assert!(Bandwidth::from_text("0Mbit")
+            .unwrap_err()
+            .contains("unlimited"));
+        assert!(Bandwidth::from_text("100MB")
+            .unwrap_err()
+            .contains("expected a bandwidth"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::from_text("256M").map(|s| s.0), Ok(256 << 20));
+        assert_eq!(ByteSize::from_text("1GiB").map(|s| s.0), Ok(1 << 30));
+        assert_eq!(ByteSize::from_text("0.5k").map(|s| s.0), Ok(512));
+        assert!(ByteSize::from_text("12X").is_err());
+    }
+
+    #[test]
+    fn formatting_picks_the_largest_exact_unit() {
+        assert_eq!(format_ns(0), "0ns");
+        assert_eq!(format_ns(1_500_000), "1500us");
+        assert_eq!(format_ns(120_000_000_000), "2m");
+        assert_eq!(format_bandwidth(100_000_000), "100Mbit");
+        assert_eq!(format_bandwidth(0), "unlimited");
+    }
+
+    #[test]
+    fn link_settings_stack_in_file_order() {
+        let s = parse(
+            r#"
+            [network]
+            latency = "1ms"
+            loss = 0.1
+            [[network.link]]
+            from = "m1"
+            latency = "5ms"
+            [[network.link]]
+            from = "m1"
+            to = "m2"
+            both = true
+            loss = 0
+            [[machine]]
+            count = 3
+            command = "true"
+            "#,
+        )
+        .expect("parses");
+        let at = |f, t| s.network.settings(f, t);
+        assert_eq!(
+            (at(0, 1).latency_ns, at(0, 1).loss),
+            (Some(5_000_000), Some(0.0))
+        );
+        assert_eq!(
+            (at(1, 0).latency_ns, at(1, 0).loss),
+            (Some(1_000_000), Some(0.0))
+        );
+        assert_eq!(
+            (at(0, 2).latency_ns, at(0, 2).loss),
+            (Some(5_000_000), Some(0.1))
+        );
+        assert_eq!(
+            (at(2, 1).latency_ns, at(2, 1).loss),
+            (Some(1_000_000), Some(0.1))
+        );
+        assert_eq!(s.network.links[0].links.links(3), [(0, 1), (0, 2)]);
+    }
+
+    #[test]
+    fn single_group_partitions_against_everyone_else() {
+        let s = parse(
+            "[[machine]]\ncount = 4\ncommand = \"true\"\n\
+             [[timeline]]\nat = \"1s\"\npartition = [[\"m2\"]]\none_way = true\nname = \"x\"\n\
+             [[timeline]]\nat = \"2s\"\nheal = \"x\"\n",
+        )
+        .expect("parses");
+        let Action::Partition(p) = &s.timeline[0].action else {
+            panic!("not a partition");
+        };
+        assert_eq!(p.groups, vec![vec![1], vec![0, 2, 3]]);
+        assert!(p.one_way);
+        assert_eq!(s.timeline[1].action, Action::Heal(Heal::Named("x".into())));
+    }
+
+    #[test]
+    fn three_groups_cut_each_pair() {
+        let p = Partition {
+            name: "p".into(),
+            groups: vec![vec![0], vec![1], vec![2, 3]],
+            one_way: false,
+        };
+        assert_eq!(
+            p.cuts(),
+            vec![(vec![0], vec![1, 2, 3]), (vec![1], vec![2, 3])]
+        );
+    }
+
+    /// Each malformed file, the position reported and a piece of the message.
+    #[test]
+    fn errors_name_line_column_and_what_was_expected() {
+        const M: &str = "[[machine]]\ncount = 3\ncommand = \"true\"\n";
+        let cases: Vec<(String, (usize, usize), &str)> = vec![
+            ("[[machine]]\ncomand = \"x\"\n".into(), (2, 1), "unknown field `comand`"),
+            ("[[machine]]\nname = \"m1\"\n".into(), (1, 1), "missing field `command`"),
+            ("until = 5\n".into(), (1, 9), "needs a unit"),
+            ("until = \"-5s\"\n".into(), (1, 9), "cannot be negative"),
+            ("until = \"soon\"\n".into(), (1, 9), "expected a duration"),
+            ("x = [\n".into(), (2, 1), ""),
+            ("".into(), (1, 1), "no machines"),
+            (format!("{M}[network]\nloss = 1.5\n"), (5, 8), "between 0 and 1"),
+            (format!("{M}[network]\nloss = \"150%\"\n"), (5, 8), "between 0 and 1"),
+            (format!("{M}[network]\nlatncy = \"1ms\"\n"), (5, 1), "unknown field `latncy`"),
+            (format!("{M}[network]\nbandwidth = \"fast\"\n"), (5, 13), "expected a bandwidth"),
+            (format!("{M}[[network.link]]\nfrom = \"m9\"\nlatency = \"1ms\"\n"), (5, 8), "unknown machine `m9`; the machines are m1, m2, m3"),
+            (format!("{M}[[network.link]]\nfrom = \"m1\"\nto = \"m1\"\nup = false\n"), (6, 6), "two different machines"),
+            (format!("{M}[[network.link]]\nfrom = \"m1\"\n"), (4, 1), "changes nothing"),
+            ("[[machine]]\nname = \"a\"\ncommand = \"x\"\n[[machine]]\nname = \"a\"\ncommand = \"x\"\n".into(), (5, 8), "two machines are named `a`"),
+            ("[[machine]]\nname = \"m2\"\ncommand = \"x\"\n[[machine]]\ncommand = \"x\"\n".into(), (4, 1), "two machines are named `m2`"),
+            ("[[machine]]\nname = \"1st\"\ncommand = \"x\"\n".into(), (2, 8), "not a host name"),
+            ("[[machine]]\ncount = 2\nname = \"a\"\ncommand = \"x\"\n".into(), (3, 8), "remove `name`"),
+            ("[[machine]]\ncount = 0\ncommand = \"x\"\n".into(), (2, 9), "between 1 and 64"),
+            ("[[machine]]\ncommand = []\n".into(), (2, 11), "needs a program"),
+            ("[[machine]]\ncommand = 5\n".into(), (2, 11), "a shell command line or a list"),
+            ("[[machine]]\ncommand = \"x\"\nexpect = 300\n".into(), (3, 10), "exit status (0 to 255)"),
+            ("[[machine]]\ncommand = \"x\"\nenv = { SIMVM_INDEX = \"1\" }\n".into(), (3, 23), "set by simvm"),
+            ("[[machine]]\ncommand = \"x\"\nmemory = \"lots\"\n".into(), (3, 10), "expected a size"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[\"m1\"], [\"m4\"]]\n"), (6, 23), "unknown machine `m4`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[\"m1\"], [\"m1\"]]\n"), (6, 23), "in two partition groups"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[\"m1\", \"m2\", \"m3\"]]\n"), (6, 13), "needs two sides"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[], [\"m1\"]]\n"), (6, 13), "cannot be empty"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"x\"\n"), (6, 8), "no partition named `x`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\none_way = true\n"), (7, 11), "belongs to a `partition` event"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\nlink = {{ up = false }}\n"), (7, 8), "has `heal` and `link`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\n"), (4, 1), "needs one of `partition`, `heal` or `link`"),
+            (format!("{M}[[timeline]]\nheal = \"all\"\n"), (4, 1), "missing field `at`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\n[[timeline]]\nat = \"4s\"\nheal = \"all\"\n"), (8, 6), "time order: this one at 4s comes after one at 5s"),
+            (format!("until = \"3s\"\n{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\n"), (6, 6), "after the end of the run (until = 3s)"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nlink = {{ from = \"m1\", to = \"mx\", up = false }}\n"), (6, 28), "unknown machine `mx`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nlink = {{ lose = 0.5 }}\n"), (6, 10), "unknown field `lose`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[\"m1\"]]\nname = \"all\"\n"), (7, 8), "reserved"),
+            ("machines = 3\n".into(), (1, 1), "unknown field `machines`"),
+        ];
+        let mut wrong = Vec::new();
+        for (text, position, needle) in cases {
+            match parse(&text) {
+                Err(ScenarioError::Invalid {
+                    file,
+                    line,
+                    column,
+                    message,
+                    ..
+                }) if file == "s.toml"
+                    && (line, column) == position
+                    && message.contains(needle) => {}
+                other => wrong.push(format!(
+                    "{text:?}: expected {position:?} {needle:?}, got {other:?}"
+                )),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn error_display_points_at_the_column() {
+        let err = parse("until = \"-5s\"\n").expect_err("negative");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with("s.toml:1:9: a duration cannot be negative"),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("1 | until = \"-5s\"\n  |         ^"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\nx", 1), (1, 1));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let samples = [
+            "[[",
+            "= 1",
+            "\u{0}",
+            "[network]\nlink = 5",
+            "[[timeline]]\nat = 1e999",
+        ];
+        for text in samples {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+    }
+}
