@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::image::GuestImage;
 use crate::run::RunPlan;
+use crate::scenario::Scenario;
 
 /// Deterministic simulation testing for clusters of Linux micro-VMs.
 #[derive(Parser)]
@@ -43,12 +44,15 @@ enum ImageCommand {
 
 #[derive(Args)]
 struct RunArgs {
+    /// A scenario file (TOML; see examples/README.md). Without one, the command after `--`
+    /// runs on every machine; with neither, the built-in demo scenario runs.
+    scenario: Option<PathBuf>,
     /// The run's master seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Number of machines (m1..mN).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
-    machines: u16,
+    /// Number of machines (m1..mN) running the command.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    machines: Option<u16>,
     /// Guest RAM per machine, e.g. 128M.
     #[arg(long, default_value = "128M", value_parser = units::parse_size)]
     mem: u64,
@@ -82,7 +86,7 @@ struct RunArgs {
     /// Extra guest kernel parameters (for example `loglevel=7` to see boot messages).
     #[arg(long, default_value = "")]
     kernel_args: String,
-    /// The command each machine runs (default: /bin/sh with no input, which exits at once).
+    /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
 }
@@ -109,25 +113,39 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<i32, String> {
-    let image: GuestImage = match (args.kernel, args.initramfs) {
-        (Some(kernel), Some(initramfs)) => image::given(kernel, initramfs),
-        _ => image::build(args.recipe.as_deref()),
+    let scenario = match (&args.scenario, args.command.is_empty()) {
+        (Some(_), false) => {
+            return Err("give either a scenario file or a command after `--`, not both".into())
+        }
+        (Some(path), true) => Scenario::load(path).map_err(|e| e.to_string())?,
+        (None, false) => Scenario::from_cli(
+            usize::from(args.machines.unwrap_or(1)),
+            args.command.clone(),
+        ),
+        (None, true) => Scenario::demo(),
+    };
+    if let Some(n) = args
+        .machines
+        .filter(|&n| args.command.is_empty() && usize::from(n) != scenario.machines.len())
+    {
+        return Err(format!(
+            "--machines {n} does not match the scenario, which has {} machines",
+            scenario.machines.len()
+        ));
     }
-    .map_err(|e| e.to_string())?;
-    let reproduce = reproduce_command(args.seed, args.machines, &args.command);
+    let images = scenario_images(&scenario, &args).map_err(|e| e.to_string())?;
     let plan = RunPlan {
+        reproduce: reproduce_command(&args),
+        scenario,
         seed: args.seed,
-        machines: usize::from(args.machines),
-        mem: args.mem,
-        image,
+        images,
+        default_mem: args.mem,
         strict: args.strict,
         trace: args.trace,
         pcap: args.pcap,
         watchdog: args.watchdog,
         until: args.until,
         cmdline_extra: args.kernel_args,
-        command: args.command,
-        reproduce,
     };
     let result = if args.check_determinism {
         plan.check_determinism()
@@ -137,25 +155,77 @@ fn run(args: RunArgs) -> Result<i32, String> {
     result.map_err(|e| e.to_string())
 }
 
+/// The image of every machine: the given files, or each machine's recipe (built once each).
+fn scenario_images(
+    scenario: &Scenario,
+    args: &RunArgs,
+) -> Result<Vec<GuestImage>, image::ImageError> {
+    if let (Some(kernel), Some(initramfs)) = (&args.kernel, &args.initramfs) {
+        let image = image::given(kernel.clone(), initramfs.clone())?;
+        return Ok(vec![image; scenario.machines.len()]);
+    }
+    let mut built: Vec<(Option<String>, GuestImage)> = Vec::new();
+    let mut images = Vec::new();
+    for machine in &scenario.machines {
+        let recipe = machine.recipe.clone().or_else(|| args.recipe.clone());
+        let image = match built.iter().find(|(r, _)| *r == recipe) {
+            Some((_, image)) => image.clone(),
+            None => {
+                let image = image::build(recipe.as_deref())?;
+                built.push((recipe, image.clone()));
+                image
+            }
+        };
+        images.push(image);
+    }
+    Ok(images)
+}
+
 /// The shortest `simvm run` line that repeats this run.
-fn reproduce_command(seed: u64, machines: u16, command: &[String]) -> String {
-    let mut line = format!("simvm run --seed {seed}");
-    if machines != 1 {
+fn reproduce_command(args: &RunArgs) -> String {
+    let mut line = String::from("simvm run");
+    if let Some(path) = &args.scenario {
+        line.push_str(&format!(" {}", shell_quote(&path.to_string_lossy())));
+    }
+    line.push_str(&format!(" --seed {}", args.seed));
+    if let Some(machines) = args.machines.filter(|&m| m != 1) {
         line.push_str(&format!(" --machines {machines}"));
     }
-    if !command.is_empty() {
+    if !args.command.is_empty() {
         line.push_str(" --");
-        for arg in command {
-            if arg
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c))
-            {
-                line.push(' ');
-                line.push_str(arg);
-            } else {
-                line.push_str(&format!(" '{}'", arg.replace('\'', r"'\''")));
-            }
+        for arg in &args.command {
+            line.push(' ');
+            line.push_str(&shell_quote(arg));
         }
     }
     line
+}
+
+/// `text` as one shell word.
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_round_trips_through_sh() {
+        for text in ["plain", "with space", "it's", "", "$HOME;rm"] {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {}", shell_quote(text))])
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+        }
+    }
 }

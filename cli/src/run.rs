@@ -1,35 +1,40 @@
-//! `simvm run`: boot the machines, stream their consoles, print the summary.
+//! `simvm run`: turn a scenario into a world, run it, stream the consoles, judge the outcome.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use simvm_devices::abi;
+use simvm_devices::net::switch::{Cut, LinkConfig};
 use simvm_devices::net::MachineId;
 use simvm_vmm::boot_data::BootData;
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::{MachineConfig, Stop};
-use simvm_vmm::network::NetworkConfig;
+use simvm_vmm::network::{LinkPatch, NetAction, NetworkConfig};
 use simvm_vmm::seed::Seed;
 use simvm_vmm::trace::first_divergence;
-use simvm_vmm::world::{Ending, Outcome, World, WorldConfig};
+use simvm_vmm::world::{Ending, MachineOutcome, Outcome, World, WorldConfig};
 
 use crate::image::GuestImage;
+use crate::scenario::{Action, Expect, Heal, LinkSettings, Scenario};
 
 /// Everything `simvm run` was asked to do.
 pub struct RunPlan {
+    pub scenario: Scenario,
     pub seed: u64,
-    pub machines: usize,
-    pub mem: u64,
-    pub image: GuestImage,
+    /// The image of each machine, in scenario order.
+    pub images: Vec<GuestImage>,
+    /// Guest RAM of machines whose scenario entry does not say.
+    pub default_mem: u64,
     pub strict: bool,
     pub trace: Option<PathBuf>,
     pub pcap: Option<PathBuf>,
     pub watchdog: Duration,
+    /// Overrides the scenario's `until`.
     pub until: Option<Duration>,
     pub cmdline_extra: String,
-    pub command: Vec<String>,
     /// The command line that reproduces this run, for failure reports.
     pub reproduce: String,
 }
@@ -46,93 +51,116 @@ pub enum RunError {
 }
 
 impl RunPlan {
+    fn networked(&self) -> bool {
+        self.scenario.machines.len() > 1
+    }
+
     fn world_config(
         &self,
-        base_initramfs: &[u8],
         fingerprints: bool,
         trace: Option<PathBuf>,
-    ) -> WorldConfig {
+    ) -> Result<WorldConfig, RunError> {
         let seed = Seed(self.seed);
-        let networked = self.machines > 1;
-        let hosts: Vec<(String, String)> = (1..=self.machines)
-            .map(|index| (format!("m{index}"), format!("10.0.0.{index}")))
+        let networked = self.networked();
+        let count = self.scenario.machines.len();
+        let hosts: Vec<(String, String)> = self
+            .scenario
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), format!("10.0.0.{}", i + 1)))
             .collect();
         let virtio = if networked {
             vec![(abi::VIRTIO_MMIO_BASE, abi::IRQ_VIRTIO_BASE)]
         } else {
             vec![]
         };
-        let machines = (1..=self.machines)
-            .map(|index| {
-                let name = format!("m{index}");
-                let mac = networked.then(|| MachineId(index as u16 - 1).mac());
-                let boot = BootData {
-                    name: name.clone(),
-                    index,
-                    machines: self.machines,
-                    seed: self.seed,
-                    ip: networked.then(|| format!("10.0.0.{index}/24")),
-                    mac: mac.map(|m| m.to_string()),
-                    argv: self.command.clone(),
-                    hosts: if networked { hosts.clone() } else { vec![] },
-                    ..Default::default()
-                };
-                MachineConfig {
-                    index: index - 1,
-                    mem_size: self.mem,
-                    kernel: self.image.kernel.clone(),
-                    initramfs: vec![base_initramfs.to_vec(), boot.archive()],
-                    cmdline: kernel_cmdline(&virtio, &self.cmdline_extra),
-                    rng_seed: seed.key(&format!("machine/{name}/kernel-rng")),
-                    wall_base_ns: DEFAULT_WALL_BASE_NS,
-                    stall_limit: DEFAULT_STALL_LIMIT,
-                    costs: ExitCosts::default(),
-                    mac,
-                    name,
+        let cmdline = kernel_cmdline(&virtio, &self.cmdline_extra);
+        let mut initramfs_cache: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+
+        let mut machines = Vec::with_capacity(count);
+        for (i, (machine, image)) in self.scenario.machines.iter().zip(&self.images).enumerate() {
+            let mac = networked.then(|| MachineId(i as u16).mac());
+            let boot = BootData {
+                name: machine.name.clone(),
+                index: i + 1,
+                machines: count,
+                seed: self.seed,
+                ip: networked.then(|| format!("10.0.0.{}/24", i + 1)),
+                mac: mac.map(|m| m.to_string()),
+                argv: machine.argv.clone(),
+                environ: machine
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                hosts: if networked { hosts.clone() } else { vec![] },
+            };
+            let base = match initramfs_cache.get(&image.initramfs) {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    let bytes =
+                        std::fs::read(&image.initramfs).map_err(|source| RunError::Initramfs {
+                            path: image.initramfs.clone(),
+                            source,
+                        })?;
+                    initramfs_cache.insert(image.initramfs.clone(), bytes.clone());
+                    bytes
                 }
-            })
-            .collect();
-        WorldConfig {
+            };
+            machines.push(MachineConfig {
+                name: machine.name.clone(),
+                index: i,
+                mem_size: machine.memory.unwrap_or(self.default_mem),
+                kernel: image.kernel.clone(),
+                initramfs: vec![base, boot.archive()],
+                cmdline: cmdline.clone(),
+                rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
+                wall_base_ns: DEFAULT_WALL_BASE_NS,
+                stall_limit: DEFAULT_STALL_LIMIT,
+                costs: ExitCosts::default(),
+                mac,
+            });
+        }
+        let until = self
+            .until
+            .map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        Ok(WorldConfig {
             seed,
             machines,
-            until_ns: self
-                .until
-                .map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64),
+            until_ns: until.or(self.scenario.until_ns),
             watchdog: Some(self.watchdog),
             trace_json: trace,
             fingerprints,
             kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
                 .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
-            network: networked.then(NetworkConfig::default),
+            network: networked.then(|| network_config(&self.scenario)),
             pcap: self.pcap.clone(),
-        }
-    }
-
-    fn base_initramfs(&self) -> Result<Vec<u8>, RunError> {
-        std::fs::read(&self.image.initramfs).map_err(|source| RunError::Initramfs {
-            path: self.image.initramfs.clone(),
-            source,
+            awaited: self
+                .scenario
+                .machines
+                .iter()
+                .map(|m| m.expect.waits())
+                .collect(),
         })
     }
 
     /// Runs once, printing the console and the summary; returns the process exit code.
     pub fn run(&self) -> Result<i32, RunError> {
-        let initramfs = self.base_initramfs()?;
-        let world = World::new(self.world_config(&initramfs, false, self.trace.clone()))?;
+        let world = World::new(self.world_config(false, self.trace.clone())?)?;
         let outcome = world.run(&mut |line| println!("{line}"))?;
         Ok(self.report(&outcome, None))
     }
 
     /// Runs twice and compares the digests.
     pub fn check_determinism(&self) -> Result<i32, RunError> {
-        let initramfs = self.base_initramfs()?;
-        let first = World::new(self.world_config(&initramfs, true, self.trace.clone()))?
+        let first = World::new(self.world_config(true, self.trace.clone())?)?
             .run(&mut |line| println!("{line}"))?;
         eprintln!(
             "simvm: second run of seed {} to check determinism",
             self.seed
         );
-        let second = World::new(self.world_config(&initramfs, true, None))?.run(&mut |_| {})?;
+        let second = World::new(self.world_config(true, None)?)?.run(&mut |_| {})?;
         let divergence = match (&first.fingerprints, &second.fingerprints) {
             (Some(a), Some(b)) => first_divergence(a, b),
             _ => None,
@@ -152,6 +180,18 @@ impl RunPlan {
         Ok(if same { code } else { 1 })
     }
 
+    /// Whether each machine met its expectation, and the run as a whole.
+    fn verdict(&self, outcome: &Outcome) -> bool {
+        let machines_ok = outcome
+            .machines
+            .iter()
+            .zip(&self.scenario.machines)
+            .all(|(m, spec)| machine_met(m, spec.expect));
+        machines_ok
+            && outcome.ending != Ending::Idle
+            && (!self.strict || outcome.watchdog_kicks.is_empty())
+    }
+
     fn report(&self, outcome: &Outcome, extra: Option<&str>) -> i32 {
         if let Some(report) = outcome.crash() {
             eprintln!("{report}");
@@ -163,18 +203,8 @@ impl RunPlan {
                 format_vtime(outcome.vtime_ns)
             );
         }
-        let success = outcome.success(self.strict);
-        let machines: Vec<String> = outcome
-            .machines
-            .iter()
-            .map(|m| {
-                format!(
-                    "{}={}",
-                    m.name,
-                    machine_result(m.stop.as_ref(), m.exit_status)
-                )
-            })
-            .collect();
+        let success = self.verdict(outcome);
+        let machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
         println!(
             "seed={} steps={} vtime={} wall={:.2}s digest={} result={} {}{}",
             outcome.seed.0,
@@ -211,8 +241,81 @@ impl RunPlan {
     }
 }
 
-fn machine_result(stop: Option<&Stop>, exit_status: Option<u8>) -> String {
-    match stop {
+/// The network of a scenario: per-link settings, and its timeline as switch actions.
+fn network_config(scenario: &Scenario) -> NetworkConfig {
+    let n = scenario.machines.len();
+    let defaults = patch(&scenario.network.defaults).apply(LinkConfig::default());
+    let mut links = Vec::new();
+    for from in 0..n {
+        for to in (0..n).filter(|&to| to != from) {
+            let config = patch(&scenario.network.settings(from, to)).apply(LinkConfig::default());
+            if config != defaults {
+                links.push((from, to, config));
+            }
+        }
+    }
+    let mut timeline = Vec::new();
+    for event in &scenario.timeline {
+        match &event.action {
+            Action::Partition(partition) => {
+                let cut = if partition.one_way {
+                    Cut::OneWay
+                } else {
+                    Cut::Both
+                };
+                for (i, (a, b)) in partition.cuts().into_iter().enumerate() {
+                    let name = format!("{}/{i}", partition.name);
+                    timeline.push((event.at_ns, NetAction::Partition { name, a, b, cut }));
+                }
+            }
+            Action::Heal(Heal::All) => timeline.push((event.at_ns, NetAction::Heal { name: None })),
+            Action::Heal(Heal::Named(name)) => timeline.push((
+                event.at_ns,
+                NetAction::Heal {
+                    name: Some(name.clone()),
+                },
+            )),
+            Action::Link(link) => {
+                for (from, to) in link.links.links(n) {
+                    let patch = patch(&link.settings);
+                    timeline.push((event.at_ns, NetAction::PatchLink { from, to, patch }));
+                }
+            }
+        }
+    }
+    NetworkConfig {
+        defaults,
+        links,
+        timeline,
+    }
+}
+
+fn patch(s: &LinkSettings) -> LinkPatch {
+    LinkPatch {
+        latency_ns: s.latency_ns,
+        jitter_ns: s.jitter_ns,
+        loss: s.loss,
+        duplicate: s.duplicate,
+        bandwidth_bps: s.bandwidth_bps,
+        reorder: s.reorder,
+        up: s.up,
+    }
+}
+
+fn machine_met(m: &MachineOutcome, expect: Expect) -> bool {
+    match &m.stop {
+        Some(Stop::PowerOff {
+            exit_status: Some(s),
+        }) => expect.is_met(Some(i32::from(*s))),
+        // Still running when the run ended.
+        None => expect.is_met(None),
+        // Crashed, halted for good, rebooted, or powered off without reporting a status.
+        Some(_) => expect == Expect::Any,
+    }
+}
+
+fn machine_summary(m: &MachineOutcome) -> String {
+    let state = match &m.stop {
         Some(Stop::PowerOff {
             exit_status: Some(s),
         }) => format!("exit({s})"),
@@ -220,9 +323,22 @@ fn machine_result(stop: Option<&Stop>, exit_status: Option<u8>) -> String {
         Some(Stop::Restart { .. }) => "restart".into(),
         Some(Stop::HaltedForever) => "halted".into(),
         Some(Stop::Crashed(report)) => format!("crashed({})", report.kind),
-        None => match exit_status {
-            Some(s) => format!("running(exit {s})"),
-            None => "running".into(),
-        },
+        None => "running".into(),
+    };
+    let mut out = format!("{}={state}", m.name);
+    if let Some(net) = &m.net {
+        out.push_str(&format!(
+            "[tx={} rx={} lost={} partitioned={} down={} full={}]",
+            net.frames_sent,
+            net.rx.delivered,
+            net.tx.dropped_loss,
+            net.tx.dropped_partition,
+            net.tx.dropped_link_down,
+            net.rx.dropped_queue_full
+        ));
     }
+    if m.device_errors > 0 {
+        out.push_str(&format!("[device-errors={}]", m.device_errors));
+    }
+    out
 }

@@ -6,8 +6,8 @@
 
 pub mod abi;
 pub mod irq;
-pub mod pvclock;
 pub mod net;
-pub mod virtio;
 pub mod pic;
+pub mod pvclock;
 pub mod serial;
+pub mod virtio;

@@ -168,10 +168,22 @@ impl SimvmPorts {
     fn register_page<M: GuestMemory>(&mut self, mem: &M, gpa: u64, now: u64) -> PortEvent {
         let page = GuestAddress(gpa);
         let fields = [
-            (clock_page::WALL_BASE_NS, self.wall_base_ns.to_le_bytes().to_vec()),
-            (clock_page::ABI_VERSION, abi::ABI_VERSION.to_le_bytes().to_vec()),
-            (clock_page::STALL_LIMIT, self.stall_limit.to_le_bytes().to_vec()),
-            (clock_page::TSC_KHZ, abi::VIRTUAL_TSC_KHZ.to_le_bytes().to_vec()),
+            (
+                clock_page::WALL_BASE_NS,
+                self.wall_base_ns.to_le_bytes().to_vec(),
+            ),
+            (
+                clock_page::ABI_VERSION,
+                abi::ABI_VERSION.to_le_bytes().to_vec(),
+            ),
+            (
+                clock_page::STALL_LIMIT,
+                self.stall_limit.to_le_bytes().to_vec(),
+            ),
+            (
+                clock_page::TSC_KHZ,
+                abi::VIRTUAL_TSC_KHZ.to_le_bytes().to_vec(),
+            ),
             (clock_page::NOW_NS, now.to_le_bytes().to_vec()),
         ];
         // Check the whole page before writing any of it, so a bad address changes nothing.
@@ -204,7 +216,13 @@ mod tests {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn out(ports: &mut SimvmPorts, mem: &GuestMemoryMmap, port: u16, value: u32, now: u64) -> PortEvent {
+    fn out(
+        ports: &mut SimvmPorts,
+        mem: &GuestMemoryMmap,
+        port: u16,
+        value: u32,
+        now: u64,
+    ) -> PortEvent {
         ports.write(mem, port, &value.to_le_bytes(), now)
     }
 
@@ -230,8 +248,12 @@ mod tests {
         assert_eq!(read(clock_page::NOW_NS), 1000);
         assert_eq!(read(clock_page::WALL_BASE_NS), 1_700_000_000_000_000_000);
         assert_eq!(read(clock_page::TSC_KHZ), abi::VIRTUAL_TSC_KHZ);
-        let version: u32 = mem.read_obj(page.unchecked_add(clock_page::ABI_VERSION)).unwrap();
-        let limit: u32 = mem.read_obj(page.unchecked_add(clock_page::STALL_LIMIT)).unwrap();
+        let version: u32 = mem
+            .read_obj(page.unchecked_add(clock_page::ABI_VERSION))
+            .unwrap();
+        let limit: u32 = mem
+            .read_obj(page.unchecked_add(clock_page::STALL_LIMIT))
+            .unwrap();
         assert_eq!((version, limit), (abi::ABI_VERSION, 64));
         ports.publish(&mem, 5000);
         assert_eq!(read(clock_page::NOW_NS), 5000);
@@ -259,13 +281,25 @@ mod tests {
         let mem = memory();
         let mut ports = SimvmPorts::new(0, 64);
         // Arming before a page exists means nothing.
-        assert!(matches!(out(&mut ports, &mem, abi::PORT_TIMER, 1, 0), PortEvent::Ignored { .. }));
+        assert!(matches!(
+            out(&mut ports, &mem, abi::PORT_TIMER, 1, 0),
+            PortEvent::Ignored { .. }
+        ));
         out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x10, 0);
-        mem.write_obj(77_000u64, GuestAddress(0x10000 + clock_page::TIMER_DEADLINE_NS))
-            .unwrap();
-        assert_eq!(out(&mut ports, &mem, abi::PORT_TIMER, 1, 0), PortEvent::TimerArmed(77_000));
+        mem.write_obj(
+            77_000u64,
+            GuestAddress(0x10000 + clock_page::TIMER_DEADLINE_NS),
+        )
+        .unwrap();
+        assert_eq!(
+            out(&mut ports, &mem, abi::PORT_TIMER, 1, 0),
+            PortEvent::TimerArmed(77_000)
+        );
         assert_eq!(ports.deadline(), Some(77_000));
-        assert_eq!(out(&mut ports, &mem, abi::PORT_TIMER, 0, 0), PortEvent::TimerDisarmed);
+        assert_eq!(
+            out(&mut ports, &mem, abi::PORT_TIMER, 0, 0),
+            PortEvent::TimerDisarmed
+        );
         assert_eq!(ports.deadline(), None);
     }
 
@@ -275,11 +309,17 @@ mod tests {
         let mut ports = SimvmPorts::new(0, 64);
         let mut control = |value| out(&mut ports, &mem, abi::PORT_CONTROL, value, 0);
         assert_eq!(control(1), PortEvent::Control(ControlEvent::Ready));
-        assert_eq!(control(2 | 3 << 8), PortEvent::Control(ControlEvent::Exit(3)));
+        assert_eq!(
+            control(2 | 3 << 8),
+            PortEvent::Control(ControlEvent::Exit(3))
+        );
         assert_eq!(control(3), PortEvent::Control(ControlEvent::Panic));
         assert_eq!(control(4), PortEvent::Control(ControlEvent::PowerOff));
         assert_eq!(control(5), PortEvent::Control(ControlEvent::Restart));
-        assert_eq!(control(0x99), PortEvent::Control(ControlEvent::Unknown(0x99)));
+        assert_eq!(
+            control(0x99),
+            PortEvent::Control(ControlEvent::Unknown(0x99))
+        );
     }
 
     #[test]
@@ -287,6 +327,12 @@ mod tests {
         let mem = memory();
         let mut ports = SimvmPorts::new(0, 64);
         let event = ports.write(&mem, abi::PORT_CONTROL, &[2], 0);
-        assert_eq!(event, PortEvent::Ignored { port: abi::PORT_CONTROL, value: 2 });
+        assert_eq!(
+            event,
+            PortEvent::Ignored {
+                port: abi::PORT_CONTROL,
+                value: 2
+            }
+        );
     }
 }

@@ -30,14 +30,41 @@ pub enum NetAction {
         b: Vec<usize>,
         cut: Cut,
     },
-    /// Remove the partition `name`, or every partition.
+    /// Remove the partition `name` (and every partition named `name/...`), or every partition.
     Heal { name: Option<String> },
-    /// Reconfigure the directed link `from -> to`.
-    SetLink {
+    /// Change some settings of the directed link `from -> to`, keeping the others as they are.
+    PatchLink {
         from: usize,
         to: usize,
-        config: LinkConfig,
+        patch: LinkPatch,
     },
+}
+
+/// A partial link configuration: the settings to change.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkPatch {
+    pub latency_ns: Option<u64>,
+    pub jitter_ns: Option<u64>,
+    pub loss: Option<f64>,
+    pub duplicate: Option<f64>,
+    pub bandwidth_bps: Option<u64>,
+    pub reorder: Option<bool>,
+    pub up: Option<bool>,
+}
+
+impl LinkPatch {
+    /// `base` with this patch's settings applied.
+    pub fn apply(&self, base: LinkConfig) -> LinkConfig {
+        LinkConfig {
+            latency_ns: self.latency_ns.unwrap_or(base.latency_ns),
+            jitter_ns: self.jitter_ns.unwrap_or(base.jitter_ns),
+            loss: self.loss.unwrap_or(base.loss),
+            duplicate: self.duplicate.unwrap_or(base.duplicate),
+            bandwidth_bps: self.bandwidth_bps.unwrap_or(base.bandwidth_bps),
+            reorder: self.reorder.unwrap_or(base.reorder),
+            up: self.up.unwrap_or(base.up),
+        }
+    }
 }
 
 /// How the network of a run is set up.
@@ -73,6 +100,8 @@ pub struct Network {
     next_seq: u64,
     timeline: Vec<(u64, NetAction)>,
     next_action: usize,
+    /// Names of the active partitions, for healing by prefix.
+    partitions: Vec<String>,
     pcap: Option<PcapngWriter<BufWriter<File>>>,
 }
 
@@ -117,6 +146,7 @@ impl Network {
             next_seq: 0,
             timeline: config.timeline.clone(),
             next_action: 0,
+            partitions: Vec::new(),
             pcap,
         })
     }
@@ -147,6 +177,9 @@ impl Network {
                 let a_ids: Vec<MachineId> = a.iter().map(|&i| id(i)).collect();
                 let b_ids: Vec<MachineId> = b.iter().map(|&i| id(i)).collect();
                 let arrow = if *cut == Cut::OneWay { "->" } else { "<->" };
+                if !self.partitions.contains(name) {
+                    self.partitions.push(name.clone());
+                }
                 self.switch.partition(name, &a_ids, &b_ids, *cut).map(|()| {
                     format!(
                         "partition {name}: {{{}}} {arrow} {{{}}} cut",
@@ -156,17 +189,31 @@ impl Network {
                 })
             }
             NetAction::Heal { name: Some(name) } => {
-                self.switch.heal(name);
+                let prefix = format!("{name}/");
+                for partition in self
+                    .partitions
+                    .iter()
+                    .filter(|p| *p == name || p.starts_with(&prefix))
+                {
+                    self.switch.heal(partition);
+                }
+                self.partitions
+                    .retain(|p| p != name && !p.starts_with(&prefix));
                 Ok(format!("heal {name}"))
             }
             NetAction::Heal { name: None } => {
                 self.switch.heal_all();
+                self.partitions.clear();
                 Ok("heal all partitions".to_string())
             }
-            NetAction::SetLink { from, to, config } => self
+            NetAction::PatchLink { from, to, patch } => self
                 .switch
-                .set_link(id(*from), id(*to), *config)
-                .map(|()| format!("link {}->{}: {config:?}", id(*from), id(*to))),
+                .link_config(id(*from), id(*to))
+                .and_then(|current| {
+                    self.switch
+                        .set_link(id(*from), id(*to), patch.apply(current))
+                })
+                .map(|()| format!("link {}->{}: {patch:?}", id(*from), id(*to))),
         };
         result.map_err(|e| Error::Network(e.to_string()))
     }

@@ -34,6 +34,9 @@ pub struct WorldConfig {
     pub network: Option<NetworkConfig>,
     /// Write every frame the switch handles to this pcapng file.
     pub pcap: Option<PathBuf>,
+    /// Which machines the run waits for (by index); the run is done when they have all
+    /// stopped. Empty: all of them.
+    pub awaited: Vec<bool>,
 }
 
 /// `Kvm::new_with_path` wants a C string.
@@ -65,8 +68,8 @@ pub struct MachineOutcome {
 /// Why the run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
-    /// Every machine stopped.
-    AllStopped,
+    /// Every machine the run waits for stopped.
+    Done,
     /// The `until` time was reached.
     Until,
     /// Every machine that is still up is halted with nothing pending: the system under test
@@ -91,17 +94,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The run succeeded: every machine powered off after its command exited 0, nothing
-    /// crashed, and (unless `allow_nondeterminism`) no watchdog kick happened.
-    pub fn success(&self, strict: bool) -> bool {
-        let machines_ok = self.machines.iter().all(|m| match &m.stop {
-            Some(Stop::PowerOff { exit_status }) => *exit_status == Some(0),
-            None => self.ending == Ending::Until,
-            _ => false,
-        });
-        machines_ok && (!strict || self.watchdog_kicks.is_empty())
-    }
-
     /// The first crash report, if a machine crashed.
     pub fn crash(&self) -> Option<&CrashReport> {
         self.machines.iter().find_map(|m| match &m.stop {
@@ -129,6 +121,7 @@ pub struct World {
     watchdog: Option<Watchdog>,
     watchdog_kicks: Vec<String>,
     network: Option<Network>,
+    awaited: Vec<bool>,
 }
 
 impl World {
@@ -167,6 +160,11 @@ impl World {
             .map(|m| Machine::new(&kvm, m))
             .collect::<Result<Vec<_>>>()?;
         let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
+        let awaited = if config.awaited.is_empty() {
+            vec![true; machines.len()]
+        } else {
+            config.awaited
+        };
         Ok(Self {
             seed: config.seed,
             slots: machines.iter().map(|_| Slot::Runnable).collect(),
@@ -178,6 +176,7 @@ impl World {
             watchdog,
             watchdog_kicks: Vec::new(),
             network,
+            awaited,
         })
     }
 
@@ -185,10 +184,13 @@ impl World {
     pub fn run(mut self, print: &mut dyn FnMut(&str)) -> Result<Outcome> {
         let started = Instant::now();
         let ending = loop {
+            if self.done() {
+                break Ending::Done;
+            }
             let Some((index, at)) = self.next_machine() else {
                 let all_stopped = self.slots.iter().all(|s| matches!(s, Slot::Stopped(_)));
                 break if all_stopped {
-                    Ending::AllStopped
+                    Ending::Done
                 } else {
                     Ending::Idle
                 };
@@ -272,6 +274,17 @@ impl World {
             watchdog_kicks: self.watchdog_kicks,
             fingerprints,
         })
+    }
+
+    /// Whether every awaited machine has stopped. A run that awaits no machine runs until
+    /// `until` or until it is idle.
+    fn done(&self) -> bool {
+        self.awaited.iter().any(|&a| a)
+            && self
+                .slots
+                .iter()
+                .zip(&self.awaited)
+                .all(|(slot, awaited)| !awaited || matches!(slot, Slot::Stopped(_)))
     }
 
     /// The machine to step next and the virtual time it steps at: the lowest time wins, ties go
