@@ -20,6 +20,7 @@ pub mod machine;
 pub mod msr;
 pub mod network;
 pub mod seed;
+pub mod test_elf;
 pub mod trace;
 pub mod watchdog;
 pub mod world;
