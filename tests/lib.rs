@@ -1,1 +1,191 @@
-pub fn placeholder() {}
+//! Shared helpers for simvm's integration tests, which boot real guests under KVM.
+//!
+//! The tests drive the `simvm` binary as a user would. Without a usable `/dev/kvm` they fail with
+//! a message that says so; `SIMVM_SKIP_KVM_TESTS=1` skips them explicitly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Path of the `simvm` binary built alongside the tests.
+pub fn simvm_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    // target/<profile>/deps/<test> -> target/<profile>/simvm
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("simvm");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first (`cargo build -p simvm`, or run the tests with `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether KVM tests should run. Panics with a clear message when KVM is unusable, unless the
+/// user opted out with `SIMVM_SKIP_KVM_TESTS=1`.
+pub fn kvm_or_skip(test: &str) -> bool {
+    let opt_out = std::env::var("SIMVM_SKIP_KVM_TESTS").is_ok_and(|v| v == "1");
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) if opt_out => {
+            eprintln!("{test}: skipped because SIMVM_SKIP_KVM_TESTS=1");
+            false
+        }
+        Ok(_) => true,
+        Err(e) if opt_out => {
+            eprintln!("{test}: skipped because SIMVM_SKIP_KVM_TESTS=1 (KVM: {e})");
+            false
+        }
+        Err(e) => panic!(
+            "{test} boots real guests and needs /dev/kvm, which cannot be opened: {e}.\n\
+             Give this user access to /dev/kvm, or set SIMVM_SKIP_KVM_TESTS=1 to skip the KVM tests explicitly."
+        ),
+    }
+}
+
+/// The guest image files.
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub config: Option<PathBuf>,
+}
+
+/// Builds (or finds in the cache) the image of `recipe` with the build script, once per test
+/// process and recipe.
+pub fn image(recipe: Option<&str>) -> Image {
+    static BASE: OnceLock<Image> = OnceLock::new();
+    static ETCD: OnceLock<Image> = OnceLock::new();
+    let cell = match recipe {
+        None => &BASE,
+        Some("etcd") => &ETCD,
+        Some(other) => panic!("no cached slot for recipe {other}"),
+    };
+    cell.get_or_init(|| build_image(recipe)).clone()
+}
+
+fn build_image(recipe: Option<&str>) -> Image {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-images/build.sh");
+    let mut command = Command::new("bash");
+    command
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(recipe) = recipe {
+        command.args(["--recipe", recipe]);
+    }
+    let output = command.output().expect("run guest-images/build.sh");
+    assert!(
+        output.status.success(),
+        "the guest image build failed: {}",
+        output.status
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let path = |key: &str| {
+        stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(PathBuf::from)
+    };
+    Image {
+        kernel: path("kernel").expect("build.sh prints kernel=PATH"),
+        initramfs: path("initramfs").expect("build.sh prints initramfs=PATH"),
+        config: path("config"),
+    }
+}
+
+/// One finished `simvm` invocation.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The summary line (`seed=... digest=... result=...`).
+    pub fn summary(&self) -> &str {
+        self.stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("seed="))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no summary line in simvm's output:\n{}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// A `key=value` field of the summary line.
+    pub fn field(&self, key: &str) -> String {
+        self.summary()
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key}= in summary: {}", self.summary()))
+            .to_string()
+    }
+
+    /// The guest's console text: what follows ` > ` on each annotated line of `machine`.
+    pub fn console(&self, machine: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let _step = words.next()?;
+                (words.next()? == machine).then_some(())?;
+                l.split_once(" > ").map(|(_, text)| text.to_string())
+            })
+            .collect()
+    }
+
+    /// Everything simvm printed, for assertion messages.
+    pub fn all(&self) -> String {
+        format!(
+            "exit code {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `simvm` with `args` and the environment changes `env`.
+pub fn simvm(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = Command::new(simvm_bin());
+    command.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("spawn simvm");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// `simvm run` with the default image and `args` before the `--`, then `command`.
+pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
+    let image = image(None);
+    let kernel = image.kernel.to_string_lossy().into_owned();
+    let initramfs = image.initramfs.to_string_lossy().into_owned();
+    let mut all = vec!["run", "--kernel", &kernel, "--initramfs", &initramfs];
+    all.extend_from_slice(args);
+    all.push("--");
+    all.extend_from_slice(command);
+    simvm(&all, &[])
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("simvm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}

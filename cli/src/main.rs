@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot machines from a seed, run a command in each, and report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -94,7 +94,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Image(ImageCommand::Build { recipe }) => image::build(recipe.as_deref())
             .map(|image| {
                 println!("kernel={}", image.kernel.display());

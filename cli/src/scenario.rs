@@ -1431,11 +1431,8 @@ mod tests {
         assert!(Expect::Running.is_met(None) && !Expect::Running.is_met(Some(0)));
         assert!(Expect::Any.is_met(Some(3)) && Expect::Any.is_met(None));
         assert!(Expect::Exit(2).waits() && !Expect::Running.waits() && !Expect::Any.waits());
-        let names: Vec<&str> = Scenario::demo()
-            .machines
-            .iter()
-            .map(|m| m.name.as_str())
-            .collect();
+        let demo = Scenario::demo();
+        let names: Vec<&str> = demo.machines.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["m1", "m2", "m3"]);
     }
 

@@ -184,17 +184,7 @@ fn run_simvm(image: &GuestImage, mem: u64, argv: Vec<String>) -> SimvmFigures {
         costs: ExitCosts::default(),
         mac: None,
     };
-    let config = WorldConfig {
-        seed,
-        machines: vec![machine],
-        until_ns: None,
-        watchdog: Some(Duration::from_secs(5)),
-        trace_json: None,
-        fingerprints: false,
-        kvm_device: PathBuf::from("/dev/kvm"),
-        network: None,
-        pcap: None,
-    };
+    let config = WorldConfig::new(seed, vec![machine]);
     let world = World::new(config).expect("build the simvm world");
     let setup = started.elapsed();
     let (mut begin, mut end) = (None, None);

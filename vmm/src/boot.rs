@@ -51,7 +51,8 @@ pub fn load(mem: &GuestMemoryMmap, mem_size: u64, image: &BootImage) -> Result<u
             reason: source.to_string(),
         },
     )?;
-    let kernel_end = loaded.kernel_load.0.saturating_add(loaded.kernel_end);
+    // `kernel_end` is already an absolute guest-physical address.
+    let kernel_end = loaded.kernel_end;
 
     let (initrd_addr, initrd_size) = load_initramfs(mem, mem_size, kernel_end, image.initramfs)?;
 

@@ -14,6 +14,7 @@ pub mod cpio;
 pub mod cpuid;
 pub mod crash;
 pub mod error;
+pub mod host_tsc;
 pub mod kvm_ext;
 pub mod layout;
 pub mod machine;

@@ -1,7 +1,7 @@
 //! The world: every machine of a run, stepped one exit at a time in virtual-time order.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_ioctls::Kvm;
 
@@ -10,6 +10,7 @@ use crate::crash::CrashReport;
 use crate::error::{Error, Result};
 use simvm_devices::net::switch::MachineCounters;
 
+use crate::host_tsc::{self, TscTrap};
 use crate::machine::{ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
@@ -37,6 +38,26 @@ pub struct WorldConfig {
     /// Which machines the run waits for (by index); the run is done when they have all
     /// stopped. Empty: all of them.
     pub awaited: Vec<bool>,
+}
+
+impl WorldConfig {
+    /// A run of `machines` from `seed` with the defaults: no time limit, a 5 s watchdog, no
+    /// network, no trace files, `/dev/kvm`, every machine awaited. Set the rest with struct
+    /// update syntax.
+    pub fn new(seed: Seed, machines: Vec<MachineConfig>) -> Self {
+        Self {
+            seed,
+            machines,
+            until_ns: None,
+            watchdog: Some(Duration::from_secs(5)),
+            trace_json: None,
+            fingerprints: false,
+            kvm_device: PathBuf::from("/dev/kvm"),
+            network: None,
+            pcap: None,
+            awaited: Vec::new(),
+        }
+    }
 }
 
 /// `Kvm::new_with_path` wants a C string.
@@ -182,7 +203,9 @@ impl World {
 
     /// Runs to the end, passing every annotated console line to `print`.
     pub fn run(mut self, print: &mut dyn FnMut(&str)) -> Result<Outcome> {
-        let started = Instant::now();
+        // Instant would read the TSC through the vDSO, which faults while the trap is armed.
+        let _tsc_trap = TscTrap::arm();
+        let started = host_tsc::monotonic();
         let ending = loop {
             if self.done() {
                 break Ending::Done;
@@ -223,7 +246,7 @@ impl World {
                 print(&format_line(self.step, machine.name(), vtime, &line));
             }
             if self.ready_wall[index].is_none() && machine.ready_at().is_some() {
-                self.ready_wall[index] = Some(started.elapsed());
+                self.ready_wall[index] = Some(host_tsc::monotonic().saturating_sub(started));
             }
             self.send_frames(index)?;
             self.slots[index] = match status {
@@ -232,7 +255,7 @@ impl World {
                 Status::Stopped(stop) => Slot::Stopped(stop),
             };
         };
-        let wall = started.elapsed();
+        let wall = host_tsc::monotonic().saturating_sub(started);
         if let Some(network) = &mut self.network {
             network.finish()?;
         }
