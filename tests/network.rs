@@ -1,0 +1,228 @@
+//! Many machines on the deterministic network: the built-in demo (HTTP across a partition and a
+//! heal, with a packet capture), round-trip times that follow the configured latency and
+//! jitter, a one-way partition, and loss and jitter that replay exactly per seed.
+
+use std::path::Path;
+use std::process::Command;
+
+use simvm_tests::{image, kvm_or_skip, simvm, temp_dir, Run};
+
+fn run_scenario(scenario: &Path, seed: u64, extra: &[&str]) -> Run {
+    let image = image(None);
+    let seed = seed.to_string();
+    let mut args = vec![
+        "run",
+        scenario.to_str().expect("utf-8 path"),
+        "--seed",
+        &seed,
+        "--kernel",
+        image.kernel.to_str().expect("utf-8 path"),
+        "--initramfs",
+        image.initramfs.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    simvm(&args, &[])
+}
+
+fn scenario(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
+/// Round-trip times printed by busybox ping, in ms.
+fn rtts(console: &[String]) -> Vec<f64> {
+    console
+        .iter()
+        .filter_map(|l| l.split("time=").nth(1))
+        .filter_map(|t| t.trim_end_matches(" ms").trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn demo_cluster_survives_a_partition_and_is_captured() {
+    if !kvm_or_skip("demo_cluster_survives_a_partition_and_is_captured") {
+        return;
+    }
+    let dir = temp_dir("demo");
+    let pcap = dir.join("demo.pcapng");
+    let image = image(None);
+    let run = simvm(
+        &[
+            "run",
+            "--machines",
+            "3",
+            "--seed",
+            "5",
+            "--kernel",
+            image.kernel.to_str().unwrap(),
+            "--initramfs",
+            image.initramfs.to_str().unwrap(),
+            "--pcap",
+            pcap.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert_eq!(run.field("result"), "ok");
+    for client in ["m2", "m3"] {
+        let console = run.console(client);
+        let first_ok = console.iter().position(|l| l == "fetch ok");
+        let failed = console.iter().position(|l| l == "fetch failed");
+        let last_ok = console.iter().rposition(|l| l == "fetch ok");
+        assert!(
+            matches!((first_ok, failed, last_ok), (Some(a), Some(b), Some(c)) if a < b && b < c),
+            "{client} did not see ok, failed, ok:\n{}",
+            run.all()
+        );
+    }
+    assert!(
+        run.stdout.contains("partition") || run.summary().contains("partitioned="),
+        "{}",
+        run.all()
+    );
+
+    // tshark reads the capture and sees TCP handshakes between the machines.
+    let out = Command::new("tshark")
+        .args([
+            "-r",
+            pcap.to_str().unwrap(),
+            "-Y",
+            "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ])
+        .output()
+        .expect("tshark is installed (test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let syns = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        syns.lines().any(|l| l == "10.0.0.2\t10.0.0.1"),
+        "no SYN from m2 to m1 in the capture:\n{syns}"
+    );
+    assert!(
+        syns.lines().any(|l| l == "10.0.0.3\t10.0.0.1"),
+        "no SYN from m3 to m1 in the capture:\n{syns}"
+    );
+}
+
+#[test]
+fn ping_round_trips_follow_latency_and_jitter() {
+    if !kvm_or_skip("ping_round_trips_follow_latency_and_jitter") {
+        return;
+    }
+    let run = run_scenario(&scenario("../examples/ping.toml"), 3, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    let times = rtts(&run.console("m1"));
+    assert_eq!(times.len(), 5, "expected 5 replies:\n{}", run.all());
+    // 20 ms out, 5 ms back, each plus up to 1 ms of jitter, plus the guests' own (virtual)
+    // processing time, which is small.
+    for t in &times {
+        assert!(
+            (25.0..=27.5).contains(t),
+            "round trip {t} ms outside 25-27.5 ms:\n{}",
+            run.all()
+        );
+    }
+    let spread = times.iter().cloned().fold(f64::MIN, f64::max)
+        - times.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(spread > 0.05, "jitter had no effect: {times:?}");
+}
+
+#[test]
+fn one_way_partition_cuts_one_direction() {
+    if !kvm_or_skip("one_way_partition_cuts_one_direction") {
+        return;
+    }
+    let run = run_scenario(&scenario("scenarios/one_way.toml"), 1, &[]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    assert!(
+        run.console("m2").iter().any(|l| l == "ping-status=1"),
+        "m2 got replies through the cut:\n{}",
+        run.all()
+    );
+    let summary = run.summary();
+    // Per-machine counters: `m1=running[tx=3 rx=3 lost=0 partitioned=3 down=0 full=0]`.
+    let counter = |machine: &str, key: &str| -> u64 {
+        let start = summary
+            .find(&format!(" {machine}="))
+            .unwrap_or_else(|| panic!("no {machine} in {summary}"));
+        let bracket = &summary[start
+            ..summary[start..]
+                .find(']')
+                .map_or(summary.len(), |e| start + e)];
+        bracket
+            .split(['[', ' '])
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} for {machine} in {summary}"))
+    };
+    assert!(
+        counter("m1", "partitioned") > 0,
+        "m1's replies were not cut: {summary}"
+    );
+    assert_eq!(
+        counter("m2", "partitioned"),
+        0,
+        "m2's requests were cut: {summary}"
+    );
+    assert!(
+        counter("m1", "rx") >= 3,
+        "m1 did not receive m2's requests: {summary}"
+    );
+}
+
+#[test]
+fn loss_and_jitter_replay_exactly_per_seed() {
+    if !kvm_or_skip("loss_and_jitter_replay_exactly_per_seed") {
+        return;
+    }
+    let lossy = scenario("scenarios/lossy.toml");
+    let first = run_scenario(&lossy, 11, &[]);
+    assert_eq!(first.code, Some(0), "{}", first.all());
+    let replies = rtts(&first.console("m2"));
+    assert!(
+        !replies.is_empty() && replies.len() < 12,
+        "25% loss should lose some of 12 pings: {replies:?}"
+    );
+    for _ in 0..4 {
+        let again = run_scenario(&lossy, 11, &[]);
+        assert_eq!(
+            again.field("digest"),
+            first.field("digest"),
+            "{}\n{}",
+            first.all(),
+            again.all()
+        );
+        assert_eq!(again.console("m1"), first.console("m1"));
+        assert_eq!(again.console("m2"), first.console("m2"));
+    }
+    let other = run_scenario(&lossy, 12, &[]);
+    assert_ne!(other.field("digest"), first.field("digest"));
+    let seq = |run: &Run| -> Vec<String> {
+        run.console("m2")
+            .iter()
+            .filter(|l| l.contains("seq="))
+            .map(|l| {
+                l.split("seq=")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_ne!(
+        seq(&other),
+        seq(&first),
+        "another seed lost the same packets"
+    );
+}
