@@ -10,6 +10,17 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# tshark reads the packet captures in the network tests.
+if ! command -v tshark >/dev/null; then
+    echo "== installing tshark (Debian package) for the packet-capture test"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: tshark is missing; install it with: sudo apt-get install tshark" >&2
+        exit 1
+    fi
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tshark >/dev/null
+fi
+
 echo "== guest image"
 bash guest-images/build.sh >/dev/null
 bash guest-images/build.sh --recipe etcd >/dev/null
