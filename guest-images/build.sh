@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Build the simvm guest image: kernel (vmlinux) and initramfs (newc cpio).
+#
+#   guest-images/build.sh [--recipe NAME] [--print-keys]
+#
+# Results are cached, content-addressed, under ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
+# Progress goes to stderr; the last lines of stdout are, exactly:
+#   kernel=/abs/path/vmlinux
+#   config=/abs/path/.config
+#   initramfs=/abs/path/initramfs.cpio
+# See docs/guest-image.md.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}
+RECIPE=""
+PRINT_KEYS=0
+
+log() { printf 'build.sh: %s\n' "$*" >&2; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+	cat >&2 <<'EOF'
+usage: guest-images/build.sh [--recipe NAME] [--print-keys]
+
+Builds (or finds in the cache) the simvm guest kernel and initramfs and prints
+  kernel=PATH, config=PATH, initramfs=PATH
+as the last lines of stdout. --recipe NAME adds guest-images/recipes/NAME.toml
+to the base image. Cache: ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
+EOF
+}
+
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	--recipe)
+		[[ $# -ge 2 ]] || die "--recipe needs a NAME (one of: $(cd "$HERE/recipes" && ls -- *.toml 2>/dev/null | sed 's/\.toml$//' | tr '\n' ' '))"
+		RECIPE=$2
+		shift 2
+		;;
+	--recipe=*)
+		RECIPE=${1#--recipe=}
+		shift
+		;;
+	--print-keys)
+		PRINT_KEYS=1
+		shift
+		;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		usage
+		die "unknown argument: $1"
+		;;
+	esac
+done
+
+# --- pinned kernel source ------------------------------------------------------
+read_version_field() {
+	sed -n "s/^$1=//p" "$HERE/kernel/VERSION"
+}
+KPKG=$(read_version_field package)
+KPKG_VERSION=$(read_version_field version)
+KVERSION=$(read_version_field kernelversion)
+[[ -n $KPKG && -n $KPKG_VERSION && -n $KVERSION ]] || die "guest-images/kernel/VERSION is incomplete"
+KTARBALL=/usr/src/${KPKG}.tar.xz
+
+# --- build dependencies (Debian packages) ---------------------------------------------
+DEPS=("$KPKG" bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
+
+ensure_deps() {
+	local missing=() pkg
+	for pkg in "${DEPS[@]}"; do
+		if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+			missing+=("$pkg")
+		fi
+	done
+	if [[ ${#missing[@]} -gt 0 ]]; then
+		log "installing build dependencies: ${missing[*]}"
+		local sudo=()
+		if [[ $(id -u) -ne 0 ]]; then
+			command -v sudo >/dev/null || die "missing packages ${missing[*]}; install them as root (apt-get install ${missing[*]})"
+			sudo=(sudo)
+		fi
+		"${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+			die "apt-get install ${missing[*]} failed"
+	fi
+	local installed
+	installed=$(dpkg-query -W -f='${Version}' "$KPKG")
+	[[ $installed == "$KPKG_VERSION" ]] ||
+		die "$KPKG is $installed but guest-images/kernel/VERSION pins $KPKG_VERSION (install that version or update the pin and check the patches apply)"
+	[[ -f $KTARBALL ]] || die "$KTARBALL not found (package $KPKG)"
+}
+
+# --- content keys --------------------------------------------------------------------------
+# Key = sha256 over (relative path, sha256) of every input file, plus fixed strings.
+hash_inputs() {
+	local extra=$1
+	shift
+	{
+		printf '%s\n' "$extra"
+		(cd "$HERE" && sha256sum -- "$@")
+	} | sha256sum | cut -c1-16
+}
+
+kernel_inputs() {
+	(cd "$HERE" && printf '%s\n' build.sh kernel/VERSION kernel/simvm.config kernel/required.txt \
+		kernel/forbidden.txt kernel/patches/*.patch)
+}
+
+initramfs_inputs() {
+	(cd "$HERE" && printf '%s\n' build.sh init/*.c helpers/*.c helpers/*.h tools/*.py recipes/base.toml)
+}
+
+# --- kernel -------------------------------------------------------------------------------------
+check_config() {
+	local config=$1 line opt val bad=0
+	while IFS= read -r line; do
+		line=${line%%#*}
+		line=$(printf '%s' "$line" | tr -d '[:space:]')
+		[[ -z $line ]] && continue
+		if [[ $line == *=* ]]; then
+			opt=${line%%=*} val=${line#*=}
+			if ! grep -qx -- "$opt=$val" "$config"; then
+				log "config: $opt must be $val, is: $(grep -E "^$opt=|^# $opt is not set" "$config" || echo absent)"
+				bad=1
+			fi
+		elif ! grep -q -- "^$line=" "$config"; then
+			log "config: $line must be set"
+			bad=1
+		fi
+	done <"$HERE/kernel/required.txt"
+	while IFS= read -r line; do
+		line=${line%%#*}
+		line=$(printf '%s' "$line" | tr -d '[:space:]')
+		line=${line%=y}
+		[[ -z $line ]] && continue
+		if grep -q -- "^$line=" "$config"; then
+			log "config: $line must not be set, is: $(grep -- "^$line=" "$config")"
+			bad=1
+		fi
+	done <"$HERE/kernel/forbidden.txt"
+	[[ $bad -eq 0 ]] || die "kernel .config violates guest-images/kernel/required.txt or forbidden.txt"
+}
+
+build_kernel() {
+	local out=$1 tmp src obj patch
+	mkdir -p "$CACHE/kernel"
+	tmp=$(mktemp -d "$CACHE/kernel/.build.XXXXXX")
+	# shellcheck disable=SC2064
+	trap "rm -rf '$tmp'" EXIT
+	src=$tmp/src obj=$tmp/obj
+	mkdir -p "$src" "$obj" "$tmp/out"
+
+	log "kernel: unpacking $KTARBALL"
+	tar -xf "$KTARBALL" -C "$src" --strip-components=1
+	local mk
+	mk=$(sed -n 's/^VERSION = //p;s/^PATCHLEVEL = //p;s/^SUBLEVEL = //p' "$src/Makefile" | paste -sd.)
+	[[ $mk == "$KVERSION" ]] || die "$KTARBALL contains Linux $mk, VERSION pins $KVERSION"
+
+	for patch in "$HERE"/kernel/patches/*.patch; do
+		[[ -e $patch ]] || continue
+		log "kernel: applying $(basename "$patch")"
+		patch -d "$src" -p1 --batch --forward --quiet <"$patch" >&2 ||
+			die "patch $(basename "$patch") does not apply to $KPKG $KPKG_VERSION"
+	done
+
+	local kmake=(make -C "$src" O="$obj" -j"$(nproc)" LOCALVERSION=
+		KBUILD_BUILD_USER=simvm KBUILD_BUILD_HOST=simvm KBUILD_BUILD_VERSION=1
+		KBUILD_BUILD_TIMESTAMP="2025-01-01 00:00:00 UTC")
+	log "kernel: configuring (tinyconfig + kernel/simvm.config)"
+	"${kmake[@]}" -s tinyconfig >&2
+	"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$HERE/kernel/simvm.config" >/dev/null 2>&1 ||
+		die "merge_config.sh failed"
+	"${kmake[@]}" -s olddefconfig >&2
+	check_config "$obj/.config"
+
+	log "kernel: building vmlinux with $(nproc) jobs (about 3 minutes on 2 cores)"
+	local start=$SECONDS
+	"${kmake[@]}" -s vmlinux >&2 || die "kernel build failed"
+	log "kernel: built in $((SECONDS - start)) s"
+
+	cp "$obj/vmlinux" "$tmp/out/vmlinux"
+	cp "$obj/.config" "$tmp/out/.config"
+	cp "$obj/System.map" "$tmp/out/System.map"
+	publish "$tmp/out" "$out"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
+# Atomically move a finished directory into place (another build may have won the race).
+publish() {
+	local from=$1 to=$2
+	if ! mv -T "$from" "$to" 2>/dev/null; then
+		[[ -d $to ]] || die "cannot publish $to"
+		rm -rf "$from"
+	fi
+}
+
+# --- initramfs ---------------------------------------------------------------------------------------
+build_helpers() {
+	local dest=$1 c name
+	gcc -static -Os -s -Wall -Wextra -Werror -o "$dest/init" "$HERE/init/init.c" >&2 ||
+		die "building init/init.c failed"
+	for c in "$HERE"/helpers/simvm-*.c; do
+		name=$(basename "$c" .c)
+		gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-pie -no-pie -Os -s \
+			-Wall -Wextra -Werror -o "$dest/bin/$name" "$c" >&2 ||
+			die "building helpers/$name.c failed"
+	done
+}
+
+build_base_initramfs() {
+	local out=$1 tmp
+	mkdir -p "$CACHE/initramfs"
+	tmp=$(mktemp -d "$CACHE/initramfs/.build.XXXXXX")
+	# shellcheck disable=SC2064
+	trap "rm -rf '$tmp'" EXIT
+	mkdir -p "$tmp/root/bin" "$tmp/out"
+	log "initramfs: building init and helpers"
+	build_helpers "$tmp/root"
+	log "initramfs: adding recipes/base.toml"
+	python3 "$HERE/tools/recipe.py" "$HERE/recipes/base.toml" "$tmp/root" "$CACHE/debs" >&2 ||
+		die "recipe base.toml failed"
+	python3 "$HERE/tools/mkcpio.py" "$tmp/out/initramfs.cpio" "$tmp/root" --nod dev/console:0600:c:5:1 >&2 ||
+		die "writing the base cpio failed"
+	publish "$tmp/out" "$out"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
+build_recipe_initramfs() {
+	local base=$1 recipe_file=$2 out=$3 tmp
+	tmp=$(mktemp -d "$CACHE/initramfs/.build.XXXXXX")
+	# shellcheck disable=SC2064
+	trap "rm -rf '$tmp'" EXIT
+	mkdir -p "$tmp/root" "$tmp/out"
+	log "initramfs: adding recipes/$RECIPE.toml"
+	python3 "$HERE/tools/recipe.py" "$recipe_file" "$tmp/root" "$CACHE/debs" >&2 ||
+		die "recipe $RECIPE.toml failed"
+	python3 "$HERE/tools/mkcpio.py" "$tmp/recipe.cpio" "$tmp/root" >&2 ||
+		die "writing the recipe cpio failed"
+	# The image is the base archive followed by the recipe archive; the kernel
+	# unpacks concatenated archives in order.
+	cat "$base" "$tmp/recipe.cpio" >"$tmp/out/initramfs.cpio"
+	publish "$tmp/out" "$out"
+	rm -rf "$tmp"
+	trap - EXIT
+}
+
+main() {
+	ensure_deps
+	mkdir -p "$CACHE"
+	CACHE=$(cd "$CACHE" && pwd)
+
+	local kkey ikey kdir idir
+	# shellcheck disable=SC2046
+	kkey=$(hash_inputs "kernel $KPKG $KPKG_VERSION" $(kernel_inputs))
+	# shellcheck disable=SC2046
+	ikey=$(hash_inputs "initramfs" $(initramfs_inputs))
+	kdir=$CACHE/kernel/$kkey
+	idir=$CACHE/initramfs/base-$ikey
+
+	if [[ -n $RECIPE ]]; then
+		[[ $RECIPE =~ ^[A-Za-z0-9_-]+$ ]] || die "bad recipe name: $RECIPE"
+		[[ -f $HERE/recipes/$RECIPE.toml ]] ||
+			die "no recipe guest-images/recipes/$RECIPE.toml (have: $(cd "$HERE/recipes" && ls -- *.toml | sed 's/\.toml$//' | tr '\n' ' '))"
+	fi
+
+	if [[ $PRINT_KEYS -eq 1 ]]; then
+		printf 'kernel-key=%s\ninitramfs-key=%s\n' "$kkey" "$ikey"
+	fi
+
+	if [[ -f $kdir/vmlinux ]]; then
+		log "kernel: cached ($kkey)"
+	else
+		build_kernel "$kdir"
+	fi
+	if [[ -f $idir/initramfs.cpio ]]; then
+		log "initramfs: base cached ($ikey)"
+	else
+		build_base_initramfs "$idir"
+	fi
+
+	local image=$idir/initramfs.cpio
+	if [[ -n $RECIPE ]]; then
+		local rkey rdir
+		rkey=$(hash_inputs "recipe $ikey" "recipes/$RECIPE.toml")
+		rdir=$CACHE/initramfs/$RECIPE-$rkey
+		if [[ -f $rdir/initramfs.cpio ]]; then
+			log "initramfs: $RECIPE cached ($rkey)"
+		else
+			build_recipe_initramfs "$image" "$HERE/recipes/$RECIPE.toml" "$rdir"
+		fi
+		image=$rdir/initramfs.cpio
+	fi
+
+	printf 'kernel=%s\n' "$kdir/vmlinux"
+	printf 'config=%s\n' "$kdir/.config"
+	printf 'initramfs=%s\n' "$image"
+}
+
+main
