@@ -124,7 +124,12 @@ fn ping_round_trips_follow_latency_and_jitter() {
     // 20 ms out, 5 ms back, each plus up to 1 ms of jitter, plus the guests' own (virtual)
     // processing time, which is small. The first round trip also waits for ARP (one more
     // round trip), so it is checked separately.
-    assert!((50.0..=55.0).contains(&times[0]), "first round trip {} ms (with ARP):\n{}", times[0], run.all());
+    assert!(
+        (50.0..=55.0).contains(&times[0]),
+        "first round trip {} ms (with ARP):\n{}",
+        times[0],
+        run.all()
+    );
     let times = &times[1..];
     for t in times {
         assert!(
