@@ -42,6 +42,11 @@ enum ImageCommand {
     },
 }
 
+/// Guest RAM when neither `--mem` nor the scenario says (keep in step with `--mem`'s default).
+const DEFAULT_MEM: u64 = 128 << 20;
+/// The watchdog limit when `--watchdog` is not given (keep in step with its default).
+const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
+
 #[derive(Args)]
 struct RunArgs {
     /// A scenario file (TOML; see examples/README.md). Without one, the command after `--`
@@ -191,6 +196,41 @@ fn reproduce_command(args: &RunArgs) -> String {
     if let Some(machines) = args.machines.filter(|&m| m != 1) {
         line.push_str(&format!(" --machines {machines}"));
     }
+    // Everything else that changes what the guests see or how the run is judged.
+    let mut option = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            line.push_str(&format!(" --{name} {}", shell_quote(&value)));
+        }
+    };
+    option(
+        "mem",
+        (args.mem != DEFAULT_MEM).then(|| format!("{}M", args.mem >> 20)),
+    );
+    option(
+        "kernel",
+        args.kernel
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    option(
+        "initramfs",
+        args.initramfs
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    option("recipe", args.recipe.clone());
+    option("until", args.until.map(|d| format!("{}ms", d.as_millis())));
+    option(
+        "watchdog",
+        (args.watchdog != DEFAULT_WATCHDOG).then(|| format!("{}ms", args.watchdog.as_millis())),
+    );
+    option(
+        "kernel-args",
+        (!args.kernel_args.is_empty()).then(|| args.kernel_args.clone()),
+    );
+    if args.strict {
+        line.push_str(" --strict");
+    }
     if !args.command.is_empty() {
         line.push_str(" --");
         for arg in &args.command {
@@ -217,6 +257,31 @@ fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_constants_match_the_flag_defaults() {
+        let Cli {
+            command: Command::Run(args),
+        } = Cli::parse_from(["simvm", "run", "--", "true"])
+        else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.mem, DEFAULT_MEM);
+        assert_eq!(args.watchdog, DEFAULT_WATCHDOG);
+        assert_eq!(reproduce_command(&args), "simvm run --seed 1 -- true");
+        let Cli {
+            command: Command::Run(args),
+        } = Cli::parse_from([
+            "simvm", "run", "--seed", "3", "--strict", "--mem", "256M", "--", "sh", "-c", "echo hi",
+        ])
+        else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(
+            reproduce_command(&args),
+            "simvm run --seed 3 --mem 256M --strict -- sh -c 'echo hi'"
+        );
+    }
 
     #[test]
     fn shell_quoting_round_trips_through_sh() {
