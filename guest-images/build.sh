@@ -19,6 +19,14 @@ PRINT_KEYS=0
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
+list_recipes() {
+	local f names=()
+	for f in "$HERE"/recipes/*.toml; do
+		[[ -e $f ]] && names+=("$(basename "$f" .toml)")
+	done
+	printf '%s' "${names[*]}"
+}
+
 usage() {
 	cat >&2 <<'EOF'
 usage: guest-images/build.sh [--recipe NAME] [--print-keys]
@@ -33,7 +41,7 @@ EOF
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--recipe)
-		[[ $# -ge 2 ]] || die "--recipe needs a NAME (one of: $(cd "$HERE/recipes" && ls -- *.toml 2>/dev/null | sed 's/\.toml$//' | tr '\n' ' '))"
+		[[ $# -ge 2 ]] || die "--recipe needs a NAME (one of: $(list_recipes))"
 		RECIPE=$2
 		shift 2
 		;;
@@ -266,7 +274,7 @@ main() {
 	if [[ -n $RECIPE ]]; then
 		[[ $RECIPE =~ ^[A-Za-z0-9_-]+$ ]] || die "bad recipe name: $RECIPE"
 		[[ -f $HERE/recipes/$RECIPE.toml ]] ||
-			die "no recipe guest-images/recipes/$RECIPE.toml (have: $(cd "$HERE/recipes" && ls -- *.toml | sed 's/\.toml$//' | tr '\n' ' '))"
+			die "no recipe guest-images/recipes/$RECIPE.toml (have: $(list_recipes))"
 	fi
 
 	if [[ $PRINT_KEYS -eq 1 ]]; then
