@@ -16,6 +16,13 @@ CACHE=${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}
 RECIPE=""
 PRINT_KEYS=0
 
+# A temporary build directory to remove if the script ends early (also on Ctrl-C / SIGTERM).
+TMP_BUILD=""
+cleanup() { [[ -z $TMP_BUILD ]] || rm -rf "$TMP_BUILD"; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 log() { printf 'build.sh: %s\n' "$*" >&2; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
@@ -157,8 +164,7 @@ build_kernel() {
 	local out=$1 tmp src obj patch
 	mkdir -p "$CACHE/kernel"
 	tmp=$(mktemp -d "$CACHE/kernel/.build.XXXXXX")
-	# shellcheck disable=SC2064
-	trap "rm -rf '$tmp'" EXIT
+	TMP_BUILD=$tmp
 	src=$tmp/src obj=$tmp/obj
 	mkdir -p "$src" "$obj" "$tmp/out"
 
@@ -195,7 +201,7 @@ build_kernel() {
 	cp "$obj/System.map" "$tmp/out/System.map"
 	publish "$tmp/out" "$out"
 	rm -rf "$tmp"
-	trap - EXIT
+	TMP_BUILD=""
 }
 
 # Atomically move a finished directory into place (another build may have won the race).
@@ -224,8 +230,7 @@ build_base_initramfs() {
 	local out=$1 tmp
 	mkdir -p "$CACHE/initramfs"
 	tmp=$(mktemp -d "$CACHE/initramfs/.build.XXXXXX")
-	# shellcheck disable=SC2064
-	trap "rm -rf '$tmp'" EXIT
+	TMP_BUILD=$tmp
 	mkdir -p "$tmp/root/bin" "$tmp/out"
 	log "initramfs: building init and helpers"
 	build_helpers "$tmp/root"
@@ -236,14 +241,13 @@ build_base_initramfs() {
 		die "writing the base cpio failed"
 	publish "$tmp/out" "$out"
 	rm -rf "$tmp"
-	trap - EXIT
+	TMP_BUILD=""
 }
 
 build_recipe_initramfs() {
 	local base=$1 recipe_file=$2 out=$3 tmp
 	tmp=$(mktemp -d "$CACHE/initramfs/.build.XXXXXX")
-	# shellcheck disable=SC2064
-	trap "rm -rf '$tmp'" EXIT
+	TMP_BUILD=$tmp
 	mkdir -p "$tmp/root" "$tmp/out"
 	log "initramfs: adding recipes/$RECIPE.toml"
 	python3 "$HERE/tools/recipe.py" "$recipe_file" "$tmp/root" "$CACHE/debs" >&2 ||
@@ -255,7 +259,7 @@ build_recipe_initramfs() {
 	cat "$base" "$tmp/recipe.cpio" >"$tmp/out/initramfs.cpio"
 	publish "$tmp/out" "$out"
 	rm -rf "$tmp"
-	trap - EXIT
+	TMP_BUILD=""
 }
 
 main() {
