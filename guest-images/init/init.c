@@ -36,6 +36,7 @@
 #define ENVIRON_FILE "/simvm/environ"
 #define HOSTNAME_FILE "/etc/hostname"
 #define READY_FILE "/sys/kernel/simvm/ready"
+#define APPLET_LIST "/etc/busybox.applets"
 #define EXIT_STATUS_FILE "/sys/kernel/simvm/exit_status"
 
 /*
@@ -385,6 +386,29 @@ static int wait_for(pid_t child)
 	}
 }
 
+/*
+ * Links every busybox applet named in APPLET_LIST into /bin, unless something of that name is
+ * there already. The image carries the list instead of the links: each archive entry costs
+ * boot time (the kernel unpacks it in emulated ring 0 on some hosts), a symlink(2) little.
+ */
+static void link_busybox_applets(void)
+{
+	char name[64], path[80];
+	FILE *list = fopen(APPLET_LIST, "r");
+
+	if (!list)
+		return;
+	while (fgets(name, sizeof(name), list)) {
+		name[strcspn(name, "\n")] = 0;
+		if (!name[0] || strchr(name, '/'))
+			continue;
+		snprintf(path, sizeof(path), "/bin/%s", name);
+		if (symlink("busybox", path) != 0 && errno != EEXIST)
+			msg("%s: %s", path, strerror(errno));
+	}
+	fclose(list);
+}
+
 int main(void)
 {
 	struct machine m;
@@ -404,6 +428,7 @@ int main(void)
 		 "mode=0620,ptmxmode=0666");
 	mount_fs("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
 	mkdir("/root", 0700);
+	link_busybox_applets();
 
 	parse_machine(&m);
 	set_hostname(&m);

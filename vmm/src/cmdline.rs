@@ -5,13 +5,12 @@ const FIXED: &[&str] = &[
     // The console is COM1; simvm's paravirtual clock and control channel are switched on.
     "console=ttyS0",
     "simvm=1",
-    // No local APIC, IO-APIC, ACPI or PCI: interrupts come from simvm's userspace 8259 pair.
+    // No local APIC or IO-APIC: interrupts come from simvm's userspace 8259 pair. (The kernel
+    // is built without ACPI and PCI, so it needs no switch for those.)
     "nolapic",
     "noapic",
-    "acpi=off",
-    "pci=off",
-    // No address-space or mmap randomisation beyond what the seeded RNG decides.
-    "nokaslr",
+    // No user address-space randomisation beyond what the seeded RNG decides.
+    "norandmaps",
     // No port-0x80 delays: each would be an exit.
     "io_delay=none",
     // Only FXSAVE state: XSAVE fails emulation on PVM hosts, and one fixed state layout
@@ -19,15 +18,15 @@ const FIXED: &[&str] = &[
     "noxsave",
     // Features the guest must not use whatever CPUID says (on PVM hosts CPUID shows the host):
     // host time sources, hardware randomness, and instructions PVM's emulator lacks in ring 0.
+    // `tsc` is cleared here, not only by `simvm=1`, because the kernel credits the boot seed
+    // (and reads an entropy timestamp) before it parses `simvm=1`.
     "clearcpuid=tsc,rdtscp,tsc_deadline_timer,rdrand,rdseed,smap,popcnt,erms,fsrm,x2apic",
+    "tsc=unstable",
     // Delay loops calibrated to a fixed value instead of measured against host time.
     "lpj=1000",
-    "no_timer_check",
     // The RNG is seeded from the run's seed (SETUP_RNG_SEED) and never from the CPU.
     "random.trust_bootloader=on",
     "random.trust_cpu=off",
-    // Speculation mitigations would depend on host MSRs; simvm guests are test machines.
-    "mitigations=off",
     // A panic stops the machine at once; simvm reports it.
     "panic=-1",
     "reboot=t",

@@ -80,7 +80,6 @@ const FEATURES: &[Feature] = &[
     opt("pclmulqdq", 1, Reg::Ecx, 1),
     opt("movbe", 1, Reg::Ecx, 22),
     opt("aes", 1, Reg::Ecx, 25),
-    opt("hypervisor", 1, Reg::Ecx, 31),
     // Leaf 7 EBX: no RDSEED, AVX2, AVX-512, TSX, SMAP.
     opt("fsgsbase", 7, Reg::Ebx, 0),
     opt("bmi1", 7, Reg::Ebx, 3),
@@ -104,6 +103,7 @@ const BRAND: &[u8; 48] = b"simvm deterministic virtual CPU\0\0\0\0\0\0\0\0\0\0\0
 /// Family 6, model 0x55, stepping 7: a generic server core; nothing keys errata off it here.
 const SIGNATURE: u32 = 0x0005_0657;
 const PHYS_ADDR_BITS: u32 = 39;
+const HYPERVISOR: u32 = 1 << 31;
 const VIRT_ADDR_BITS: u32 = 48;
 
 /// Builds the guest's CPUID table from the template, checking the host offers every required
@@ -155,7 +155,9 @@ pub fn guest_cpuid(supported: &CpuId) -> Result<CpuId> {
     let mut entries = vec![
         entry(0, 7, vendor(0), vendor(2), vendor(1)),
         // EBX: CLFLUSH line size 64 (8 * 8), one logical processor, APIC ID 0.
-        entry(1, SIGNATURE, 8 << 8, regs(1, Reg::Ecx)?, regs(1, Reg::Edx)?),
+        // ECX bit 31: a hypervisor is present, whatever the host says; the guest kernel keys
+        // workarounds for bare-metal errata off it.
+        entry(1, SIGNATURE, 8 << 8, regs(1, Reg::Ecx)? | HYPERVISOR, regs(1, Reg::Edx)?),
         kvm_cpuid_entry2 {
             flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
             ..entry(7, 0, regs(7, Reg::Ebx)?, 0, 0)
@@ -234,6 +236,7 @@ mod tests {
             .iter()
             .all(|e| !(0x4000_0000..0x5000_0000).contains(&e.function)));
         assert_eq!(leaf1.eax, SIGNATURE);
+        assert_ne!(leaf1.ecx & HYPERVISOR, 0, "hypervisor bit");
     }
 
     #[test]
