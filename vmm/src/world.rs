@@ -222,7 +222,7 @@ impl World {
                 break Ending::Until;
             }
             self.step += 1;
-            self.apply_network_timeline(at)?;
+            self.apply_network_timeline(at, print)?;
             if let Slot::Halted(_) = self.slots[index] {
                 self.machines[index].wake(self.step, at, &mut self.trace)?;
             }
@@ -334,13 +334,14 @@ impl World {
     }
 
     /// Applies network timeline actions due by `now` (the lowest virtual time of the world).
-    fn apply_network_timeline(&mut self, now: u64) -> Result<()> {
+    fn apply_network_timeline(&mut self, now: u64, print: &mut dyn FnMut(&str)) -> Result<()> {
         let Some(network) = &mut self.network else {
             return Ok(());
         };
         let net_id = self.machines.len();
         for event in network.apply_timeline(now)? {
             if let NetEvent::Applied(action) = event {
+                print(&format_line(self.step, "net", now, &action));
                 self.trace
                     .record(self.step, net_id, now, &Event::Network { action })?;
             }
