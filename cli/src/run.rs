@@ -12,13 +12,13 @@ use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::{MachineConfig, Stop};
-use simvm_vmm::network::{LinkPatch, NetAction, NetworkConfig};
+use simvm_vmm::network::{NetAction, NetworkConfig};
 use simvm_vmm::seed::Seed;
 use simvm_vmm::trace::first_divergence;
 use simvm_vmm::world::{Ending, MachineOutcome, Outcome, World, WorldConfig};
 
 use crate::image::GuestImage;
-use crate::scenario::{Action, Expect, Heal, LinkSettings, Scenario};
+use crate::scenario::{Action, Expect, Heal, Scenario};
 
 /// Everything `simvm run` was asked to do.
 pub struct RunPlan {
@@ -244,11 +244,14 @@ impl RunPlan {
 /// The network of a scenario: per-link settings, and its timeline as switch actions.
 fn network_config(scenario: &Scenario) -> NetworkConfig {
     let n = scenario.machines.len();
-    let defaults = patch(&scenario.network.defaults).apply(LinkConfig::default());
+    let defaults = scenario.network.defaults.apply(LinkConfig::default());
     let mut links = Vec::new();
     for from in 0..n {
         for to in (0..n).filter(|&to| to != from) {
-            let config = patch(&scenario.network.settings(from, to)).apply(LinkConfig::default());
+            let config = scenario
+                .network
+                .settings(from, to)
+                .apply(LinkConfig::default());
             if config != defaults {
                 links.push((from, to, config));
             }
@@ -277,7 +280,7 @@ fn network_config(scenario: &Scenario) -> NetworkConfig {
             )),
             Action::Link(link) => {
                 for (from, to) in link.links.links(n) {
-                    let patch = patch(&link.settings);
+                    let patch = link.settings;
                     timeline.push((event.at_ns, NetAction::PatchLink { from, to, patch }));
                 }
             }
@@ -287,18 +290,6 @@ fn network_config(scenario: &Scenario) -> NetworkConfig {
         defaults,
         links,
         timeline,
-    }
-}
-
-fn patch(s: &LinkSettings) -> LinkPatch {
-    LinkPatch {
-        latency_ns: s.latency_ns,
-        jitter_ns: s.jitter_ns,
-        loss: s.loss,
-        duplicate: s.duplicate,
-        bandwidth_bps: s.bandwidth_bps,
-        reorder: s.reorder,
-        up: s.up,
     }
 }
 

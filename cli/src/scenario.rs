@@ -159,40 +159,9 @@ impl Network {
     }
 }
 
-/// Settings of a link; `None` keeps what the link had (at first, the switch's defaults).
-/// The fields map one to one onto the switch's `LinkConfig`.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LinkSettings {
-    pub latency_ns: Option<u64>,
-    pub jitter_ns: Option<u64>,
-    /// Probability in `[0, 1]`.
-    pub loss: Option<f64>,
-    /// Probability in `[0, 1]`.
-    pub duplicate: Option<f64>,
-    /// Bits per second; 0 is unlimited.
-    pub bandwidth_bps: Option<u64>,
-    pub reorder: Option<bool>,
-    pub up: Option<bool>,
-}
-
-impl LinkSettings {
-    /// These settings with `later`'s given ones on top.
-    pub fn then(self, later: LinkSettings) -> LinkSettings {
-        LinkSettings {
-            latency_ns: later.latency_ns.or(self.latency_ns),
-            jitter_ns: later.jitter_ns.or(self.jitter_ns),
-            loss: later.loss.or(self.loss),
-            duplicate: later.duplicate.or(self.duplicate),
-            bandwidth_bps: later.bandwidth_bps.or(self.bandwidth_bps),
-            reorder: later.reorder.or(self.reorder),
-            up: later.up.or(self.up),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == LinkSettings::default()
-    }
-}
+/// Settings of a link; `None` keeps what the link had (at first, the switch's defaults). The
+/// world applies them as they are, so the scenario uses the VMM's type.
+pub use simvm_vmm::network::LinkPatch as LinkSettings;
 
 /// New settings for the links a selector matches.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -40,7 +40,8 @@ pub enum NetAction {
     },
 }
 
-/// A partial link configuration: the settings to change.
+/// A partial link configuration: the settings to change (`None` keeps the link's own). Loss and
+/// duplication are probabilities in `[0, 1]`; a bandwidth of 0 is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LinkPatch {
     pub latency_ns: Option<u64>,
@@ -53,6 +54,24 @@ pub struct LinkPatch {
 }
 
 impl LinkPatch {
+    /// This patch with `later`'s given settings on top.
+    pub fn then(self, later: LinkPatch) -> LinkPatch {
+        LinkPatch {
+            latency_ns: later.latency_ns.or(self.latency_ns),
+            jitter_ns: later.jitter_ns.or(self.jitter_ns),
+            loss: later.loss.or(self.loss),
+            duplicate: later.duplicate.or(self.duplicate),
+            bandwidth_bps: later.bandwidth_bps.or(self.bandwidth_bps),
+            reorder: later.reorder.or(self.reorder),
+            up: later.up.or(self.up),
+        }
+    }
+
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == LinkPatch::default()
+    }
+
     /// `base` with this patch's settings applied.
     pub fn apply(&self, base: LinkConfig) -> LinkConfig {
         LinkConfig {
