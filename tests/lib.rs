@@ -182,6 +182,17 @@ pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
     simvm(&all, &[])
 }
 
+/// A number from the environment variable `name`, or `default` when it is unset (benchmarks'
+/// knobs); a value that is not a number stops the benchmark with a clear message.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 /// A fresh temporary directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("simvm-test-{name}-{}", std::process::id()));

@@ -29,6 +29,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use simvm_tests::env_u64;
 use simvm_vmm::boot_data::BootData;
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
@@ -39,15 +40,6 @@ use simvm_vmm::world::{World, WorldConfig};
 const BEGIN: &str = "SIMVM-BENCH-BEGIN";
 const END: &str = "SIMVM-BENCH-END";
 const SEED: u64 = 1;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 struct GuestImage {
     kernel: PathBuf,

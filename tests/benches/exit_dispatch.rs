@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use simvm_tests::env_u64;
 use simvm_vmm::boot::{self, BootImage};
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::machine::{Machine, MachineConfig, Status};
@@ -27,15 +28,6 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 const MEM_SIZE: u64 = 64 << 20;
 const SCRATCH_PORT: u16 = 0x3ff;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// The guest ELF in a temporary file, removed on drop.
 struct GuestFile(PathBuf);

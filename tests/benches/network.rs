@@ -29,22 +29,13 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use simvm_tests::{image, temp_dir, Image};
+use simvm_tests::{env_u64, image, temp_dir, Image};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Bytes of the warm-up transfer: enough to open a connection, small enough to cost little.
 const WARMUP_BYTES: u64 = 64 * 1024;
 /// First TCP port; the warm-up uses it, measured transfer `i` uses `PORT + i`.
 const PORT: u16 = 5000;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
 
 /// The release `simvm` binary: `target/release/deps/network-*` -> `target/release/simvm`.
 fn simvm_bin() -> PathBuf {

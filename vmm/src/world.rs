@@ -201,10 +201,12 @@ impl World {
         })
     }
 
-    /// Runs to the end, passing every annotated console line to `print`.
+    /// Runs to the end, passing every annotated console line to `print`. `print` runs outside
+    /// the TSC trap (see `host_tsc`), so it may do anything, including reading the clock.
     pub fn run(mut self, print: &mut dyn FnMut(&str)) -> Result<Outcome> {
         // Instant would read the TSC through the vDSO, which faults while the trap is armed.
-        let _tsc_trap = TscTrap::arm();
+        let tsc_trap = TscTrap::arm();
+        let print = &mut |line: &str| tsc_trap.lifted(|| print(line));
         let started = host_tsc::monotonic();
         let ending = loop {
             if self.done() {
