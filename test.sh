@@ -30,6 +30,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== tests"
-# Guests boot in seconds of emulated kernel time on some hosts: two test threads keep the
-# machine's two cores busy without oversubscribing them.
-cargo test --workspace -- --test-threads=2
+# One test at a time: on PVM hosts, two simvm processes sharing a CPU made runs diverge
+# (docs/determinism.md), and each boot already keeps a core busy for tens of seconds.
+cargo test --workspace -- --test-threads=1
