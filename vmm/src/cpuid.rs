@@ -157,7 +157,13 @@ pub fn guest_cpuid(supported: &CpuId) -> Result<CpuId> {
         // EBX: CLFLUSH line size 64 (8 * 8), one logical processor, APIC ID 0.
         // ECX bit 31: a hypervisor is present, whatever the host says; the guest kernel keys
         // workarounds for bare-metal errata off it.
-        entry(1, SIGNATURE, 8 << 8, regs(1, Reg::Ecx)? | HYPERVISOR, regs(1, Reg::Edx)?),
+        entry(
+            1,
+            SIGNATURE,
+            8 << 8,
+            regs(1, Reg::Ecx)? | HYPERVISOR,
+            regs(1, Reg::Edx)?,
+        ),
         kvm_cpuid_entry2 {
             flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
             ..entry(7, 0, regs(7, Reg::Ebx)?, 0, 0)
