@@ -35,6 +35,8 @@ pub struct RunPlan {
     /// Overrides the scenario's `until`.
     pub until: Option<Duration>,
     pub cmdline_extra: String,
+    /// Withhold virtio-net checksum offload (to measure what it saves).
+    pub no_checksum_offload: bool,
     /// The command line that reproduces this run, for failure reports.
     pub reproduce: String,
 }
@@ -120,6 +122,7 @@ impl RunPlan {
                 stall_limit: DEFAULT_STALL_LIMIT,
                 costs: ExitCosts::default(),
                 mac,
+                checksum_offload: !self.no_checksum_offload,
             });
         }
         let until = self

@@ -128,6 +128,7 @@ impl SimvmSide {
             costs: ExitCosts::default(),
             // No network: the guest only touches the serial port.
             mac: None,
+            checksum_offload: true,
         };
         Self {
             machine: Machine::new(kvm, config).expect("build the simvm machine"),

@@ -107,11 +107,20 @@ pub struct VirtioNet {
     tx_out: Vec<Frame>,
     stats: NetStats,
     errors: Vec<NetError>,
+    /// Offer checksum offload (CSUM, GUEST_CSUM). Off only to measure what it saves.
+    checksum_offload: bool,
 }
 
 impl VirtioNet {
     pub fn new(mac: MacAddr) -> Self {
+        Self::with_checksum_offload(mac, true)
+    }
+
+    /// A device that offers checksum offload or, with `false`, leaves every checksum to the
+    /// guest (for measuring what the offload saves).
+    pub fn with_checksum_offload(mac: MacAddr, checksum_offload: bool) -> Self {
         Self {
+            checksum_offload,
             mac,
             queues: [new_queue(), new_queue()],
             features: 0,
@@ -273,16 +282,17 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        [
+        let base = [
             VIRTIO_F_VERSION_1,
             VIRTIO_RING_F_EVENT_IDX,
-            VIRTIO_NET_F_CSUM,
-            VIRTIO_NET_F_GUEST_CSUM,
             VIRTIO_NET_F_MAC,
             VIRTIO_NET_F_STATUS,
-        ]
-        .iter()
-        .fold(0, |acc, bit| acc | 1u64 << bit)
+        ];
+        let offload = [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM];
+        let offered = base
+            .iter()
+            .chain(offload.iter().filter(|_| self.checksum_offload));
+        offered.fold(0, |acc, bit| acc | 1u64 << bit)
     }
 
     fn queues(&self) -> &[Queue] {
@@ -433,6 +443,15 @@ mod tests {
 
     fn all_features() -> u64 {
         VirtioNet::new(MachineId(0).mac()).features()
+    }
+
+    #[test]
+    fn checksum_offload_can_be_withheld() {
+        let csum = 1u64 << VIRTIO_NET_F_CSUM | 1u64 << VIRTIO_NET_F_GUEST_CSUM;
+        assert_eq!(all_features() & csum, csum);
+        let plain = VirtioNet::with_checksum_offload(MachineId(0).mac(), false).features();
+        assert_eq!(plain & csum, 0);
+        assert_eq!(plain, all_features() & !csum);
     }
 
     fn ethernet(len: usize, fill: u8) -> Vec<u8> {
