@@ -15,6 +15,10 @@
 //!    (filling its random port table) is not counted. Each measured transfer runs from m2's
 //!    `XFER-BEGIN` to m1's `RECV-DONE` (all bytes read): virtual and wall time, throughput in
 //!    both, and frames per wall second from the switch counters in simvm's summary line.
+//! 0. **Checksum offload** (runs first): the same transfer (`SIMVM_BENCH_CSUM_BYTES`, 2 MiB)
+//!    with virtio-net's checksum offload and with `--no-checksum-offload`; the ratio of wall time
+//!    per MiB is what the offload saves where the guest kernel runs emulated.
+//!    `SIMVM_BENCH_ONLY=offload` stops after it.
 //!
 //! Run: `cargo build --release -p simvm && cargo bench -p simvm-tests --bench network`.
 //! The image comes from `guest-images/build.sh`. Environment: `SIMVM_BENCH_XFER_BYTES` (bytes per
@@ -143,7 +147,14 @@ impl Run {
 }
 
 /// Writes `scenario` to `dir/name.toml`, runs it and checks that it succeeded.
-fn run_scenario(dir: &Path, name: &str, scenario: &str, image: &Image, timeout: Duration) -> Run {
+fn run_scenario(
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    image: &Image,
+    timeout: Duration,
+    extra_args: &[&str],
+) -> Run {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, scenario).expect("write the scenario file");
     eprintln!("network: running {name} ...");
@@ -155,6 +166,7 @@ fn run_scenario(dir: &Path, name: &str, scenario: &str, image: &Image, timeout: 
         .arg(&image.kernel)
         .arg("--initramfs")
         .arg(&image.initramfs)
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -230,7 +242,14 @@ fn idle(dir: &Path, image: &Image, machines: usize, sleep: u64, timeout: Duratio
          count = {machines}\n\
          command = \"echo IDLE-BEGIN; sleep {sleep}; echo IDLE-END\"\n"
     );
-    let run = run_scenario(dir, &format!("idle-{machines}"), &scenario, image, timeout);
+    let run = run_scenario(
+        dir,
+        &format!("idle-{machines}"),
+        &scenario,
+        image,
+        timeout,
+        &[],
+    );
     assert_eq!(run.marked("IDLE-BEGIN").count(), machines, "{}", run.dump());
     let (begin, end) = (run.last("IDLE-BEGIN"), run.last("IDLE-END"));
     // Virtual time at the window's edges: the latest clock of any machine at that point (the
@@ -262,7 +281,14 @@ struct Transfers {
     run_wall: Duration,
 }
 
-fn transfers(dir: &Path, image: &Image, bytes: u64, rounds: u16, timeout: Duration) -> Transfers {
+fn transfers(
+    dir: &Path,
+    image: &Image,
+    bytes: u64,
+    rounds: u16,
+    timeout: Duration,
+    extra_args: &[&str],
+) -> Transfers {
     let ports: Vec<String> = (0..=rounds).map(|i| (PORT + i).to_string()).collect();
     let ports = ports.join(" ");
     // m1 listens on every port at once, so m2 never connects before a listener is back up.
@@ -286,7 +312,7 @@ fn transfers(dir: &Path, image: &Image, bytes: u64, rounds: u16, timeout: Durati
          [[machine]]\n\
          command = {client:?}\n"
     );
-    let run = run_scenario(dir, "transfer", &scenario, image, timeout);
+    let run = run_scenario(dir, "transfer", &scenario, image, timeout, extra_args);
     let find = |marker: &str, port: u16| {
         let prefix = format!("{marker} {port}");
         run.marked(&prefix)
@@ -350,9 +376,34 @@ fn main() {
         "network: idle sleep {sleep} s; transfer {bytes} bytes x {rounds} (after a {WARMUP_BYTES}-byte warm-up)"
     );
 
+    // What checksum offload saves: the same transfer with and without it, in this run.
+    let csum_bytes = env_u64("SIMVM_BENCH_CSUM_BYTES", 2 << 20);
+    let with_offload = transfers(&dir, &image, csum_bytes, 1, timeout, &[]);
+    let without_offload = transfers(
+        &dir,
+        &image,
+        csum_bytes,
+        1,
+        timeout,
+        &["--no-checksum-offload"],
+    );
+    let per_mib = |t: &Transfers| t.rounds[0].wsecs / (csum_bytes as f64 / MIB);
+    println!();
+    println!(
+        "checksum offload, {} MiB m2 -> m1: {:.1} s of wall time per MiB with it, {:.1} s without: {:.2}x",
+        csum_bytes as f64 / MIB,
+        per_mib(&with_offload),
+        per_mib(&without_offload),
+        per_mib(&without_offload) / per_mib(&with_offload)
+    );
+    if std::env::var("SIMVM_BENCH_ONLY").is_ok_and(|v| v == "offload") {
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+
     let one = idle(&dir, &image, 1, sleep, timeout);
     let three = idle(&dir, &image, 3, sleep, timeout);
-    let xfer = transfers(&dir, &image, bytes, rounds, timeout);
+    let xfer = transfers(&dir, &image, bytes, rounds, timeout, &[]);
     let _ = std::fs::remove_dir_all(&dir);
 
     let v = median(xfer.rounds.iter().map(|r| r.vsecs).collect());
