@@ -30,6 +30,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== tests"
+# The integration tests drive the simvm binary, which `cargo test` does not build by itself.
+cargo build -p simvm
 # One test at a time: on PVM hosts, two simvm processes sharing a CPU made runs diverge
 # (docs/determinism.md), and each boot already keeps a core busy for tens of seconds.
 cargo test --workspace -- --test-threads=1

@@ -18,7 +18,7 @@ pub fn simvm_bin() -> PathBuf {
     let bin = profile_dir.join("simvm");
     assert!(
         bin.is_file(),
-        "{} does not exist: build it first (`cargo build -p simvm`, or run the tests with `cargo test --workspace`)",
+        "{} does not exist: build it first with `cargo build -p simvm` (./test.sh does)",
         bin.display()
     );
     bin
