@@ -133,21 +133,28 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.interrupt.signal_config();
     }
 
+    /// What an access of `len` bytes at `offset` into the window addresses; `None` (counted as a
+    /// bad access) for a size or alignment the transport does not take.
+    fn target(&mut self, offset: u64, len: usize) -> Option<Target> {
+        let config = u64::from(reg::VIRTIO_MMIO_CONFIG);
+        let target = if offset >= config {
+            config_access_ok(offset, len).then(|| Target::Config(offset - config))
+        } else {
+            register_offset(offset, len).map(Target::Register)
+        };
+        if target.is_none() {
+            self.stats.bad_accesses += 1;
+        }
+        target
+    }
+
     /// Handles a guest read of `data.len()` bytes at `offset` into the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if offset >= u64::from(reg::VIRTIO_MMIO_CONFIG) {
-            if config_access_ok(offset, data.len()) {
-                self.device
-                    .read_config(offset - u64::from(reg::VIRTIO_MMIO_CONFIG), data);
-            } else {
-                self.stats.bad_accesses += 1;
-            }
-            return;
-        }
-        let Some(offset) = register_offset(offset, data.len()) else {
-            self.stats.bad_accesses += 1;
-            return;
+        let offset = match self.target(offset, data.len()) {
+            Some(Target::Config(offset)) => return self.device.read_config(offset, data),
+            Some(Target::Register(offset)) => offset,
+            None => return,
         };
         let value = match offset {
             reg::VIRTIO_MMIO_MAGIC_VALUE => MAGIC,
@@ -182,18 +189,10 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     /// Handles a guest write of `data` at `offset` into the window. Queue notifications run the
     /// device here, synchronously.
     pub fn write<M: GuestMemory>(&mut self, mem: &M, offset: u64, data: &[u8]) {
-        if offset >= u64::from(reg::VIRTIO_MMIO_CONFIG) {
-            if config_access_ok(offset, data.len()) {
-                self.device
-                    .write_config(offset - u64::from(reg::VIRTIO_MMIO_CONFIG), data);
-            } else {
-                self.stats.bad_accesses += 1;
-            }
-            return;
-        }
-        let Some(offset) = register_offset(offset, data.len()) else {
-            self.stats.bad_accesses += 1;
-            return;
+        let offset = match self.target(offset, data.len()) {
+            Some(Target::Config(offset)) => return self.device.write_config(offset, data),
+            Some(Target::Register(offset)) => offset,
+            None => return,
         };
         let mut bytes = [0u8; 4];
         bytes.copy_from_slice(data);
@@ -416,6 +415,13 @@ impl<D: VirtioDevice> VirtioMmio<D> {
 
 /// Registers are 32 bits wide and naturally aligned; returns the register offset if the access
 /// is well formed.
+/// Where a valid access lands: the device's configuration space (offset into it) or a transport
+/// register.
+enum Target {
+    Config(u64),
+    Register(u32),
+}
+
 fn register_offset(offset: u64, len: usize) -> Option<u32> {
     (len == 4 && offset & 3 == 0)
         .then(|| u32::try_from(offset).ok())
