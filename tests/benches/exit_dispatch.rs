@@ -24,7 +24,7 @@ use simvm_vmm::machine::{Machine, MachineConfig, Status};
 use simvm_vmm::test_elf;
 use simvm_vmm::trace::Trace;
 use simvm_vmm::watchdog::Watchdog;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 
 const MEM_SIZE: u64 = 64 << 20;
 const SCRATCH_PORT: u16 = 0x3ff;
@@ -64,19 +64,9 @@ struct BareVm {
 impl BareVm {
     fn new(kvm: &Kvm, kernel: &Path) -> Self {
         let vm = kvm.create_vm().expect("KVM_CREATE_VM");
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-            .expect("allocate guest memory");
-        for (slot, region) in mem.iter().enumerate() {
-            let desc = kvm_bindings::kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the mapping is owned by `_mem`, which outlives the VM (field order).
-            unsafe { vm.set_user_memory_region(desc) }.expect("KVM_SET_USER_MEMORY_REGION");
-        }
+        // SAFETY: `_mem` outlives the VM (field order).
+        let mem = unsafe { simvm_vmm::machine::guest_memory(&vm, MEM_SIZE) }
+            .expect("allocate and register guest memory");
         let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
         let initramfs = dummy_initramfs();
         let image = BootImage {

@@ -191,24 +191,8 @@ impl Machine {
             }
         }
         let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), config.mem_size as usize)])
-            .map_err(|e| Error::MemoryAlloc {
-                mem_size: config.mem_size,
-                reason: e.to_string(),
-            })?;
-        for (slot, region) in mem.iter().enumerate() {
-            let region_desc = kvm_bindings::kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-            };
-            // SAFETY: the region is a live mmap owned by `mem`, which the machine keeps until
-            // after the VM is dropped (field order), so the guest never sees freed memory.
-            unsafe { vm.set_user_memory_region(region_desc) }
-                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        // SAFETY: the machine keeps `mem` until after the VM is dropped (field order).
+        let mem = unsafe { guest_memory(&vm, config.mem_size) }?;
 
         let mut cap = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -701,6 +685,35 @@ impl Machine {
     pub fn rip(&self) -> Option<u64> {
         self.vcpu.get_regs().ok().map(|r| r.rip)
     }
+}
+
+/// Allocates `mem_size` bytes of guest RAM at guest-physical 0 and registers it with `vm`.
+///
+/// # Safety
+///
+/// The returned memory must outlive `vm`: KVM keeps using the mapping until the VM is gone.
+pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+    let mem =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(|e| {
+            Error::MemoryAlloc {
+                mem_size,
+                reason: e.to_string(),
+            }
+        })?;
+    for (slot, region) in mem.iter().enumerate() {
+        let region_desc = kvm_bindings::kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which the caller keeps alive as
+        // long as the VM (this function's contract), so the guest never sees freed memory.
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
 }
 
 fn io_in(pic: &mut Pic, console: &mut Console, ports: &SimvmPorts, port: u16, data: &mut [u8]) {
