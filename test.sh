@@ -31,8 +31,8 @@ cargo fmt --all -- --check
 echo "== tests"
 # The integration tests drive the simvm binary, which `cargo test` does not build by itself.
 cargo build -p simvm
-# One test at a time: on PVM hosts, two simvm processes sharing a CPU made runs diverge
-# (docs/determinism.md), and each boot already keeps a core busy for tens of seconds.
+# One test at a time: each boot keeps a core busy for tens of seconds, and the determinism tests
+# already run their repeats side by side on both cores.
 cargo test --workspace -- --test-threads=1
 
 # Lints last: on a fresh target directory, a `cargo build` right after `cargo clippy` once failed

@@ -1,8 +1,9 @@
-//! One machine, one seed, one run: the same seed replays the guest bit for bit, another seed
-//! changes what the guest's randomness decides. One command checks several sources at once,
+//! One machine, one seed, one run: the same seed replays the guest bit for bit, even with other
+//! simvm processes sharing the host's CPUs, and another seed changes what the guest's randomness
+//! decides. One command checks several sources at once,
 //! because every boot costs seconds of emulated kernel time on a PVM host.
 
-use simvm_tests::{kvm_or_skip, run_guest, Run};
+use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, Run};
 
 /// Reads every source of nondeterminism a guest program commonly uses: the kernel RNG (uuid,
 /// urandom), wall-clock and monotonic time, RDTSC executed by a user program, and a busy-wait
@@ -22,7 +23,10 @@ fn same_seed_replays_exactly_and_another_seed_differs() {
     if !kvm_or_skip("same_seed_replays_exactly_and_another_seed_differs") {
         return;
     }
-    let first = probe(7);
+    // Five runs of seed 7 and one of seed 8, all at once: they share the host's CPUs.
+    let mut runs = side_by_side(6, |i| probe(if i < 5 { 7 } else { 8 }));
+    let other = runs.pop().expect("six runs");
+    let first = runs.remove(0);
     let console = first.console("m1");
     let uuid = console
         .iter()
@@ -39,8 +43,7 @@ fn same_seed_replays_exactly_and_another_seed_differs() {
         first.all()
     );
 
-    for _ in 0..4 {
-        let again = probe(7);
+    for again in &runs {
         assert_eq!(
             again.field("digest"),
             first.field("digest"),
@@ -56,7 +59,6 @@ fn same_seed_replays_exactly_and_another_seed_differs() {
         );
     }
 
-    let other = probe(8);
     assert_ne!(other.field("digest"), first.field("digest"));
     let other_console = other.console("m1");
     assert!(
@@ -73,4 +75,65 @@ fn same_seed_replays_exactly_and_another_seed_differs() {
         random_bytes(&console),
         "urandom bytes did not change with the seed"
     );
+}
+
+/// `--check-determinism --trace-state` compares the guests' registers and memory after every exit
+/// as well as the digest, writes the fingerprints to the trace, and leaves the digest as it is
+/// without them. Pinned with `--cpu`: on PVM hosts guest user-mode CPUID reports the host CPU's
+/// APIC ID, which glibc keeps in every process's memory (docs/determinism.md).
+#[test]
+fn check_determinism_compares_guest_state_and_leaves_the_digest_alone() {
+    if !kvm_or_skip("check_determinism_compares_guest_state_and_leaves_the_digest_alone") {
+        return;
+    }
+    let dir = temp_dir("trace-state");
+    let trace = dir.join("trace.jsonl");
+    let trace = trace.to_str().expect("utf-8 path");
+    let checked = [
+        "--seed",
+        "7",
+        "--cpu",
+        "0",
+        "--check-determinism",
+        "--trace-state",
+        "--trace",
+        trace,
+    ];
+    let mut runs = side_by_side(2, |i| {
+        let args: &[&str] = if i == 0 { &checked } else { &["--seed", "7"] };
+        run_guest(args, &["true"])
+    });
+    let plain = runs.pop().expect("two runs");
+    let checked = runs.pop().expect("two runs");
+    assert_eq!(checked.code, Some(0), "{}", checked.all());
+    assert_eq!(plain.code, Some(0), "{}", plain.all());
+    let digest = checked.field("digest");
+    assert!(
+        checked
+            .stdout
+            .contains(&format!("deterministic: both runs have digest {digest}")),
+        "{}",
+        checked.all()
+    );
+    assert_eq!(
+        plain.field("digest"),
+        digest,
+        "--trace-state changed the digest"
+    );
+
+    let text = std::fs::read_to_string(trace).expect("the trace file");
+    let states: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(r#""event":"state""#))
+        .collect();
+    let steps: usize = checked.field("steps").parse().expect("steps is a number");
+    assert_eq!(states.len(), steps, "one state per step:\n{text}");
+    assert!(
+        states
+            .iter()
+            .all(|l| l.contains(r#""rip":"#) && l.contains(r#""memory":"#)),
+        "{}",
+        states[0]
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

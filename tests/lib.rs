@@ -182,6 +182,24 @@ pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
     simvm(&all, &[])
 }
 
+/// Runs `run(0)`, ..., `run(n - 1)` at once, each on its own thread, and returns the results in
+/// order.
+///
+/// Determinism tests repeat their runs side by side on purpose: several simvm processes sharing
+/// the host's CPUs is the condition under which host scheduling would leak into a guest if
+/// anything let it (it once did, through interrupt-window exits on PVM), and it also makes the
+/// tests shorter.
+pub fn side_by_side<T: Send>(n: usize, run: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    std::thread::scope(|scope| {
+        let run = &run;
+        let handles: Vec<_> = (0..n).map(|i| scope.spawn(move || run(i))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a side-by-side run panicked"))
+            .collect()
+    })
+}
+
 /// A number from the environment variable `name`, or `default` when it is unset (benchmarks'
 /// knobs); a value that is not a number stops the benchmark with a clear message.
 pub fn env_u64(name: &str, default: u64) -> u64 {

@@ -82,6 +82,15 @@ struct RunArgs {
     /// Run twice and compare the digests.
     #[arg(long)]
     check_determinism: bool,
+    /// After every exit, also fingerprint each guest's registers and memory (slow: for finding
+    /// where two runs part). Written to --trace and compared by --check-determinism; the digest
+    /// is the same with or without it.
+    #[arg(long)]
+    trace_state: bool,
+    /// Run the simulation on this host CPU only (on PVM hosts, guest user-mode CPUID reports
+    /// the host CPU's APIC ID; see docs/determinism.md).
+    #[arg(long)]
+    cpu: Option<usize>,
     /// Real time a vCPU may run without any exit before the watchdog kicks it.
     #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
     watchdog: Duration,
@@ -151,6 +160,8 @@ fn run(args: RunArgs) -> Result<i32, String> {
         default_mem: args.mem,
         strict: args.strict,
         trace: args.trace,
+        trace_state: args.trace_state,
+        cpu: args.cpu,
         pcap: args.pcap,
         watchdog: args.watchdog,
         until: args.until,
@@ -224,6 +235,7 @@ fn reproduce_command(args: &RunArgs) -> String {
             .map(|p| p.to_string_lossy().into_owned()),
     );
     option("recipe", args.recipe.clone());
+    option("cpu", args.cpu.map(|cpu| cpu.to_string()));
     option("until", args.until.map(|d| format!("{}ms", d.as_millis())));
     option(
         "watchdog",

@@ -30,6 +30,10 @@ pub struct RunPlan {
     pub default_mem: u64,
     pub strict: bool,
     pub trace: Option<PathBuf>,
+    /// Fingerprint registers and memory after every step (`--trace-state`).
+    pub trace_state: bool,
+    /// The host CPU to pin the simulation thread to (`--cpu`).
+    pub cpu: Option<usize>,
     pub pcap: Option<PathBuf>,
     pub watchdog: Duration,
     /// Overrides the scenario's `until`.
@@ -135,6 +139,8 @@ impl RunPlan {
             watchdog: Some(self.watchdog),
             trace_json: trace,
             fingerprints,
+            trace_state: self.trace_state,
+            cpu: self.cpu,
             kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
                 .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
             network: networked.then(|| network_config(&self.scenario)),
@@ -168,9 +174,15 @@ impl RunPlan {
             (Some(a), Some(b)) => first_divergence(a, b),
             _ => None,
         };
-        let same = first.digest == second.digest;
+        let same = first.digest == second.digest && divergence.is_none();
         let verdict = if same {
             format!("deterministic: both runs have digest {}", first.digest)
+        } else if first.digest == second.digest {
+            format!(
+                "NOT deterministic: the digests agree ({}) but the guests' state differs, first at step {}",
+                first.digest,
+                divergence.map_or("?".to_string(), |s| s.to_string())
+            )
         } else {
             format!(
                 "NOT deterministic: digests {} and {} differ, first at step {}",

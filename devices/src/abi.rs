@@ -4,7 +4,7 @@
 /// First port of the simvm port block.
 pub const PORT_BASE: u16 = 0x0e00;
 /// Number of ports in the block.
-pub const PORT_COUNT: u16 = 0x10;
+pub const PORT_COUNT: u16 = 0x14;
 /// `inl`: probe; `outl pfn`: register the clock page.
 pub const PORT_CLOCK_PAGE: u16 = 0x0e00;
 /// `outl 1`: arm the one-shot timer at the page's deadline; `outl 0`: disarm.
@@ -13,10 +13,12 @@ pub const PORT_TIMER: u16 = 0x0e04;
 pub const PORT_CLOCK_KICK: u16 = 0x0e08;
 /// `outl event | arg << 8`: control channel.
 pub const PORT_CONTROL: u16 = 0x0e0c;
+/// `outl 0`: an exit at which the VMM can inject the interrupt the clock page says is pending.
+pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Clock page field offsets.
 pub mod clock_page {
@@ -26,6 +28,7 @@ pub mod clock_page {
     pub const ABI_VERSION: u64 = 0x18;
     pub const STALL_LIMIT: u64 = 0x1c;
     pub const TSC_KHZ: u64 = 0x20;
+    pub const IRQ_PENDING: u64 = 0x28;
 }
 
 /// Frequency of the virtual TSC: it counts nanoseconds.

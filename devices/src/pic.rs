@@ -340,8 +340,8 @@ impl Pic {
     }
 
     /// Whether the CPU's INTR input is asserted: an unmasked request outranks everything in
-    /// service. The VMM injects only when this is true and the vCPU accepts interrupts, and
-    /// otherwise asks for an interrupt-window exit.
+    /// service. The VMM injects only when this is true and the vCPU accepts interrupts; otherwise
+    /// the request waits for the guest's next exit.
     pub fn has_pending(&self) -> bool {
         self.master.pending(self.cascade()).is_some()
     }

@@ -22,6 +22,8 @@ pub enum PortEvent {
     TimerDisarmed,
     /// This many consecutive clock reads saw no change.
     ClockKick(u32),
+    /// The guest saw `irq_pending` with interrupts enabled and exited so it can take it.
+    IrqPoll,
     /// A control channel message.
     Control(ControlEvent),
     /// A write to a port of the block that means nothing; recorded, otherwise ignored.
@@ -68,6 +70,8 @@ pub struct SimvmPorts {
     deadline: Option<u64>,
     /// `now_ns` as last written to the page, to skip identical writes.
     published: Option<u64>,
+    /// `irq_pending` as last written to the page.
+    published_irq: bool,
     wall_base_ns: u64,
     stall_limit: u32,
 }
@@ -80,6 +84,7 @@ impl SimvmPorts {
             page: None,
             deadline: None,
             published: None,
+            published_irq: false,
             wall_base_ns,
             stall_limit: stall_limit.max(1),
         }
@@ -149,19 +154,26 @@ impl SimvmPorts {
             },
             abi::PORT_CLOCK_KICK => PortEvent::ClockKick(value),
             abi::PORT_CONTROL => PortEvent::Control(ControlEvent::decode(value)),
+            abi::PORT_IRQ_POLL => PortEvent::IrqPoll,
             _ => PortEvent::Ignored { port, value },
         }
     }
 
-    /// Writes `now` into the clock page, if one is registered. Called before every guest entry.
-    pub fn publish<M: GuestMemory>(&mut self, mem: &M, now: u64) {
-        if self.published == Some(now) {
+    /// Writes `now` and whether an interrupt waits for the guest to enable interrupts into the
+    /// clock page, if one is registered. Called before every guest entry.
+    pub fn publish<M: GuestMemory>(&mut self, mem: &M, now: u64, irq_pending: bool) {
+        let Some(page) = self.page else {
             return;
-        }
-        if let Some(page) = self.page {
-            // The page was checked to lie in RAM when it was registered; RAM does not shrink.
+        };
+        // The page was checked to lie in RAM when it was registered; RAM does not shrink.
+        if self.published != Some(now) {
             let _ = mem.write_obj(now, page.unchecked_add(clock_page::NOW_NS));
             self.published = Some(now);
+        }
+        if self.published_irq != irq_pending {
+            let flag = u32::from(irq_pending);
+            let _ = mem.write_obj(flag, page.unchecked_add(clock_page::IRQ_PENDING));
+            self.published_irq = irq_pending;
         }
     }
 
@@ -185,6 +197,7 @@ impl SimvmPorts {
                 abi::VIRTUAL_TSC_KHZ.to_le_bytes().to_vec(),
             ),
             (clock_page::NOW_NS, now.to_le_bytes().to_vec()),
+            (clock_page::IRQ_PENDING, 0u32.to_le_bytes().to_vec()),
         ];
         // Check the whole page before writing any of it, so a bad address changes nothing.
         if gpa.checked_add(4096).is_none() || !mem.check_range(page, 4096, Permissions::ReadWrite) {
@@ -197,6 +210,7 @@ impl SimvmPorts {
         }
         self.page = Some(page);
         self.published = Some(now);
+        self.published_irq = false;
         PortEvent::ClockPageRegistered(gpa)
     }
 
@@ -255,8 +269,31 @@ mod tests {
             .read_obj(page.unchecked_add(clock_page::STALL_LIMIT))
             .unwrap();
         assert_eq!((version, limit), (abi::ABI_VERSION, 64));
-        ports.publish(&mem, 5000);
+        ports.publish(&mem, 5000, false);
         assert_eq!(read(clock_page::NOW_NS), 5000);
+    }
+
+    #[test]
+    fn publish_sets_and_clears_irq_pending_and_the_poll_port_reports_it() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        // Garbage where the flag goes: registration must clear it.
+        mem.write_obj(7u32, GuestAddress(0x42000 + clock_page::IRQ_PENDING))
+            .unwrap();
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        let flag = || {
+            mem.read_obj::<u32>(GuestAddress(0x42000 + clock_page::IRQ_PENDING))
+                .unwrap()
+        };
+        assert_eq!(flag(), 0);
+        ports.publish(&mem, 10, true);
+        assert_eq!(flag(), 1);
+        ports.publish(&mem, 10, false);
+        assert_eq!(flag(), 0);
+        assert_eq!(
+            out(&mut ports, &mem, abi::PORT_IRQ_POLL, 0, 10),
+            PortEvent::IrqPoll
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #define MACHINE_FILE "/simvm/machine"
@@ -451,6 +452,14 @@ int main(void)
 	} else {
 		status = wait_for(child);
 	}
+
+	/*
+	 * The command's last output may still sit in the console's transmit
+	 * buffer, which drains one UART interrupt at a time: wait for it before
+	 * powering off, or the tail of the output is lost.
+	 */
+	if (tcdrain(STDOUT_FILENO) != 0 && errno != ENOTTY)
+		msg("tcdrain: %s", strerror(errno));
 
 	snprintf(status_text, sizeof(status_text), "%d\n", status);
 	if (write_file(EXIT_STATUS_FILE, status_text) != 0)

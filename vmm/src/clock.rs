@@ -13,7 +13,7 @@ pub struct ExitCosts {
     pub mmio_ns: u64,
     /// A trapped MSR access.
     pub msr_ns: u64,
-    /// An interrupt-window exit or an injected interrupt.
+    /// An injected interrupt.
     pub irq_ns: u64,
     /// Each stalled clock read reported by a clock kick.
     pub clock_read_ns: u64,

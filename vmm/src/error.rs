@@ -57,6 +57,9 @@ pub enum Error {
     #[error("cannot start the watchdog: {0}")]
     Watchdog(String),
 
+    #[error("cannot pin the simulation thread to host CPU {cpu}: {source}")]
+    PinCpu { cpu: usize, source: std::io::Error },
+
     #[error("{0}")]
     GuestCrash(Box<CrashReport>),
 

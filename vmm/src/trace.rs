@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::state::StateFingerprint;
 
 /// A guest-visible event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,7 +48,6 @@ pub enum Event {
         value: u64,
     },
     Halt,
-    IrqWindow,
     Interrupt {
         vector: u8,
     },
@@ -95,10 +95,13 @@ pub enum Event {
     DeviceError {
         message: String,
     },
+    /// The guest's registers and memory after a step (`--trace-state`); never in the digest.
+    State(StateFingerprint),
 }
 
 impl Event {
-    /// The fixed binary encoding the digest is computed over.
+    /// The fixed binary encoding the digest is computed over. Tags are part of the digest
+    /// format: a retired tag (8) is never reused.
     fn encode(&self, out: &mut Vec<u8>) {
         let mut put = |tag: u8, fields: &[u64]| {
             out.push(tag);
@@ -118,7 +121,6 @@ impl Event {
             Self::MsrRead { index, value } => put(5, &[(*index).into(), *value]),
             Self::MsrWrite { index, value } => put(6, &[(*index).into(), *value]),
             Self::Halt => put(7, &[]),
-            Self::IrqWindow => put(8, &[]),
             Self::Interrupt { vector } => put(9, &[(*vector).into()]),
             Self::TimerFired { deadline_ns } => put(10, &[*deadline_ns]),
             Self::TimeJump { to_ns } => put(11, &[*to_ns]),
@@ -159,6 +161,7 @@ impl Event {
                 put(20, &[message.len() as u64]);
                 out.extend_from_slice(message.as_bytes());
             }
+            Self::State(state) => put(21, &[state.rip, state.registers, state.memory]),
         }
     }
 }
@@ -214,14 +217,39 @@ impl Trace {
         vtime_ns: u64,
         event: &Event,
     ) -> Result<()> {
+        self.write(step, machine, vtime_ns, event, true)
+    }
+
+    /// Records a machine's state fingerprint: in the JSON lines and the per-event fingerprints,
+    /// but not in the digest, which stays the same with or without `--trace-state`.
+    pub fn record_state(
+        &mut self,
+        step: u64,
+        machine: usize,
+        vtime_ns: u64,
+        state: StateFingerprint,
+    ) -> Result<()> {
+        self.write(step, machine, vtime_ns, &Event::State(state), false)
+    }
+
+    fn write(
+        &mut self,
+        step: u64,
+        machine: usize,
+        vtime_ns: u64,
+        event: &Event,
+        into_digest: bool,
+    ) -> Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(&step.to_le_bytes());
         self.scratch
             .extend_from_slice(&(machine as u64).to_le_bytes());
         self.scratch.extend_from_slice(&vtime_ns.to_le_bytes());
         event.encode(&mut self.scratch);
-        self.hasher.update(&self.scratch);
-        self.events += 1;
+        if into_digest {
+            self.hasher.update(&self.scratch);
+            self.events += 1;
+        }
         if let Some(prints) = &mut self.fingerprints {
             prints.push((step, fnv1a(&self.scratch)));
         }

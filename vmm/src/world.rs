@@ -10,6 +10,7 @@ use crate::crash::CrashReport;
 use crate::error::{Error, Result};
 use simvm_devices::net::switch::MachineCounters;
 
+use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
 use crate::machine::{ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
@@ -29,6 +30,10 @@ pub struct WorldConfig {
     pub trace_json: Option<PathBuf>,
     /// Keep per-event fingerprints (for `--check-determinism`).
     pub fingerprints: bool,
+    /// Record each machine's register and memory fingerprint after every step (slow).
+    pub trace_state: bool,
+    /// Run the simulation thread on this host CPU only.
+    pub cpu: Option<usize>,
     /// The KVM device, normally `/dev/kvm`.
     pub kvm_device: PathBuf,
     /// The network between the machines, if they have one.
@@ -52,6 +57,8 @@ impl WorldConfig {
             watchdog: Some(Duration::from_secs(5)),
             trace_json: None,
             fingerprints: false,
+            trace_state: false,
+            cpu: None,
             kvm_device: PathBuf::from("/dev/kvm"),
             network: None,
             pcap: None,
@@ -139,6 +146,8 @@ pub struct World {
     trace: Trace,
     step: u64,
     until_ns: Option<u64>,
+    trace_state: bool,
+    cpu: Option<usize>,
     watchdog: Option<Watchdog>,
     watchdog_kicks: Vec<String>,
     network: Option<Network>,
@@ -194,6 +203,8 @@ impl World {
             trace,
             step: 0,
             until_ns: config.until_ns,
+            trace_state: config.trace_state,
+            cpu: config.cpu,
             watchdog,
             watchdog_kicks: Vec::new(),
             network,
@@ -204,6 +215,9 @@ impl World {
     /// Runs to the end, passing every annotated console line to `print`. `print` runs outside
     /// the TSC trap (see `host_tsc`), so it may do anything, including reading the clock.
     pub fn run(mut self, print: &mut dyn FnMut(&str)) -> Result<Outcome> {
+        if let Some(cpu) = self.cpu {
+            host_cpu::pin_current_thread(cpu)?;
+        }
         // Instant would read the TSC through the vDSO, which faults while the trap is armed.
         let tsc_trap = TscTrap::arm();
         let print = &mut |line: &str| tsc_trap.lifted(|| print(line));
@@ -232,6 +246,11 @@ impl World {
             let machine = &mut self.machines[index];
             let kicks_before = machine.stats().watchdog_kicks;
             let status = machine.step(self.step, &mut self.trace, self.watchdog.as_ref())?;
+            if self.trace_state {
+                let state = machine.state_fingerprint()?;
+                self.trace
+                    .record_state(self.step, index, machine.now(), state)?;
+            }
             if machine.stats().watchdog_kicks > kicks_before {
                 let message = format!(
                     "NONDETERMINISTIC: the watchdog kicked machine {} at step {} (virtual time {}), rip {:#x}: \
