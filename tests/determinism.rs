@@ -86,6 +86,7 @@ fn check_determinism_compares_guest_state_and_leaves_the_digest_alone() {
     if !kvm_or_skip("check_determinism_compares_guest_state_and_leaves_the_digest_alone") {
         return;
     }
+    let cpu = first_allowed_cpu();
     let dir = temp_dir("trace-state");
     let trace = dir.join("trace.jsonl");
     let trace = trace.to_str().expect("utf-8 path");
@@ -93,7 +94,7 @@ fn check_determinism_compares_guest_state_and_leaves_the_digest_alone() {
         "--seed",
         "7",
         "--cpu",
-        "0",
+        &cpu,
         "--check-determinism",
         "--trace-state",
         "--trace",
@@ -136,4 +137,19 @@ fn check_determinism_compares_guest_state_and_leaves_the_digest_alone() {
         states[0]
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The first host CPU this process may run on (CI runners may not offer CPU 0).
+fn first_allowed_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| {
+            list.trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .map(str::to_string)
+        })
+        .expect("Cpus_allowed_list in /proc/self/status")
 }
