@@ -3,9 +3,11 @@
 //! The tests drive the `simvm` binary as a user would. Without a usable `/dev/kvm` they fail with
 //! a message that says so; `SIMVM_SKIP_KVM_TESTS=1` skips them explicitly.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Path of the `simvm` binary built alongside the tests.
 pub fn simvm_bin() -> PathBuf {
@@ -217,4 +219,23 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
+}
+
+/// The lines `output` produces, each stamped with the time since `started` at which it arrived.
+/// A reader thread stamps them as they come, so a slow consumer cannot skew the times
+/// (benchmarks time a guest's boot by its console).
+pub fn stamped_lines(
+    output: impl Read + Send + 'static,
+    started: Instant,
+) -> mpsc::Receiver<(Duration, String)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((started.elapsed(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }

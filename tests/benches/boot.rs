@@ -23,13 +23,11 @@
 //! command line, with no local APIC, gets no timer interrupt and the guest's `sleep` never ends),
 //! `SIMVM_BENCH_QEMU_TIMEOUT` (seconds, default 600), `SIMVM_BENCH_MEM_MIB` (default 128).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use simvm_tests::env_u64;
+use simvm_tests::{env_u64, stamped_lines};
 use simvm_vmm::boot_data::BootData;
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
@@ -249,15 +247,7 @@ fn run_qemu(
         .spawn()
         .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send((started.elapsed(), line)).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stamped_lines(stdout, started);
 
     let (mut begin, mut end, mut tail) = (None, None, Vec::new());
     while end.is_none() {

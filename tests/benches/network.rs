@@ -27,13 +27,13 @@
 //! `SIMVM_BENCH_TIMEOUT` (wall seconds allowed per simvm run, default 1200), `SIMVM_BIN` (the
 //! simvm binary; default `target/release/simvm` next to this benchmark).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use simvm_tests::{env_u64, image, temp_dir, Image};
+use simvm_tests::{env_u64, image, stamped_lines, temp_dir, Image};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Bytes of the warm-up transfer: enough to open a connection, small enough to cost little.
@@ -172,17 +172,8 @@ fn run_scenario(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start simvm");
-    // Lines are stamped on a reader thread as they arrive, so a slow consumer cannot skew them.
     let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send((started.elapsed(), line)).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stamped_lines(stdout, started);
     let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
     let stderr = std::thread::spawn(move || {
         let mut text = String::new();
