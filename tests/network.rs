@@ -237,3 +237,57 @@ fn loss_and_jitter_replay_exactly_per_seed() {
         "another seed lost the same packets"
     );
 }
+
+#[test]
+fn bulk_tcp_arrives_whole_in_wire_sized_segments() {
+    if !kvm_or_skip("bulk_tcp_arrives_whole_in_wire_sized_segments") {
+        return;
+    }
+    let dir = temp_dir("bulk");
+    let pcap = dir.join("bulk.pcapng");
+    let pcap_arg = pcap.to_str().expect("utf-8 path");
+    let run = run_scenario(&scenario("scenarios/bulk.toml"), 4, &["--pcap", pcap_arg]);
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    let hash = |machine: &str, word: &str| {
+        run.console(machine)
+            .iter()
+            .find_map(|l| l.strip_suffix(word).map(str::trim).map(str::to_string))
+            .unwrap_or_else(|| panic!("{machine} printed no `{word}` hash:\n{}", run.all()))
+    };
+    assert_eq!(
+        hash("m1", " received"),
+        hash("m2", " sent"),
+        "payload changed in transit"
+    );
+
+    // On the wire: no frame larger than Ethernet allows, and every IP and TCP checksum valid
+    // (the receiving guest is told checksums are verified, so it would not notice a bad one).
+    let tshark = |filter: &str| {
+        let out = Command::new("tshark")
+            .args(["-r", pcap_arg, "-o", "ip.check_checksum:TRUE"])
+            .args(["-o", "tcp.check_checksum:TRUE", "-Y", filter])
+            .output()
+            .expect("tshark is installed (test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "tshark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        tshark("tcp.len > 1400") > 150,
+        "too few full-sized segments"
+    );
+    assert_eq!(
+        tshark("frame.len > 1514"),
+        0,
+        "a frame larger than Ethernet allows"
+    );
+    assert_eq!(
+        tshark("ip.checksum.status == 0 || tcp.checksum.status == 0"),
+        0,
+        "frames with bad checksums"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

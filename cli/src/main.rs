@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use simvm_devices::virtio::net::Offloads;
 
 use crate::image::GuestImage;
 use crate::run::RunPlan;
@@ -104,6 +105,10 @@ struct RunArgs {
     /// checksums (for measuring what the offload saves).
     #[arg(long)]
     no_checksum_offload: bool,
+    /// Do not offer TCP segmentation offload on virtio-net: guests cut their own TCP segments
+    /// (for measuring what the offload saves). Implied by --no-checksum-offload.
+    #[arg(long)]
+    no_tso: bool,
     /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
@@ -166,7 +171,10 @@ fn run(args: RunArgs) -> Result<i32, String> {
         watchdog: args.watchdog,
         until: args.until,
         cmdline_extra: args.kernel_args,
-        no_checksum_offload: args.no_checksum_offload,
+        offloads: Offloads {
+            checksum: !args.no_checksum_offload,
+            segmentation: !args.no_checksum_offload && !args.no_tso,
+        },
     };
     let result = if args.check_determinism {
         plan.check_determinism()
@@ -250,6 +258,9 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if args.no_checksum_offload {
         line.push_str(" --no-checksum-offload");
+    }
+    if args.no_tso {
+        line.push_str(" --no-tso");
     }
     if !args.command.is_empty() {
         line.push_str(" --");

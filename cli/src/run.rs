@@ -7,6 +7,7 @@ use std::time::Duration;
 use simvm_devices::abi;
 use simvm_devices::net::switch::{Cut, LinkConfig};
 use simvm_devices::net::MachineId;
+use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::boot_data::BootData;
 use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
@@ -39,8 +40,8 @@ pub struct RunPlan {
     /// Overrides the scenario's `until`.
     pub until: Option<Duration>,
     pub cmdline_extra: String,
-    /// Withhold virtio-net checksum offload (to measure what it saves).
-    pub no_checksum_offload: bool,
+    /// The offloads each machine's virtio-net offers.
+    pub offloads: Offloads,
     /// The command line that reproduces this run, for failure reports.
     pub reproduce: String,
 }
@@ -126,7 +127,7 @@ impl RunPlan {
                 stall_limit: DEFAULT_STALL_LIMIT,
                 costs: ExitCosts::default(),
                 mac,
-                checksum_offload: !self.no_checksum_offload,
+                offloads: self.offloads,
             });
         }
         let until = self

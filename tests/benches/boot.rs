@@ -173,7 +173,7 @@ fn run_simvm(image: &GuestImage, mem: u64, argv: Vec<String>) -> SimvmFigures {
         stall_limit: DEFAULT_STALL_LIMIT,
         costs: ExitCosts::default(),
         mac: None,
-        checksum_offload: true,
+        offloads: Default::default(),
     };
     let config = WorldConfig::new(seed, vec![machine]);
     let world = World::new(config).expect("build the simvm world");

@@ -118,7 +118,7 @@ impl SimvmSide {
             costs: ExitCosts::default(),
             // No network: the guest only touches the serial port.
             mac: None,
-            checksum_offload: true,
+            offloads: Default::default(),
         };
         Self {
             machine: Machine::new(kvm, config).expect("build the simvm machine"),

@@ -15,9 +15,10 @@
 //!    (filling its random port table) is not counted. Each measured transfer runs from m2's
 //!    `XFER-BEGIN` to m1's `RECV-DONE` (all bytes read): virtual and wall time, throughput in
 //!    both, and frames per wall second from the switch counters in simvm's summary line.
-//! 0. **Checksum offload** (runs first): the same transfer (`SIMVM_BENCH_CSUM_BYTES`, 2 MiB)
-//!    with virtio-net's checksum offload and with `--no-checksum-offload`; the ratio of wall time
-//!    per MiB is what the offload saves where the guest kernel runs emulated.
+//! 0. **Offloads** (runs first): the same transfer (`SIMVM_BENCH_CSUM_BYTES`, 2 MiB) with
+//!    virtio-net's checksum and segmentation offload, with `--no-tso` and with
+//!    `--no-checksum-offload`; the ratios of wall time per MiB are what the offloads save where
+//!    the guest kernel runs emulated.
 //!    `SIMVM_BENCH_ONLY=offload` stops after it.
 //!
 //! Run: `cargo build --release -p simvm && cargo bench -p simvm-tests --bench network`.
@@ -367,25 +368,22 @@ fn main() {
         "network: idle sleep {sleep} s; transfer {bytes} bytes x {rounds} (after a {WARMUP_BYTES}-byte warm-up)"
     );
 
-    // What checksum offload saves: the same transfer with and without it, in this run.
+    // What the offloads save: the same transfer with both, without segmentation offload, and
+    // without either, in this run.
     let csum_bytes = env_u64("SIMVM_BENCH_CSUM_BYTES", 2 << 20);
-    let with_offload = transfers(&dir, &image, csum_bytes, 1, timeout, &[]);
-    let without_offload = transfers(
-        &dir,
-        &image,
-        csum_bytes,
-        1,
-        timeout,
-        &["--no-checksum-offload"],
-    );
+    let offloads = |args: &[&str]| transfers(&dir, &image, csum_bytes, 1, timeout, args);
     let per_mib = |t: &Transfers| t.rounds[0].wsecs / (csum_bytes as f64 / MIB);
+    let both = per_mib(&offloads(&[]));
+    let no_tso = per_mib(&offloads(&["--no-tso"]));
+    let neither = per_mib(&offloads(&["--no-checksum-offload"]));
     println!();
     println!(
-        "checksum offload, {} MiB m2 -> m1: {:.1} s of wall time per MiB with it, {:.1} s without: {:.2}x",
+        "offloads, {} MiB m2 -> m1, wall seconds per MiB: {both:.1} with checksum and \
+         segmentation offload; {no_tso:.1} without segmentation ({:.2}x); {neither:.1} with \
+         neither ({:.2}x)",
         csum_bytes as f64 / MIB,
-        per_mib(&with_offload),
-        per_mib(&without_offload),
-        per_mib(&without_offload) / per_mib(&with_offload)
+        no_tso / both,
+        neither / both,
     );
     if std::env::var("SIMVM_BENCH_ONLY").is_ok_and(|v| v == "offload") {
         let _ = std::fs::remove_dir_all(&dir);

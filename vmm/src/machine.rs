@@ -21,7 +21,7 @@ use simvm_devices::pic::Pic;
 use simvm_devices::pvclock::{ControlEvent, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
 use simvm_devices::virtio::mmio::VirtioMmio;
-use simvm_devices::virtio::net::{RxDrop, VirtioNet};
+use simvm_devices::virtio::net::{Offloads, RxDrop, VirtioNet};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::{self, BootImage};
@@ -55,8 +55,8 @@ pub struct MachineConfig {
     pub costs: ExitCosts,
     /// The MAC of the machine's virtio-net interface; `None` for a machine without a network.
     pub mac: Option<MacAddr>,
-    /// Offer checksum offload on virtio-net (the default; off only to measure what it saves).
-    pub checksum_offload: bool,
+    /// The offloads virtio-net offers (all by default; fewer only to measure what they save).
+    pub offloads: Offloads,
 }
 
 /// Where a machine stands after a step.
@@ -235,7 +235,7 @@ impl Machine {
             ports: SimvmPorts::new(config.wall_base_ns, config.stall_limit),
             net: config
                 .mac
-                .map(|mac| VirtioNet::with_checksum_offload(mac, config.checksum_offload))
+                .map(|mac| VirtioNet::with_offloads(mac, config.offloads))
                 .map(|net| VirtioMmio::new(net, irq.clone(), abi::IRQ_VIRTIO_BASE)),
             outbox: Vec::new(),
             irq,

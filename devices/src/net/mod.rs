@@ -3,6 +3,7 @@
 pub mod checksum;
 pub mod pcapng;
 pub mod switch;
+pub mod tso;
 
 use std::fmt;
 

@@ -12,13 +12,19 @@
 //! whose driver accepted `GUEST_CSUM` marks them `DATA_VALID`, so neither guest kernel touches the
 //! payload for checksums. Frames the guest checksummed itself are delivered without the flag and
 //! are verified by the receiving guest as usual.
+//!
+//! Segmentation offload: with checksum offload the device also offers `HOST_TSO4`. A guest then
+//! hands over TCP frames of up to 64 KiB, which the device cuts into MSS-sized segments
+//! ([`crate::net::tso`]) before they leave the machine: the guest kernel's per-packet work is
+//! done once per 64 KiB, and the network still carries ordinary segments.
 
 use thiserror::Error;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN,
-    VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MAC,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -28,6 +34,7 @@ use super::{
     has_feature, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::net::checksum::{complete_partial, PartialChecksumError};
+use crate::net::tso::{segment_tcp4, TsoError};
 use crate::net::{Frame, MacAddr, ETH_HEADER_LEN};
 
 pub const RX_QUEUE: u16 = 0;
@@ -54,6 +61,8 @@ pub enum TxError {
     UnsupportedGso(u8),
     #[error(transparent)]
     Checksum(#[from] PartialChecksumError),
+    #[error(transparent)]
+    Segmentation(#[from] TsoError),
 }
 
 /// A malformed chain, reported for the machine; the chain was returned to the guest unused.
@@ -87,6 +96,8 @@ pub struct NetStats {
     pub tx_bytes: u64,
     /// Frames whose checksum the device completed.
     pub tx_csum_completed: u64,
+    /// Large TCP frames the device cut into segments (each segment counts in `tx_frames`).
+    pub tx_segmented: u64,
     pub tx_malformed: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -107,20 +118,36 @@ pub struct VirtioNet {
     tx_out: Vec<Frame>,
     stats: NetStats,
     errors: Vec<NetError>,
-    /// Offer checksum offload (CSUM, GUEST_CSUM). Off only to measure what it saves.
-    checksum_offload: bool,
+    offloads: Offloads,
+}
+
+/// Which offloads the device offers. All on by default; off only to measure what they save.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offloads {
+    /// `CSUM` and `GUEST_CSUM`.
+    pub checksum: bool,
+    /// `HOST_TSO4`; offered only together with checksum offload, which it needs.
+    pub segmentation: bool,
+}
+
+impl Default for Offloads {
+    fn default() -> Self {
+        Self {
+            checksum: true,
+            segmentation: true,
+        }
+    }
 }
 
 impl VirtioNet {
     pub fn new(mac: MacAddr) -> Self {
-        Self::with_checksum_offload(mac, true)
+        Self::with_offloads(mac, Offloads::default())
     }
 
-    /// A device that offers checksum offload or, with `false`, leaves every checksum to the
-    /// guest (for measuring what the offload saves).
-    pub fn with_checksum_offload(mac: MacAddr, checksum_offload: bool) -> Self {
+    /// A device that offers only the given offloads (for measuring what they save).
+    pub fn with_offloads(mac: MacAddr, offloads: Offloads) -> Self {
         Self {
-            checksum_offload,
+            offloads,
             mac,
             queues: [new_queue(), new_queue()],
             features: 0,
@@ -247,12 +274,15 @@ impl VirtioNet {
         let mut used_any = false;
         loop {
             while let Some(head) = next_head(queue, mem).map_err(queue_err)? {
-                match read_tx_frame(mem, table, queue.size(), head) {
-                    Ok(frame) => {
-                        self.stats.tx_frames += 1;
-                        self.stats.tx_bytes += frame.data.len() as u64;
-                        self.stats.tx_csum_completed += u64::from(frame.csum_verified);
-                        self.tx_out.push(frame);
+                match read_tx_frames(mem, table, queue.size(), head, self.features) {
+                    Ok(frames) => {
+                        self.stats.tx_segmented += u64::from(frames.len() > 1);
+                        for frame in frames {
+                            self.stats.tx_frames += 1;
+                            self.stats.tx_bytes += frame.data.len() as u64;
+                            self.stats.tx_csum_completed += u64::from(frame.csum_verified);
+                            self.tx_out.push(frame);
+                        }
                     }
                     Err(source) => {
                         self.stats.tx_malformed += 1;
@@ -288,10 +318,16 @@ impl VirtioDevice for VirtioNet {
             VIRTIO_NET_F_MAC,
             VIRTIO_NET_F_STATUS,
         ];
-        let offload = [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM];
+        let checksum = [VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM];
+        let segmentation = [VIRTIO_NET_F_HOST_TSO4];
+        let Offloads {
+            checksum: csum,
+            segmentation: tso,
+        } = self.offloads;
         let offered = base
             .iter()
-            .chain(offload.iter().filter(|_| self.checksum_offload));
+            .chain(checksum.iter().filter(|_| csum))
+            .chain(segmentation.iter().filter(|_| csum && tso));
         offered.fold(0, |acc, bit| acc | 1u64 << bit)
     }
 
@@ -363,13 +399,15 @@ fn next_head<M: GuestMemory>(
     Ok(queue.iter(mem)?.next().map(|chain| chain.head_index()))
 }
 
-/// Reads, validates and strips one transmit chain.
-fn read_tx_frame<M: GuestMemory>(
+/// Reads, validates and strips one transmit chain: one frame, or the segments of a large TCP
+/// frame when the driver negotiated `HOST_TSO4`.
+fn read_tx_frames<M: GuestMemory>(
     mem: &M,
     table: GuestAddress,
     size: u16,
     head: u16,
-) -> Result<Frame, TxError> {
+    features: u64,
+) -> Result<Vec<Frame>, TxError> {
     let buffers = chain::walk(mem, table, size, head, Direction::DeviceReads, MAX_TX_CHAIN)?;
     let mut data = chain::gather(mem, &buffers)?;
     if data.len() < NET_HDR_LEN {
@@ -380,8 +418,23 @@ fn read_tx_frame<M: GuestMemory>(
         return Err(TxError::FrameTooShort(data.len()));
     }
     let gso_type = header[1];
-    if gso_type & !(VIRTIO_NET_HDR_GSO_ECN as u8) != VIRTIO_NET_HDR_GSO_NONE as u8 {
-        return Err(TxError::UnsupportedGso(gso_type));
+    match gso_type & !(VIRTIO_NET_HDR_GSO_ECN as u8) {
+        gso if gso == VIRTIO_NET_HDR_GSO_NONE as u8 => {}
+        gso if gso == VIRTIO_NET_HDR_GSO_TCPV4 as u8
+            && has_feature(features, VIRTIO_NET_F_HOST_TSO4) =>
+        {
+            // Segmentation completes every checksum, so NEEDS_CSUM has nothing left to do.
+            let mss = u16::from_le_bytes([header[4], header[5]]);
+            let segments = segment_tcp4(&data, mss.into())?;
+            return Ok(segments
+                .into_iter()
+                .map(|data| Frame {
+                    csum_verified: true,
+                    ..Frame::new(data)
+                })
+                .collect());
+        }
+        _ => return Err(TxError::UnsupportedGso(gso_type)),
     }
     let mut frame = Frame::new(data);
     if header[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0 {
@@ -390,7 +443,7 @@ fn read_tx_frame<M: GuestMemory>(
         complete_partial(&mut frame.data, start.into(), offset.into())?;
         frame.csum_verified = true;
     }
-    Ok(frame)
+    Ok(vec![frame])
 }
 
 /// Interrupts the guest unless its driver suppressed used-buffer notifications.
@@ -449,9 +502,66 @@ mod tests {
     fn checksum_offload_can_be_withheld() {
         let csum = 1u64 << VIRTIO_NET_F_CSUM | 1u64 << VIRTIO_NET_F_GUEST_CSUM;
         assert_eq!(all_features() & csum, csum);
-        let plain = VirtioNet::with_checksum_offload(MachineId(0).mac(), false).features();
-        assert_eq!(plain & csum, 0);
-        assert_eq!(plain, all_features() & !csum);
+        let tso = 1u64 << VIRTIO_NET_F_HOST_TSO4;
+        assert_eq!(all_features() & tso, tso);
+        let mac = MachineId(0).mac();
+        let plain = VirtioNet::with_offloads(
+            mac,
+            Offloads {
+                checksum: false,
+                segmentation: true,
+            },
+        )
+        .features();
+        assert_eq!(plain, all_features() & !csum & !tso, "TSO needs CSUM");
+        let no_tso = Offloads {
+            segmentation: false,
+            ..Offloads::default()
+        };
+        let csum_only = VirtioNet::with_offloads(mac, no_tso).features();
+        assert_eq!(csum_only, all_features() & !tso);
+    }
+
+    #[test]
+    fn cuts_large_tcp_frames_when_tso_was_negotiated_and_refuses_them_otherwise() {
+        use crate::net::tso::tests::{gso_frame, valid_ip_checksum, valid_tcp_checksum};
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let frame = gso_frame(&payload, 0x18);
+        let mut hdr = header(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+            VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+            34,
+            16,
+        );
+        hdr[4..6].copy_from_slice(&1448u16.to_le_bytes());
+
+        let mut d = started(all_features());
+        transmit(&mut d, 0, &hdr, &frame);
+        d.notify(TX_QUEUE);
+        let sent = d.dev.device_mut().take_tx_frames();
+        assert_eq!(
+            sent.iter().map(|f| f.data.len()).collect::<Vec<_>>(),
+            vec![66 + 1448, 66 + 1448, 66 + 104]
+        );
+        assert!(sent
+            .iter()
+            .all(|f| f.csum_verified && valid_ip_checksum(&f.data) && valid_tcp_checksum(&f.data)));
+        let stats = d.dev.device().stats();
+        assert_eq!((stats.tx_frames, stats.tx_segmented), (3, 1));
+        assert_eq!(d.queues[1].take_used(&d.mem.clone()).len(), 1);
+
+        let mut plain = started(all_features() & !(1 << VIRTIO_NET_F_HOST_TSO4));
+        transmit(&mut plain, 0, &hdr, &frame);
+        plain.notify(TX_QUEUE);
+        let net = plain.dev.device_mut();
+        assert!(net.take_tx_frames().is_empty());
+        assert!(matches!(
+            &net.take_errors()[..],
+            [NetError::Tx {
+                source: TxError::UnsupportedGso(1),
+                ..
+            }]
+        ));
     }
 
     fn ethernet(len: usize, fill: u8) -> Vec<u8> {
@@ -774,9 +884,23 @@ mod tests {
         let good = ethernet(60, 9);
         for (name, hdr, expected) in [
             (
-                "gso not negotiated",
+                "UDP segmentation is never offered",
+                header(0, 3, 0, 0),
+                TxError::UnsupportedGso(3),
+            ),
+            (
+                "TCP segmentation with segment size 0",
                 header(0, 1, 0, 0),
-                TxError::UnsupportedGso(1),
+                TxError::Segmentation(TsoError::ZeroMss),
+            ),
+            (
+                "TCP segmentation of a frame that is not IPv4",
+                {
+                    let mut h = header(0, 1, 0, 0);
+                    h[4..6].copy_from_slice(&1448u16.to_le_bytes());
+                    h
+                },
+                TxError::Segmentation(TsoError::NotIpv4(0x0909)),
             ),
             (
                 "checksum field past the frame",
@@ -793,9 +917,10 @@ mod tests {
             d.notify(TX_QUEUE);
             let net = d.dev.device_mut();
             assert!(net.take_tx_frames().is_empty(), "{name}");
+            let errors = net.take_errors();
             assert!(
-                matches!(&net.take_errors()[..], [NetError::Tx { source, .. }] if *source == expected),
-                "{name}"
+                matches!(&errors[..], [NetError::Tx { source, .. }] if *source == expected),
+                "{name}: {errors:?}"
             );
         }
     }
