@@ -81,10 +81,9 @@ fn demo_cluster_survives_a_partition_and_is_captured() {
     );
 
     // tshark reads the capture and sees TCP handshakes between the machines.
-    let out = Command::new("tshark")
-        .args([
-            "-r",
-            pcap.to_str().unwrap(),
+    let syns = tshark(
+        &pcap,
+        &[
             "-Y",
             "tcp.flags.syn == 1 && tcp.flags.ack == 0",
             "-T",
@@ -93,15 +92,8 @@ fn demo_cluster_survives_a_partition_and_is_captured() {
             "ip.src",
             "-e",
             "ip.dst",
-        ])
-        .output()
-        .expect("tshark is installed (test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let syns = String::from_utf8_lossy(&out.stdout);
     assert!(
         syns.lines().any(|l| l == "10.0.0.2\t10.0.0.1"),
         "no SYN from m2 to m1 in the capture:\n{syns}"
@@ -262,32 +254,43 @@ fn bulk_tcp_arrives_whole_in_wire_sized_segments() {
 
     // On the wire: no frame larger than Ethernet allows, and every IP and TCP checksum valid
     // (the receiving guest is told checksums are verified, so it would not notice a bad one).
-    let tshark = |filter: &str| {
-        let out = Command::new("tshark")
-            .args(["-r", pcap_arg, "-o", "ip.check_checksum:TRUE"])
-            .args(["-o", "tcp.check_checksum:TRUE", "-Y", filter])
-            .output()
-            .expect("tshark is installed (test.sh installs it)");
-        assert!(
-            out.status.success(),
-            "tshark failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).lines().count()
+    let count = |filter: &str| {
+        let checked = [
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+        ];
+        tshark(&pcap, &[&checked[..], &["-Y", filter]].concat())
+            .lines()
+            .count()
     };
-    assert!(
-        tshark("tcp.len > 1400") > 150,
-        "too few full-sized segments"
-    );
+    assert!(count("tcp.len > 1400") > 150, "too few full-sized segments");
     assert_eq!(
-        tshark("frame.len > 1514"),
+        count("frame.len > 1514"),
         0,
         "a frame larger than Ethernet allows"
     );
     assert_eq!(
-        tshark("ip.checksum.status == 0 || tcp.checksum.status == 0"),
+        count("ip.checksum.status == 0 || tcp.checksum.status == 0"),
         0,
         "frames with bad checksums"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// What tshark prints for the capture `pcap` with `args`.
+fn tshark(pcap: &Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(args)
+        .output()
+        .expect("tshark is installed (test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
