@@ -176,20 +176,18 @@ impl RunPlan {
             _ => None,
         };
         let same = first.digest == second.digest && divergence.is_none();
+        let at = divergence.map_or("?".to_string(), |s| s.to_string());
         let verdict = if same {
             format!("deterministic: both runs have digest {}", first.digest)
         } else if first.digest == second.digest {
             format!(
-                "NOT deterministic: the digests agree ({}) but the guests' state differs, first at step {}",
+                "NOT deterministic: the digests agree ({}) but the guests' state differs, first at step {at}",
                 first.digest,
-                divergence.map_or("?".to_string(), |s| s.to_string())
             )
         } else {
             format!(
-                "NOT deterministic: digests {} and {} differ, first at step {}",
-                first.digest,
-                second.digest,
-                divergence.map_or("?".to_string(), |s| s.to_string())
+                "NOT deterministic: digests {} and {} differ, first at step {at}",
+                first.digest, second.digest,
             )
         };
         let code = self.report(&first, Some(&verdict));

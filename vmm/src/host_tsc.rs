@@ -30,9 +30,7 @@ impl TscTrap {
         unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV) };
         Self { previous }
     }
-}
 
-impl TscTrap {
     /// Runs `f` with the trap lifted, for code outside simvm's control (callbacks that may
     /// read the clock through the vDSO).
     pub fn lifted<R>(&self, f: impl FnOnce() -> R) -> R {
