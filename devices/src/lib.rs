@@ -5,6 +5,8 @@
 //! Rust and behaves identically on every run.
 
 pub mod abi;
+pub mod bus;
+pub mod disk;
 pub mod irq;
 pub mod net;
 pub mod pic;

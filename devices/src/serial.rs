@@ -6,10 +6,12 @@
 
 use std::convert::Infallible;
 
+use vm_memory::GuestMemoryMmap;
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 
 use crate::abi::IRQ_SERIAL;
+use crate::bus::{BusAccess, BusDevice};
 use crate::irq::IrqLines;
 
 /// First I/O port of COM1.
@@ -72,6 +74,20 @@ impl Console {
     /// Hands over the transmitted bytes, leaving the buffer empty.
     pub fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(self.serial.writer_mut())
+    }
+}
+
+/// On the port bus the console claims COM1's eight ports; the offset is the register.
+impl BusDevice for Console {
+    fn read(&mut self, access: BusAccess, data: &mut [u8]) {
+        let value = u8::try_from(access.offset).map_or(0, |offset| Console::read(self, offset));
+        data.fill(value);
+    }
+
+    fn write(&mut self, _mem: &GuestMemoryMmap, access: BusAccess, data: &[u8]) {
+        if let (Ok(offset), Some(&byte)) = (u8::try_from(access.offset), data.first()) {
+            Console::write(self, offset, byte);
+        }
     }
 }
 

@@ -62,7 +62,46 @@ pub fn walk<M: GuestMemory>(
     expected: Direction,
     max_bytes: u32,
 ) -> Result<Vec<Buffer>, ChainError> {
-    let mut buffers = Vec::new();
+    let chain = walk_chain(mem, table, size, head, Some(expected), max_bytes)?;
+    Ok(match expected {
+        Direction::DeviceReads => chain.readable,
+        Direction::DeviceWrites => chain.writable,
+    })
+}
+
+/// A chain of device-readable buffers followed by device-writable ones; either part may be
+/// empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub readable: Vec<Buffer>,
+    pub writable: Vec<Buffer>,
+}
+
+/// Walks a chain that carries a request and room for its answer: device-readable descriptors,
+/// then device-writable ones (virtio 1.x 2.7.4.2: the driver places every device-writable
+/// descriptor after every device-readable one). A readable descriptor after a writable one is a
+/// [`ChainError::WrongDirection`]; every other check is [`walk`]'s.
+pub fn walk_split<M: GuestMemory>(
+    mem: &M,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+    max_bytes: u32,
+) -> Result<Chain, ChainError> {
+    walk_chain(mem, table, size, head, None, max_bytes)
+}
+
+/// The walk behind [`walk`] (every descriptor in direction `only`) and [`walk_split`] (`only`
+/// is `None`: readable descriptors, then writable ones).
+fn walk_chain<M: GuestMemory>(
+    mem: &M,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+    only: Option<Direction>,
+    max_bytes: u32,
+) -> Result<Chain, ChainError> {
+    let mut chain = Chain::default();
     let mut total: u32 = 0;
     let mut index = head;
     loop {
@@ -70,7 +109,7 @@ pub fn walk<M: GuestMemory>(
             return Err(ChainError::IndexOutOfRange { index, size });
         }
         // A chain can visit each descriptor at most once; one more means a cycle.
-        if buffers.len() >= usize::from(size) {
+        if chain.readable.len() + chain.writable.len() >= usize::from(size) {
             return Err(ChainError::Loop);
         }
         let desc: Descriptor = table
@@ -86,6 +125,11 @@ pub fn walk<M: GuestMemory>(
         } else {
             Direction::DeviceReads
         };
+        let expected = match only {
+            Some(direction) => direction,
+            None if !chain.writable.is_empty() => Direction::DeviceWrites,
+            None => found,
+        };
         if found != expected {
             return Err(ChainError::WrongDirection {
                 index,
@@ -100,7 +144,7 @@ pub fn walk<M: GuestMemory>(
             .checked_add(desc.len())
             .filter(|&t| t <= max_bytes)
             .ok_or(ChainError::TooLong { max: max_bytes })?;
-        let access = match expected {
+        let access = match found {
             Direction::DeviceReads => Permissions::Read,
             Direction::DeviceWrites => Permissions::Write,
         };
@@ -112,15 +156,50 @@ pub fn walk<M: GuestMemory>(
                 len,
             });
         }
-        buffers.push(Buffer {
+        let buffer = Buffer {
             addr: desc.addr(),
             len,
-        });
+        };
+        match found {
+            Direction::DeviceReads => chain.readable.push(buffer),
+            Direction::DeviceWrites => chain.writable.push(buffer),
+        }
         if flags & VRING_DESC_F_NEXT == 0 {
-            return Ok(buffers);
+            return Ok(chain);
         }
         index = desc.next();
     }
+}
+
+/// Splits `buffers` after their first `at` bytes; a buffer across the cut is cut in two. With
+/// `at` past the end, the second part is empty.
+pub fn split_at(buffers: &[Buffer], at: usize) -> (Vec<Buffer>, Vec<Buffer>) {
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    let mut left = at;
+    for &b in buffers {
+        let len = b.len as usize;
+        if left >= len {
+            first.push(b);
+            left -= len;
+        } else if left == 0 {
+            second.push(b);
+        } else {
+            // `left < len` fits in u32, and the buffer lies inside guest memory, so the address
+            // of its tail cannot overflow.
+            let cut = left as u32;
+            first.push(Buffer {
+                addr: b.addr,
+                len: cut,
+            });
+            second.push(Buffer {
+                addr: b.addr.unchecked_add(u64::from(cut)),
+                len: b.len - cut,
+            });
+            left = 0;
+        }
+    }
+    (first, second)
 }
 
 /// Total length of `buffers`.
@@ -160,4 +239,119 @@ pub fn scatter<M: GuestMemory>(
         data = &data[n..];
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::testing::{memory, Desc, DriverQueue, BUFFERS_BASE};
+
+    const B: u64 = BUFFERS_BASE;
+    const SIZE: u16 = 16;
+
+    fn buf(addr: u64, len: u32) -> Buffer {
+        Buffer {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    #[test]
+    fn walk_split_takes_readable_then_writable_buffers() {
+        let mem = memory();
+        let mut q = DriverQueue::new(0, SIZE);
+        let both = q.add_chain(
+            &mem,
+            &[
+                Desc::read(B, 16),
+                Desc::read(B + 0x100, 8),
+                Desc::write(B + 0x200, 4),
+                Desc::write(B + 0x300, 1),
+            ],
+        );
+        let writes = q.add_chain(&mem, &[Desc::write(B, 2)]);
+        let reads = q.add_chain(&mem, &[Desc::read(B, 3)]);
+        let mixed = q.add_chain(
+            &mem,
+            &[
+                Desc::read(B, 16),
+                Desc::write(B + 0x100, 8),
+                Desc::read(B + 0x200, 4),
+            ],
+        );
+        let split = |head| walk_split(&mem, q.desc, SIZE, head, u32::MAX);
+        assert_eq!(
+            split(both),
+            Ok(Chain {
+                readable: vec![buf(B, 16), buf(B + 0x100, 8)],
+                writable: vec![buf(B + 0x200, 4), buf(B + 0x300, 1)],
+            })
+        );
+        assert_eq!(
+            split(writes),
+            Ok(Chain {
+                readable: vec![],
+                writable: vec![buf(B, 2)],
+            })
+        );
+        assert_eq!(
+            split(reads),
+            Ok(Chain {
+                readable: vec![buf(B, 3)],
+                writable: vec![],
+            })
+        );
+        assert_eq!(
+            split(mixed),
+            Err(ChainError::WrongDirection {
+                index: mixed + 2,
+                expected: Direction::DeviceWrites,
+                found: Direction::DeviceReads,
+            })
+        );
+        // The total cap counts both parts.
+        assert_eq!(
+            walk_split(&mem, q.desc, SIZE, both, 28),
+            Err(ChainError::TooLong { max: 28 })
+        );
+        // `walk` still takes one direction only.
+        assert_eq!(
+            walk(&mem, q.desc, SIZE, both, Direction::DeviceReads, u32::MAX),
+            Err(ChainError::WrongDirection {
+                index: both + 2,
+                expected: Direction::DeviceReads,
+                found: Direction::DeviceWrites,
+            })
+        );
+        assert_eq!(
+            walk(
+                &mem,
+                q.desc,
+                SIZE,
+                writes,
+                Direction::DeviceWrites,
+                u32::MAX
+            ),
+            Ok(vec![buf(B, 2)])
+        );
+    }
+
+    #[test]
+    fn split_at_cuts_inside_a_buffer() {
+        let bufs = [buf(0x1000, 10), buf(0x2000, 6)];
+        assert_eq!(split_at(&bufs, 0), (vec![], bufs.to_vec()));
+        assert_eq!(
+            split_at(&bufs, 4),
+            (vec![buf(0x1000, 4)], vec![buf(0x1004, 6), buf(0x2000, 6)])
+        );
+        assert_eq!(
+            split_at(&bufs, 10),
+            (vec![buf(0x1000, 10)], vec![buf(0x2000, 6)])
+        );
+        assert_eq!(
+            split_at(&bufs, 15),
+            (vec![buf(0x1000, 10), buf(0x2000, 5)], vec![buf(0x2005, 1)])
+        );
+        assert_eq!(split_at(&bufs, 100), (bufs.to_vec(), vec![]));
+    }
 }

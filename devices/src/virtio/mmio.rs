@@ -12,9 +12,10 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio as reg;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemory};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap};
 
 use super::{has_feature, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::{BusAccess, BusDevice};
 use crate::irq::IrqLines;
 
 /// `MagicValue`: "virt".
@@ -417,6 +418,17 @@ impl<D: VirtioDevice> VirtioMmio<D> {
 /// is well formed.
 /// Where a valid access lands: the device's configuration space (offset into it) or a transport
 /// register.
+/// On a machine's MMIO bus, the window's offset is the register offset.
+impl<D: VirtioDevice + 'static> BusDevice for VirtioMmio<D> {
+    fn read(&mut self, access: BusAccess, data: &mut [u8]) {
+        VirtioMmio::read(self, access.offset, data);
+    }
+
+    fn write(&mut self, mem: &GuestMemoryMmap, access: BusAccess, data: &[u8]) {
+        VirtioMmio::write(self, mem, access.offset, data);
+    }
+}
+
 enum Target {
     Config(u64),
     Register(u32),

@@ -3,8 +3,11 @@
 //! The transport ([`mmio::VirtioMmio`]) speaks the register protocol and owns the device status;
 //! a device ([`VirtioDevice`]) owns its queues and does the work when the guest notifies a queue.
 //! Both are plain state machines: a queue notification is the MMIO write exit itself, and an
-//! interrupt is an edge recorded in [`IrqLines`] that the machine drains after the exit.
+//! interrupt is an edge recorded in [`IrqLines`] that the machine drains after the exit. Work
+//! that finishes later (a received frame, a disk request the world completes) reaches the guest
+//! through the device's own methods, outside an MMIO exit.
 
+pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
@@ -117,7 +120,7 @@ impl Interrupt {
 
 /// A virtio device behind the transport.
 pub trait VirtioDevice {
-    /// Virtio device ID (1 = network).
+    /// Virtio device ID (1 = network, 2 = block).
     fn device_type(&self) -> u32;
 
     /// Feature bits offered to the driver. Must include `VIRTIO_F_VERSION_1`.

@@ -17,6 +17,8 @@ pub const MEM_SIZE: usize = 4 << 20;
 pub const IRQ: u8 = 5;
 /// Where the test driver places queue `q`'s rings.
 const RINGS_BASE: u64 = 0x10_0000;
+/// Bytes of guest memory each queue's rings take (descriptor table, available and used ring).
+const RINGS_SIZE: usize = 0x8000;
 /// Where the test driver allocates buffers.
 pub const BUFFERS_BASE: u64 = 0x20_0000;
 
@@ -67,7 +69,7 @@ impl Desc {
 
 impl DriverQueue {
     pub fn new(index: u16, size: u16) -> Self {
-        let base = RINGS_BASE + u64::from(index) * 0x8000;
+        let base = RINGS_BASE + u64::from(index) * RINGS_SIZE as u64;
         Self {
             size,
             desc: GuestAddress(base),
@@ -101,17 +103,42 @@ impl DriverQueue {
                 }
                 None => 0,
             };
-            let mut raw = [0u8; 16];
-            raw[0..8].copy_from_slice(&d.addr.to_le_bytes());
-            raw[8..12].copy_from_slice(&d.len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..16].copy_from_slice(&next.to_le_bytes());
-            mem.write_slice(&raw, self.desc.unchecked_add(u64::from(index) * 16))
-                .unwrap();
+            self.set_desc(mem, index, d.addr, d.len, flags, next);
         }
         self.next_desc = (head + descs.len() as u16) % self.size;
         self.publish(mem, head);
         head
+    }
+
+    /// Writes descriptor table entry `index` as given, flags and all.
+    pub fn set_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        mem.write_slice(&raw, self.desc.unchecked_add(u64::from(index) * 16))
+            .unwrap();
+    }
+
+    /// Sets `used_event` (with EVENT_IDX: interrupt me once the used index passes `idx`).
+    pub fn set_used_event(&self, mem: &GuestMemoryMmap, idx: u16) {
+        let at = 4 + 2 * u64::from(self.size);
+        mem.write_obj(idx, self.avail.unchecked_add(at)).unwrap();
+    }
+
+    /// `avail_event`: where the device asks to be notified next (EVENT_IDX).
+    pub fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        let at = 4 + 8 * u64::from(self.size);
+        mem.read_obj(self.used.unchecked_add(at)).unwrap()
     }
 
     /// Puts `head` in the available ring and bumps the index.
@@ -217,9 +244,12 @@ impl<D: VirtioDevice> Driver<D> {
         self.read32(reg::VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK != 0
     }
 
-    /// Sets up queue `index` with `size` entries as vm_setup_vq does.
+    /// Sets up queue `index` with `size` entries as vm_setup_vq does, on freshly zeroed rings.
     pub fn setup_queue(&mut self, index: u16, size: u16) -> DriverQueue {
         let q = DriverQueue::new(index, size);
+        self.mem
+            .write_slice(&[0u8; RINGS_SIZE], q.desc)
+            .expect("rings inside test memory");
         self.write32(reg::VIRTIO_MMIO_QUEUE_SEL, index.into());
         assert_eq!(self.read32(reg::VIRTIO_MMIO_QUEUE_READY), 0);
         assert!(self.read32(reg::VIRTIO_MMIO_QUEUE_NUM_MAX) >= size.into());
@@ -246,6 +276,12 @@ impl<D: VirtioDevice> Driver<D> {
         }
         let status = self.read32(reg::VIRTIO_MMIO_STATUS);
         self.write32(reg::VIRTIO_MMIO_STATUS, status | VIRTIO_CONFIG_S_DRIVER_OK);
+    }
+
+    /// Device reset, as virtio_reset_device does (the driver then probes again with `start`).
+    pub fn reset(&mut self) {
+        self.write32(reg::VIRTIO_MMIO_STATUS, 0);
+        self.queues.clear();
     }
 
     pub fn notify(&mut self, queue: u16) {
