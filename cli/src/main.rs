@@ -1,8 +1,6 @@
 //! The `simvm` command.
 
-mod image;
 mod run;
-mod scenario;
 mod units;
 
 use std::path::PathBuf;
@@ -10,11 +8,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
+use simvm_vmm::image;
+use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
+use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
 
-use crate::image::GuestImage;
 use crate::run::RunPlan;
-use crate::scenario::Scenario;
 
 /// Deterministic simulation testing for clusters of Linux micro-VMs.
 #[derive(Parser)]
@@ -43,8 +43,6 @@ enum ImageCommand {
     },
 }
 
-/// Guest RAM when neither `--mem` nor the scenario says (keep in step with `--mem`'s default).
-const DEFAULT_MEM: u64 = 128 << 20;
 /// The watchdog limit when `--watchdog` is not given (keep in step with its default).
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
 
@@ -109,9 +107,48 @@ struct RunArgs {
     /// (for measuring what the offload saves). Implied by --no-checksum-offload.
     #[arg(long)]
     no_tso: bool,
+    /// Give every machine a disk: an ext4 filesystem of SIZE (e.g. 64M), empty or holding the
+    /// host directory DIR, mounted at /data (then /data2, ...). Repeat for more disks.
+    #[arg(long = "disk", value_name = "SIZE[:DIR]", value_parser = parse_disk)]
+    disks: Vec<DiskArg>,
+    /// What a crash (a `kill`) keeps of unflushed disk writes: keep-all, lose-all, subset
+    /// (default: each write kept or lost by the seed) or torn (subset, and writes in flight
+    /// keep a seeded prefix of their sectors).
+    #[arg(long)]
+    crash_policy: Option<CrashPolicy>,
+    /// Write each disk's final contents to DIR/MACHINE-DISK.img.
+    #[arg(long, value_name = "DIR")]
+    keep_disks: Option<PathBuf>,
     /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
+}
+
+/// `--disk SIZE[:DIR]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct DiskArg {
+    text: String,
+    spec: DiskSpec,
+}
+
+fn parse_disk(text: &str) -> Result<DiskArg, String> {
+    let (size, dir) = match text.split_once(':') {
+        Some((size, dir)) => (size, Some(PathBuf::from(dir))),
+        None => (text, None),
+    };
+    let size = units::parse_size(size)?;
+    if size < (1 << 20) || size % 4096 != 0 {
+        return Err(format!(
+            "a disk of {size} bytes: the size must be a multiple of 4K and at least 1M"
+        ));
+    }
+    if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    Ok(DiskArg {
+        text: text.to_string(),
+        spec: DiskSpec::ext4(size, dir),
+    })
 }
 
 fn main() -> ExitCode {
@@ -156,25 +193,51 @@ fn run(args: RunArgs) -> Result<i32, String> {
             scenario.machines.len()
         ));
     }
-    let images = scenario_images(&scenario, &args).map_err(|e| e.to_string())?;
-    let plan = RunPlan {
-        reproduce: reproduce_command(&args),
-        scenario,
-        seed: args.seed,
-        images,
+    let mut scenario = scenario;
+    if !args.disks.is_empty() {
+        if args.disks.len() > MAX_DISKS {
+            return Err(format!("at most {MAX_DISKS} disks per machine"));
+        }
+        for machine in &mut scenario.machines {
+            machine
+                .disks
+                .extend(args.disks.iter().map(|d| d.spec.clone()));
+            assign_mounts(&mut machine.disks);
+        }
+    }
+    let simulation = Simulation {
         default_mem: args.mem,
         strict: args.strict,
-        trace: args.trace,
+        trace: args.trace.clone(),
         trace_state: args.trace_state,
         cpu: args.cpu,
-        pcap: args.pcap,
+        pcap: args.pcap.clone(),
         watchdog: args.watchdog,
-        until: args.until,
-        cmdline_extra: args.kernel_args,
+        until_ns: args
+            .until
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        kernel_args: args.kernel_args.clone(),
         offloads: Offloads {
             checksum: !args.no_checksum_offload,
             segmentation: !args.no_checksum_offload && !args.no_tso,
         },
+        crash_policy: args.crash_policy,
+        keep_disks: args.keep_disks.clone(),
+        ..Simulation::new(scenario, args.seed)
+    };
+    let simulation = match (&args.kernel, &args.initramfs) {
+        (Some(kernel), Some(initramfs)) => {
+            let image =
+                image::given(kernel.clone(), initramfs.clone()).map_err(|e| e.to_string())?;
+            simulation.with_image(image)
+        }
+        _ => simulation
+            .with_recipe_images(args.recipe.as_deref())
+            .map_err(|e| e.to_string())?,
+    };
+    let plan = RunPlan {
+        reproduce: reproduce_command(&args),
+        simulation,
     };
     let result = if args.check_determinism {
         plan.check_determinism()
@@ -182,32 +245,6 @@ fn run(args: RunArgs) -> Result<i32, String> {
         plan.run()
     };
     result.map_err(|e| e.to_string())
-}
-
-/// The image of every machine: the given files, or each machine's recipe (built once each).
-fn scenario_images(
-    scenario: &Scenario,
-    args: &RunArgs,
-) -> Result<Vec<GuestImage>, image::ImageError> {
-    if let (Some(kernel), Some(initramfs)) = (&args.kernel, &args.initramfs) {
-        let image = image::given(kernel.clone(), initramfs.clone())?;
-        return Ok(vec![image; scenario.machines.len()]);
-    }
-    let mut built: Vec<(Option<String>, GuestImage)> = Vec::new();
-    let mut images = Vec::new();
-    for machine in &scenario.machines {
-        let recipe = machine.recipe.clone().or_else(|| args.recipe.clone());
-        let image = match built.iter().find(|(r, _)| *r == recipe) {
-            Some((_, image)) => image.clone(),
-            None => {
-                let image = image::build(recipe.as_deref())?;
-                built.push((recipe, image.clone()));
-                image
-            }
-        };
-        images.push(image);
-    }
-    Ok(images)
 }
 
 /// The shortest `simvm run` line that repeats this run.
@@ -261,6 +298,12 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if args.no_tso {
         line.push_str(" --no-tso");
+    }
+    for disk in &args.disks {
+        line.push_str(&format!(" --disk {}", shell_quote(&disk.text)));
+    }
+    if let Some(policy) = args.crash_policy {
+        line.push_str(&format!(" --crash-policy {policy}"));
     }
     if !args.command.is_empty() {
         line.push_str(" --");

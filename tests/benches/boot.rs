@@ -166,14 +166,18 @@ fn run_simvm(image: &GuestImage, mem: u64, argv: Vec<String>) -> SimvmFigures {
         index: 0,
         mem_size: mem,
         kernel: image.kernel.clone(),
-        initramfs: vec![base, boot_data(argv).archive()],
-        cmdline: kernel_cmdline(&[], ""),
+        initramfs: vec![base.into()],
+        boot: Some(boot_data(argv)),
+        cmdline_extra: String::new(),
         rng_seed: seed.key("machine/m1/kernel-rng"),
         wall_base_ns: DEFAULT_WALL_BASE_NS,
         stall_limit: DEFAULT_STALL_LIMIT,
         costs: ExitCosts::default(),
         mac: None,
         offloads: Default::default(),
+        disks: Vec::new(),
+        incarnation: 1,
+        epoch_ns: 0,
     };
     let config = WorldConfig::new(seed, vec![machine]);
     let world = World::new(config).expect("build the simvm world");

@@ -48,8 +48,8 @@ impl Drop for GuestFile {
 }
 
 /// simvm's loader wants an initramfs; the test guest never looks at it.
-fn dummy_initramfs() -> Vec<Vec<u8>> {
-    vec![vec![0u8; 4096]]
+fn dummy_initramfs() -> Vec<std::sync::Arc<[u8]>> {
+    vec![vec![0u8; 4096].into()]
 }
 
 /// A VM with nothing but memory and a vCPU, booted through simvm's loader so both sides start
@@ -111,7 +111,8 @@ impl SimvmSide {
             mem_size: MEM_SIZE,
             kernel: kernel.to_owned(),
             initramfs: dummy_initramfs(),
-            cmdline: String::new(),
+            boot: None,
+            cmdline_extra: String::new(),
             rng_seed: [0; 32],
             wall_base_ns: DEFAULT_WALL_BASE_NS,
             stall_limit: DEFAULT_STALL_LIMIT,
@@ -119,6 +120,9 @@ impl SimvmSide {
             // No network: the guest only touches the serial port.
             mac: None,
             offloads: Default::default(),
+            disks: Vec::new(),
+            incarnation: 1,
+            epoch_ns: 0,
         };
         Self {
             machine: Machine::new(kvm, config).expect("build the simvm machine"),

@@ -33,7 +33,7 @@ const EFER_LMA: u64 = 1 << 10;
 pub struct BootImage<'a> {
     pub kernel: &'a Path,
     /// Initramfs archives, concatenated in order (the kernel unpacks each).
-    pub initramfs: &'a [Vec<u8>],
+    pub initramfs: &'a [std::sync::Arc<[u8]>],
     pub cmdline: &'a str,
     /// Seed for the guest kernel's RNG, passed as `SETUP_RNG_SEED`.
     pub rng_seed: [u8; 32],
@@ -75,9 +75,9 @@ fn load_initramfs(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     kernel_end: u64,
-    archives: &[Vec<u8>],
+    archives: &[impl AsRef<[u8]>],
 ) -> Result<(u64, u64)> {
-    let size: u64 = archives.iter().map(|a| a.len() as u64).sum();
+    let size: u64 = archives.iter().map(|a| a.as_ref().len() as u64).sum();
     let top = mem_size.min(INITRD_MAX_END);
     let addr = top.checked_sub(size).map(|a| a & !0xfff);
     let addr = match addr {
@@ -91,6 +91,7 @@ fn load_initramfs(
     };
     let mut at = addr;
     for archive in archives {
+        let archive = archive.as_ref();
         mem.write_slice(archive, GuestAddress(at))
             .map_err(|e| Error::GuestMemory(e.to_string()))?;
         at += archive.len() as u64;

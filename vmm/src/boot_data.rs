@@ -11,6 +11,8 @@ pub struct BootData {
     pub index: usize,
     pub machines: usize,
     pub seed: u64,
+    /// 1 for the first boot, then one more for each restart (`SIMVM_INCARNATION`).
+    pub incarnation: u32,
     /// `10.0.0.N/24`, when the machine has a network interface.
     pub ip: Option<String>,
     pub mac: Option<String>,
@@ -19,14 +21,31 @@ pub struct BootData {
     pub environ: Vec<(String, String)>,
     /// `(name, address)` of every machine, for `/etc/hosts`.
     pub hosts: Vec<(String, String)>,
+    /// Filesystems init mounts before the command: device, mount point, type.
+    pub mounts: Vec<Mount>,
+}
+
+/// A disk's filesystem that init mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// `vda`, `vdb`, ...
+    pub device: String,
+    /// An absolute path.
+    pub path: String,
+    /// `ext4`.
+    pub fstype: String,
 }
 
 impl BootData {
     /// The archive to append after the base initramfs.
     pub fn archive(&self) -> Vec<u8> {
         let mut machine = format!(
-            "name={}\nindex={}\nmachines={}\nseed={}\n",
-            self.name, self.index, self.machines, self.seed
+            "name={}\nindex={}\nmachines={}\nseed={}\nincarnation={}\n",
+            self.name,
+            self.index,
+            self.machines,
+            self.seed,
+            self.incarnation.max(1)
         );
         if let Some(ip) = &self.ip {
             machine.push_str(&format!("ip={ip}\n"));
@@ -60,6 +79,14 @@ impl BootData {
             let env = nul_list(&mut self.environ.iter().map(|(k, v)| format!("{k}={v}")));
             w.file("/simvm/environ", 0o644, &env);
         }
+        if !self.mounts.is_empty() {
+            let lines: String = self
+                .mounts
+                .iter()
+                .map(|m| format!("{} {} {}\n", m.device, m.path, m.fstype))
+                .collect();
+            w.file("/simvm/disks", 0o644, lines.as_bytes());
+        }
         w.dir("/etc", 0o755)
             .file(
                 "/etc/hostname",
@@ -89,7 +116,21 @@ mod tests {
         assert_eq!(a, data.archive());
         let text = String::from_utf8_lossy(&a);
         assert!(text.contains("sh\0-c\0echo hi\0"));
-        assert!(text.contains("name=m2\nindex=2\nmachines=3\nseed=5\n"));
+        assert!(text.contains("name=m2\nindex=2\nmachines=3\nseed=5\nincarnation=1\n"));
         assert!(!text.contains("simvm/environ"));
+        assert!(!text.contains("simvm/disks"));
+        let mounted = BootData {
+            incarnation: 3,
+            mounts: vec![Mount {
+                device: "vda".into(),
+                path: "/data".into(),
+                fstype: "ext4".into(),
+            }],
+            ..data
+        };
+        let text = String::from_utf8_lossy(&mounted.archive()).into_owned();
+        assert!(text.contains("incarnation=3\n"));
+        assert!(text.contains("simvm/disks"));
+        assert!(text.contains("vda /data ext4\n"));
     }
 }

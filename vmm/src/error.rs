@@ -71,6 +71,22 @@ pub enum Error {
 
     #[error("cannot write the trace: {0}")]
     Trace(io::Error),
+
+    #[error("timeline: {0}")]
+    Timeline(String),
+
+    #[error("machine devices: {0}")]
+    Devices(String),
+
+    #[error("disk {disk} of machine {machine}: {reason}")]
+    Disk {
+        machine: String,
+        disk: String,
+        reason: String,
+    },
+
+    #[error("cannot keep the disk image {}: {source}", path.display())]
+    KeepDisk { path: PathBuf, source: io::Error },
 }
 
 impl Error {

@@ -80,3 +80,13 @@ pub fn given(kernel: PathBuf, initramfs: PathBuf) -> Result<GuestImage, ImageErr
     }
     Ok(GuestImage { kernel, initramfs })
 }
+
+/// Where simvm caches what it builds: `SIMVM_CACHE_DIR`, else `~/.cache/simvm` (the guest image
+/// build script uses the same directory).
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SIMVM_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    home.join(".cache/simvm")
+}

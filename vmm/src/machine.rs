@@ -11,21 +11,26 @@
 //! interrupt therefore waits for the guest's next port, MMIO, MSR or `HLT` exit with IF set.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use kvm_bindings::{kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use simvm_devices::abi;
+use simvm_devices::bus::{Bus, DeviceId};
 use simvm_devices::irq::IrqLines;
 use simvm_devices::net::{Frame, MacAddr};
 use simvm_devices::pic::Pic;
 use simvm_devices::pvclock::{ControlEvent, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
+use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
 use simvm_devices::virtio::mmio::VirtioMmio;
 use simvm_devices::virtio::net::{Offloads, RxDrop, VirtioNet};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::{self, BootImage};
+use crate::boot_data::BootData;
 use crate::clock::ExitCosts;
+use crate::cmdline::kernel_cmdline;
 use crate::console::LineBuffer;
 use crate::crash::{self, CrashKind, CrashReport};
 use crate::error::{Error, Result};
@@ -37,6 +42,8 @@ use crate::watchdog::Watchdog;
 
 const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
 const COM1: u16 = 0x3f8;
+/// Virtio-mmio windows a machine can have: IRQs 5 to 15.
+pub const MAX_VIRTIO_DEVICES: usize = 11;
 
 /// How a machine is built.
 #[derive(Clone, Debug)]
@@ -46,9 +53,13 @@ pub struct MachineConfig {
     pub index: usize,
     pub mem_size: u64,
     pub kernel: PathBuf,
-    /// Initramfs archives in order: the base image, then the per-machine archive.
-    pub initramfs: Vec<Vec<u8>>,
-    pub cmdline: String,
+    /// Initramfs archives in order (shared between machines and incarnations); the archive of
+    /// `boot` follows them.
+    pub initramfs: Vec<Arc<[u8]>>,
+    /// Who the machine is and what it runs, as the per-machine boot archive tells init.
+    pub boot: Option<BootData>,
+    /// Kernel parameters after the fixed ones and the virtio devices.
+    pub cmdline_extra: String,
     pub rng_seed: [u8; 32],
     pub wall_base_ns: u64,
     pub stall_limit: u32,
@@ -57,6 +68,14 @@ pub struct MachineConfig {
     pub mac: Option<MacAddr>,
     /// The offloads virtio-net offers (all by default; fewer only to measure what they save).
     pub offloads: Offloads,
+    /// The capacity in sectors of each virtio-blk disk, in order (`vda`, `vdb`, ...). The disks
+    /// themselves belong to the world; the machine only has their devices.
+    pub disks: Vec<u64>,
+    /// 1 for a machine's first boot, then one more for each restart.
+    pub incarnation: u32,
+    /// World virtual time at which this incarnation powers on: its guest's monotonic clock
+    /// starts at zero there, its wall clock goes on from the world's.
+    pub epoch_ns: u64,
 }
 
 /// Where a machine stands after a step.
@@ -75,6 +94,8 @@ pub enum Status {
 pub enum Stop {
     /// Orderly power-off; `exit_status` is the command's, if init reported it.
     PowerOff { exit_status: Option<u8> },
+    /// The world cut the power (a `kill` in the scenario).
+    Killed,
     /// The guest asked to reboot.
     Restart { exit_status: Option<u8> },
     /// The guest halted with interrupts disabled: nothing can ever wake it.
@@ -148,13 +169,24 @@ pub struct Machine {
     _vm: VmFd,
     mem: GuestMemoryMmap,
     pic: Pic,
-    console: Console,
     ports: SimvmPorts,
-    net: Option<VirtioMmio<VirtioNet>>,
+    /// Port devices (the console); the PIC and the simvm port block are the machine's own.
+    pio: Bus,
+    /// The virtio-mmio windows.
+    mmio: Bus,
+    console: DeviceId,
+    net: Option<DeviceId>,
+    disks: Vec<DeviceId>,
     /// Frames the guest sent during the last step, for the world to switch.
     outbox: Vec<Frame>,
+    /// Disk requests the guest made during the last step: disk index and request.
+    block_requests: Vec<(usize, BlockRequest)>,
     irq: IrqLines,
     costs: ExitCosts,
+    incarnation: u32,
+    /// World time at power-on; the guest's clock counts from here.
+    epoch: u64,
+    /// World virtual time.
     now: u64,
     console_lines: LineBuffer,
     pending_lines: Vec<(u64, String)>,
@@ -214,16 +246,47 @@ impl Machine {
         vcpu.set_cpuid2(&crate::cpuid::guest_cpuid(&supported)?)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
 
+        let irq = IrqLines::default();
+        let mut devices = VirtioDevices::new(&irq);
+        if let Some(mac) = config.mac {
+            let net = VirtioNet::with_offloads(mac, config.offloads);
+            devices.add(net)?;
+        }
+        for (i, &sectors) in config.disks.iter().enumerate() {
+            let serial = format!("simvm-{}-{}", config.name, disk_name(i));
+            devices.add(VirtioBlock::new(sectors, &serial))?;
+        }
+        let VirtioDevices {
+            bus: mmio,
+            ids,
+            windows,
+            ..
+        } = devices;
+        let (net, disks) = match config.mac {
+            Some(_) => (ids.first().copied(), ids[1..].to_vec()),
+            None => (None, ids),
+        };
+
+        let mut archives = config.initramfs.clone();
+        if let Some(boot) = &config.boot {
+            archives.push(boot.archive().into());
+        }
+        let cmdline = kernel_cmdline(&windows, &config.cmdline_extra);
         let image = BootImage {
             kernel: &config.kernel,
-            initramfs: &config.initramfs,
-            cmdline: &config.cmdline,
+            initramfs: &archives,
+            cmdline: &cmdline,
             rng_seed: config.rng_seed,
         };
         let entry = boot::load(&mem, config.mem_size, &image)?;
         boot::setup_vcpu(&vcpu, entry)?;
 
-        let irq = IrqLines::default();
+        let mut pio = Bus::new();
+        let console = pio
+            .insert(Box::new(Console::new(irq.clone())), COM1.into(), 8)
+            .map_err(|e| Error::Devices(e.to_string()))?;
+        // The guest's wall clock goes on across incarnations: it reads base + epoch + its own time.
+        let wall_base_ns = config.wall_base_ns.saturating_add(config.epoch_ns);
         Ok(Self {
             name: config.name,
             index: config.index,
@@ -231,16 +294,19 @@ impl Machine {
             _vm: vm,
             mem,
             pic: Pic::new(),
-            console: Console::new(irq.clone()),
-            ports: SimvmPorts::new(config.wall_base_ns, config.stall_limit),
-            net: config
-                .mac
-                .map(|mac| VirtioNet::with_offloads(mac, config.offloads))
-                .map(|net| VirtioMmio::new(net, irq.clone(), abi::IRQ_VIRTIO_BASE)),
+            ports: SimvmPorts::new(wall_base_ns, config.stall_limit),
+            pio,
+            mmio,
+            console,
+            net,
+            disks,
             outbox: Vec::new(),
+            block_requests: Vec::new(),
             irq,
             costs: config.costs,
-            now: 0,
+            incarnation: config.incarnation,
+            epoch: config.epoch_ns,
+            now: config.epoch_ns,
             console_lines: LineBuffer::default(),
             pending_lines: Vec::new(),
             exit_status: None,
@@ -254,6 +320,21 @@ impl Machine {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// 1 for the machine's first boot, then one more for each restart.
+    pub fn incarnation(&self) -> u32 {
+        self.incarnation
+    }
+
+    /// The guest's own clock: virtual time since this incarnation powered on.
+    fn guest_now(&self) -> u64 {
+        self.now.saturating_sub(self.epoch)
+    }
+
+    /// The armed timer's deadline in world time.
+    pub fn timer_deadline(&self) -> Option<u64> {
+        self.ports.deadline().map(|d| d.saturating_add(self.epoch))
     }
 
     /// Virtual time of this machine.
@@ -334,7 +415,7 @@ impl Machine {
                 self.stats.mmio += 1;
                 self.now += self.costs.mmio_ns;
                 trace.record(step, index, now, &Event::MmioWrite { addr, size, value })?;
-                self.collect_net_output(step, trace)?;
+                self.collect_device_output(step, trace)?;
                 return Ok(Status::Running);
             }
             Exit::MsrRead { index, value } => {
@@ -365,13 +446,15 @@ impl Machine {
         if let Some(w) = watchdog {
             w.enter();
         }
+        // MSR reads answer from the guest's clock, which only moves between runs.
+        let guest_now = self.guest_now();
         let result = self.vcpu.run();
         if let Some(w) = watchdog {
             w.leave();
         }
         let exit = match result {
             Ok(VcpuExit::IoIn(port, data)) => {
-                io_in(&mut self.pic, &mut self.console, &self.ports, port, data);
+                io_in(&mut self.pic, &self.ports, &mut self.pio, port, data);
                 Exit::PioIn {
                     port,
                     size: data.len() as u8,
@@ -389,9 +472,8 @@ impl Machine {
                 }
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
-                match (self.net.as_mut(), net_offset(addr)) {
-                    (Some(net), Some(offset)) => net.read(offset, data),
-                    _ => data.fill(0xff),
+                if !self.mmio.read(addr, data) {
+                    data.fill(0xff);
                 }
                 Exit::MmioRead {
                     addr,
@@ -400,10 +482,8 @@ impl Machine {
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if let (Some(net), Some(offset)) = (self.net.as_mut(), net_offset(addr)) {
-                    // A queue notification runs the device here, synchronously.
-                    net.write(&self.mem, offset, data);
-                }
+                // A queue notification runs the device here, synchronously.
+                self.mmio.write(&self.mem, addr, data);
                 Exit::MmioWrite {
                     addr,
                     size: data.len() as u8,
@@ -411,7 +491,7 @@ impl Machine {
                 }
             }
             Ok(VcpuExit::X86Rdmsr(exit)) => {
-                let value = msr::read(exit.index, self.now);
+                let value = msr::read(exit.index, guest_now);
                 *exit.data = value;
                 *exit.error = 0;
                 Exit::MsrRead {
@@ -450,40 +530,75 @@ impl Machine {
         Ok(exit)
     }
 
-    /// Moves frames the guest transmitted to the outbox and records device errors.
-    fn collect_net_output(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
-        let Some(net) = self.net.as_mut() else {
-            return Ok(());
-        };
-        self.outbox.extend(net.device_mut().take_tx_frames());
-        let errors: Vec<String> = net
-            .take_errors()
-            .iter()
-            .map(ToString::to_string)
-            .chain(
+    /// Moves what the guest handed its virtio devices (frames to send, disk requests) out for
+    /// the world, and records the errors the devices found.
+    fn collect_device_output(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
+        let mut errors: Vec<String> = Vec::new();
+        if let Some(net) = self
+            .net
+            .and_then(|id| self.mmio.get_mut::<VirtioMmio<VirtioNet>>(id))
+        {
+            self.outbox.extend(net.device_mut().take_tx_frames());
+            errors.extend(net.take_errors().iter().map(ToString::to_string));
+            errors.extend(
                 net.device_mut()
                     .take_errors()
                     .iter()
                     .map(ToString::to_string),
-            )
-            .collect();
+            );
+        }
+        for (disk, &id) in self.disks.iter().enumerate() {
+            let Some(blk) = self.mmio.get_mut::<VirtioMmio<VirtioBlock>>(id) else {
+                continue;
+            };
+            let requests = blk.device_mut().take_requests();
+            self.block_requests
+                .extend(requests.into_iter().map(|request| (disk, request)));
+            errors.extend(blk.take_errors().iter().map(ToString::to_string));
+            errors.extend(
+                blk.device_mut()
+                    .take_errors()
+                    .iter()
+                    .map(ToString::to_string),
+            );
+        }
         for message in errors {
-            self.device_errors += 1;
-            trace.record(
-                step,
-                self.index,
-                self.now,
-                &Event::DeviceError {
-                    message: message.clone(),
-                },
-            )?;
-            if self.device_error_lines < MAX_DEVICE_ERROR_LINES {
-                self.device_error_lines += 1;
-                self.pending_lines
-                    .push((self.now, format!("simvm: {}: {message}", self.name)));
-            }
+            self.device_error(step, message, trace)?;
         }
         Ok(())
+    }
+
+    /// Counts, traces and (up to a limit) prints an error a device found in what the guest did.
+    fn device_error(&mut self, step: u64, message: String, trace: &mut Trace) -> Result<()> {
+        self.device_errors += 1;
+        trace.record(
+            step,
+            self.index,
+            self.now,
+            &Event::DeviceError {
+                message: message.clone(),
+            },
+        )?;
+        if self.device_error_lines < MAX_DEVICE_ERROR_LINES {
+            self.device_error_lines += 1;
+            self.pending_lines
+                .push((self.now, format!("simvm: {}: {message}", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Disk requests made since the last call: the disk's index and the request.
+    pub fn take_block_requests(&mut self) -> Vec<(usize, BlockRequest)> {
+        std::mem::take(&mut self.block_requests)
+    }
+
+    /// Completes a disk request into guest memory; the interrupt reaches the guest at its next
+    /// entry. A request from before a device reset is ignored by the device.
+    pub fn complete_block(&mut self, disk: usize, token: RequestToken, result: BlockResult) {
+        let id = self.disks.get(disk).copied();
+        if let Some(blk) = id.and_then(|id| self.mmio.get_mut::<VirtioMmio<VirtioBlock>>(id)) {
+            blk.device_mut().complete(&self.mem, token, result);
+        }
     }
 
     /// Frames sent since the last call.
@@ -493,7 +608,10 @@ impl Machine {
 
     /// Hands a frame to the machine's NIC; the interrupt reaches the guest at its next entry.
     pub fn deliver_frame(&mut self, frame: &Frame) -> std::result::Result<(), RxDrop> {
-        match self.net.as_mut() {
+        let net = self
+            .net
+            .and_then(|id| self.mmio.get_mut::<VirtioMmio<VirtioNet>>(id));
+        match net {
             Some(net) => net.device_mut().deliver(&self.mem, frame),
             None => Err(RxDrop::NotRunning),
         }
@@ -512,7 +630,7 @@ impl Machine {
     /// Delivers what is due before the guest runs again: the timer, device interrupts, the
     /// clock page.
     fn prepare_entry(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
-        if let Some(deadline) = self.ports.deadline().filter(|&d| d <= self.now) {
+        if let Some(deadline) = self.ports.deadline().filter(|&d| d <= self.guest_now()) {
             self.ports.timer_fired();
             self.pic.raise_edge(abi::IRQ_TIMER);
             trace.record(
@@ -540,7 +658,7 @@ impl Machine {
         // A request still pending now waits for the guest to enable interrupts; the flag lets a
         // busy guest make the exit that delivers it (docs/guest-abi.md).
         self.ports
-            .publish(&self.mem, self.now, self.pic.has_pending());
+            .publish(&self.mem, self.guest_now(), self.pic.has_pending());
         Ok(())
     }
 
@@ -561,7 +679,7 @@ impl Machine {
             return Status::Running;
         }
         Status::Halted {
-            wake_at: self.ports.deadline(),
+            wake_at: self.timer_deadline(),
         }
     }
 
@@ -569,13 +687,16 @@ impl Machine {
         let byte = data.first().copied().unwrap_or(0);
         if PIC_PORTS.contains(&port) {
             self.pic.write(port, byte);
-        } else if (COM1..COM1 + 8).contains(&port) {
-            self.console.write((port - COM1) as u8, byte);
-            let output = self.console.take_output();
-            self.console_output(&output, step, trace)?;
         } else if SimvmPorts::contains(port) {
-            let event = self.ports.write(&self.mem, port, data, self.now);
+            let event = self.ports.write(&self.mem, port, data, self.guest_now());
             return self.port_event(step, event, trace);
+        } else if self.pio.write(&self.mem, port.into(), data) {
+            let output = self
+                .pio
+                .get_mut::<Console>(self.console)
+                .map(Console::take_output)
+                .unwrap_or_default();
+            self.console_output(&output, step, trace)?;
         }
         Ok(Status::Running)
     }
@@ -727,22 +848,69 @@ pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> 
     Ok(mem)
 }
 
-fn io_in(pic: &mut Pic, console: &mut Console, ports: &SimvmPorts, port: u16, data: &mut [u8]) {
-    if PIC_PORTS.contains(&port) {
-        data.fill(pic.read(port));
-    } else if (COM1..COM1 + 8).contains(&port) {
-        data.fill(console.read((port - COM1) as u8));
-    } else if SimvmPorts::contains(port) {
-        ports.read(port, data);
-    } else {
-        data.fill(0xff);
+/// The virtio-mmio windows of a machine being built: device `i` at `VIRTIO_MMIO_BASE + i * 4K`
+/// with IRQ `IRQ_VIRTIO_BASE + i`, as the kernel command line announces them.
+struct VirtioDevices {
+    bus: Bus,
+    ids: Vec<DeviceId>,
+    /// `(address, irq)` of each window, for the command line.
+    windows: Vec<(u64, u8)>,
+    irq: IrqLines,
+}
+
+impl VirtioDevices {
+    fn new(irq: &IrqLines) -> Self {
+        Self {
+            bus: Bus::new(),
+            ids: Vec::new(),
+            windows: Vec::new(),
+            irq: irq.clone(),
+        }
+    }
+
+    fn add<D: simvm_devices::virtio::VirtioDevice + 'static>(&mut self, device: D) -> Result<()> {
+        let slot = self.ids.len();
+        if slot >= MAX_VIRTIO_DEVICES {
+            return Err(Error::Devices(format!(
+                "a machine has at most {MAX_VIRTIO_DEVICES} virtio devices (a NIC and disks)"
+            )));
+        }
+        // Both fit: slot < MAX_VIRTIO_DEVICES keeps the IRQ at most 15.
+        let irq = abi::IRQ_VIRTIO_BASE + slot as u8;
+        let addr = abi::VIRTIO_MMIO_BASE + slot as u64 * abi::VIRTIO_MMIO_SIZE;
+        let transport = VirtioMmio::new(device, self.irq.clone(), irq);
+        let id = self
+            .bus
+            .insert(Box::new(transport), addr, abi::VIRTIO_MMIO_SIZE)
+            .map_err(|e| Error::Devices(e.to_string()))?;
+        self.ids.push(id);
+        self.windows.push((addr, irq));
+        Ok(())
     }
 }
 
-/// Offset of `addr` in the virtio-net window, if it lies there.
-fn net_offset(addr: u64) -> Option<u64> {
-    let offset = addr.checked_sub(abi::VIRTIO_MMIO_BASE)?;
-    (offset < abi::VIRTIO_MMIO_SIZE).then_some(offset)
+/// The guest's name of disk `index`: `vda`, `vdb`, ... (Linux's virtio-blk naming).
+pub fn disk_name(index: usize) -> String {
+    let mut name = String::from("vd");
+    // Linux continues with vdaa after vdz; simvm machines have far fewer disks.
+    let letter = b'a' + (index % 26) as u8;
+    if index >= 26 {
+        name.push((b'a' + (index / 26 - 1) as u8) as char);
+    }
+    name.push(letter as char);
+    name
+}
+
+/// Answers a port read: the PIC, the simvm port block, then the port bus; all ones for a port
+/// nothing claims.
+fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut [u8]) {
+    if PIC_PORTS.contains(&port) {
+        data.fill(pic.read(port));
+    } else if SimvmPorts::contains(port) {
+        ports.read(port, data);
+    } else if !pio.read(port.into(), data) {
+        data.fill(0xff);
+    }
 }
 
 fn le_value(data: &[u8]) -> u64 {

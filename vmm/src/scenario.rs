@@ -46,6 +46,39 @@
 //! [[timeline]]
 //! at = "12s"
 //! link = { from = "m2", to = "m1", loss = "50%" }   # change links (same keys as above)
+//!
+//! [[timeline]]
+//! at = "15s"
+//! kill = "m2"                # power loss; optional `policy` (else the run's `crash_policy`)
+//!
+//! [[timeline]]
+//! at = "16s"
+//! restart = "m2"             # a new incarnation boots on the same disks
+//!
+//! [[timeline]]
+//! at = "20s"
+//! disk = "m1/vda"            # a disk fault: one of the keys below
+//! latent_errors = "2048+64"  # reads of sectors 2048..2112 fail until rewritten
+//! # write_errors = "0+8"     # writes there fail until `clear`
+//! # stall = "2s"             # nothing completes for 2 s
+//! # slow = "5ms"             # every request takes 5 ms longer ("0s" ends it)
+//! # clear = true             # ends write errors, stalls and slowness
+//! ```
+//!
+//! Disks, per machine (`vda`, `vdb`, ... in order), and the crash policy of the run:
+//!
+//! ```toml
+//! crash_policy = "subset"    # keep-all, lose-all, subset (default) or torn
+//!
+//! [[machine]]
+//! command = "..."
+//! disks = [
+//!   { size = "64M" },                        # an empty ext4 filesystem, mounted at /data
+//!   { size = "64M", dir = "files" },         # ext4 holding a host directory, at /data2
+//!   { image = "base.img", mount = "/srv" },  # an ext4 image file (never written)
+//!   { size = "16M", fs = "raw" },            # zeros, not mounted
+//! ]
+//! # each may also set latency = "20us" (minimum) and latency_mean = "80us"
 //! ```
 //!
 //! Semantics the runner relies on:
@@ -74,6 +107,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use simvm_devices::disk::{CrashPolicy, Fault, Latency, UnknownCrashPolicy};
 use thiserror::Error;
 use toml::{Spanned, Table, Value};
 
@@ -94,6 +128,64 @@ pub struct Scenario {
     pub timeline: Vec<Event>,
     /// Virtual time at which the run stops, if it has not ended before.
     pub until_ns: Option<u64>,
+    /// What a crash keeps of unflushed disk writes when a kill does not say.
+    pub crash_policy: CrashPolicy,
+}
+
+/// Size of a disk whose scenario entry gives neither `size` nor `image`.
+pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
+
+/// One disk of a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Capacity in bytes; `None`: the image's size.
+    pub size: Option<u64>,
+    pub contents: DiskContents,
+    /// Where init mounts its filesystem, if anywhere.
+    pub mount: Option<String>,
+    pub latency: Latency,
+}
+
+/// What a disk holds at the start of the run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskContents {
+    /// Zeros, no filesystem.
+    Raw,
+    /// An ext4 filesystem, empty or holding a host directory's tree.
+    Ext4 { dir: Option<PathBuf> },
+    /// An existing image file, used as it is (and never written).
+    Image(PathBuf),
+}
+
+impl DiskSpec {
+    /// `--disk SIZE[:DIR]`: an ext4 filesystem of `size` bytes, empty or holding `dir`.
+    pub fn ext4(size: u64, dir: Option<PathBuf>) -> Self {
+        Self {
+            size: Some(size),
+            contents: DiskContents::Ext4 { dir },
+            mount: None,
+            latency: Latency::default(),
+        }
+    }
+}
+
+/// Gives the mounted disks of a machine their default mount points: `/data` for the first,
+/// `/data2`, `/data3`, ... for the next ones that hold a filesystem and name no mount point.
+pub fn assign_mounts(disks: &mut [DiskSpec]) {
+    let mut next = 1;
+    for disk in disks {
+        if disk.mount.is_some() || disk.contents == DiskContents::Raw {
+            continue;
+        }
+        if matches!(disk.contents, DiskContents::Image(_)) {
+            continue;
+        }
+        disk.mount = Some(match next {
+            1 => "/data".to_string(),
+            n => format!("/data{n}"),
+        });
+        next += 1;
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +199,8 @@ pub struct Machine {
     pub memory: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub expect: Expect,
+    /// `vda`, `vdb`, ... in order.
+    pub disks: Vec<DiskSpec>,
 }
 
 /// What a machine's command must do for the run to succeed.
@@ -161,7 +255,7 @@ impl Network {
 
 /// Settings of a link; `None` keeps what the link had (at first, the switch's defaults). The
 /// world applies them as they are, so the scenario uses the VMM's type.
-pub use simvm_vmm::network::LinkPatch as LinkSettings;
+pub use crate::network::LinkPatch as LinkSettings;
 
 /// New settings for the links a selector matches.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -209,6 +303,21 @@ pub enum Action {
     Partition(Partition),
     Heal(Heal),
     Link(LinkOverride),
+    /// Power loss; the crash policy of the kill, or the run's.
+    Kill {
+        machine: usize,
+        policy: Option<CrashPolicy>,
+    },
+    /// A new incarnation boots (a running machine is killed first).
+    Restart {
+        machine: usize,
+    },
+    /// A fault injected into disk `disk` of `machine`.
+    DiskFault {
+        machine: usize,
+        disk: usize,
+        fault: Fault,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,7 +377,20 @@ impl Scenario {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut scenario = Self::parse(&text, &path.display().to_string())?;
+        // Paths in a scenario are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for disk in scenario.machines.iter_mut().flat_map(|m| &mut m.disks) {
+            match &mut disk.contents {
+                DiskContents::Ext4 { dir: Some(p) } | DiskContents::Image(p) => {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
+                }
+                DiskContents::Ext4 { dir: None } | DiskContents::Raw => {}
+            }
+        }
+        Ok(scenario)
     }
 
     /// Parses and checks scenario text; `file` names it in errors.
@@ -298,6 +420,7 @@ impl Scenario {
                 memory: None,
                 env: BTreeMap::new(),
                 expect: Expect::default(),
+                disks: Vec::new(),
             })
             .collect();
         Scenario {
@@ -306,6 +429,7 @@ impl Scenario {
             network: Network::default(),
             timeline: Vec::new(),
             until_ns: None,
+            crash_policy: CrashPolicy::default(),
         }
     }
 }
@@ -366,6 +490,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 struct RawScenario {
     description: Option<String>,
     until: Option<Spanned<Nanos>>,
+    crash_policy: Option<Spanned<String>>,
     #[serde(default)]
     network: RawNetwork,
     #[serde(default)]
@@ -415,6 +540,20 @@ struct RawMachine {
     env: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     expect: Expect,
+    #[serde(default)]
+    disks: Vec<Spanned<RawDisk>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    size: Option<ByteSize>,
+    dir: Option<String>,
+    image: Option<String>,
+    fs: Option<Spanned<String>>,
+    mount: Option<Spanned<String>>,
+    latency: Option<Nanos>,
+    latency_mean: Option<Nanos>,
 }
 
 #[derive(Deserialize)]
@@ -426,6 +565,15 @@ struct RawEvent {
     name: Option<Spanned<String>>,
     heal: Option<Spanned<String>>,
     link: Option<Spanned<RawLink>>,
+    kill: Option<Spanned<String>>,
+    policy: Option<Spanned<String>>,
+    restart: Option<Spanned<String>>,
+    disk: Option<Spanned<String>>,
+    latent_errors: Option<Spanned<String>>,
+    write_errors: Option<Spanned<String>>,
+    stall: Option<Spanned<Nanos>>,
+    slow: Option<Spanned<Nanos>>,
+    clear: Option<Spanned<bool>>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -441,13 +589,21 @@ impl RawScenario {
             }
         }
         let network = self.network.check(&names)?;
-        let timeline = check_timeline(self.timeline, &names, self.until.as_ref())?;
+        let disks: Vec<usize> = machines.iter().map(|m| m.disks.len()).collect();
+        let timeline = check_timeline(self.timeline, &names, &disks, self.until.as_ref())?;
+        let crash_policy = self
+            .crash_policy
+            .as_ref()
+            .map(check_crash_policy)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Scenario {
             description: self.description,
             machines,
             network,
             timeline,
             until_ns: self.until.map(|u| u.into_inner().0),
+            crash_policy,
         })
     }
 }
@@ -549,8 +705,122 @@ impl RawMachine {
                 .map(|(k, v)| (k.clone(), v.get_ref().clone()))
                 .collect(),
             expect: self.expect,
+            disks: self.check_disks()?,
         })
     }
+
+    fn check_disks(&self) -> Result<Vec<DiskSpec>, Problem> {
+        if self.disks.len() > MAX_DISKS {
+            return Err(Problem::at(
+                self.disks[MAX_DISKS].span(),
+                format!("a machine has at most {MAX_DISKS} disks"),
+            ));
+        }
+        let mut disks = self
+            .disks
+            .iter()
+            .map(|d| d.get_ref().check(d.span()))
+            .collect::<Result<Vec<_>, _>>()?;
+        assign_mounts(&mut disks);
+        Ok(disks)
+    }
+}
+
+/// Disks a machine may have: its virtio windows are IRQs 5 to 15, one taken by the NIC.
+pub const MAX_DISKS: usize = 10;
+
+impl RawDisk {
+    fn check(&self, span: Range<usize>) -> Result<DiskSpec, Problem> {
+        let size = self.size.map(|s| s.0);
+        if let Some(size) = size {
+            if size < (1 << 20) || size % 4096 != 0 {
+                return Err(Problem::at(
+                    span,
+                    "a disk's `size` must be a multiple of 4K and at least 1M",
+                ));
+            }
+        }
+        let fs = self.fs.as_ref().map(|f| (f.get_ref().as_str(), f.span()));
+        let contents = match (&self.dir, &self.image, fs) {
+            (Some(_), Some(_), _) => {
+                return Err(Problem::at(
+                    span,
+                    "a disk has either `dir` (its files) or `image` (an image file), not both",
+                ))
+            }
+            (_, _, Some((other, span))) if other != "ext4" && other != "raw" => {
+                return Err(Problem::at(
+                    span,
+                    format!("unknown `fs` \"{other}\": use \"ext4\" or \"raw\""),
+                ))
+            }
+            (Some(_), None, Some(("raw", span))) => {
+                return Err(Problem::at(
+                    span,
+                    "a disk with `dir` holds an ext4 filesystem",
+                ))
+            }
+            (Some(dir), None, _) => DiskContents::Ext4 {
+                dir: Some(PathBuf::from(dir)),
+            },
+            (None, Some(image), _) => DiskContents::Image(PathBuf::from(image)),
+            (None, None, Some(("raw", _))) => DiskContents::Raw,
+            (None, None, _) => DiskContents::Ext4 { dir: None },
+        };
+        let mount = match &self.mount {
+            Some(mount) if contents == DiskContents::Raw => {
+                return Err(Problem::at(
+                    mount.span(),
+                    "a raw disk holds no filesystem to mount",
+                ))
+            }
+            Some(mount) => Some(check_mount_point(mount)?),
+            None => None,
+        };
+        let defaults = Latency::default();
+        Ok(DiskSpec {
+            size: size.or(match contents {
+                DiskContents::Image(_) => None,
+                _ => Some(DEFAULT_DISK_SIZE),
+            }),
+            contents,
+            mount,
+            latency: Latency {
+                min_ns: self.latency.map_or(defaults.min_ns, |n| n.0),
+                mean_ns: self.latency_mean.map_or(defaults.mean_ns, |n| n.0),
+            },
+        })
+    }
+}
+
+/// A mount point: an absolute path of plain components, not a system directory init mounts.
+fn check_mount_point(mount: &Spanned<String>) -> Result<String, Problem> {
+    let path = mount.get_ref();
+    let plain = path.starts_with('/')
+        && path.len() > 1
+        && path.len() < 200
+        && path[1..]
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains([' ', '\n', '\0']));
+    let reserved = [
+        "/proc", "/sys", "/dev", "/tmp", "/run", "/simvm", "/etc", "/bin",
+    ]
+    .iter()
+    .any(|r| path == r || path.starts_with(&format!("{r}/")));
+    if !plain || reserved {
+        return Err(Problem::at(
+            mount.span(),
+            format!("`{path}` cannot be a mount point: give an absolute path like \"/data\" outside /proc, /sys, /dev, /tmp, /run, /etc, /bin and /simvm"),
+        ));
+    }
+    Ok(path.clone())
+}
+
+fn check_crash_policy(policy: &Spanned<String>) -> Result<CrashPolicy, Problem> {
+    policy
+        .get_ref()
+        .parse()
+        .map_err(|e: UnknownCrashPolicy| Problem::at(policy.span(), e.to_string()))
 }
 
 /// Machine names are host names in `/etc/hosts`: a letter, then letters, digits or hyphens.
@@ -644,6 +914,7 @@ impl RawLink {
 fn check_timeline(
     raw: Vec<Spanned<RawEvent>>,
     names: &Names,
+    disks: &[usize],
     until: Option<&Spanned<Nanos>>,
 ) -> Result<Vec<Event>, Problem> {
     let mut partitions = BTreeSet::new();
@@ -655,7 +926,7 @@ fn check_timeline(
         let at_ns = raw.at.get_ref().0;
         check_event_time(&raw.at, previous, until)?;
         previous = Some(at_ns);
-        let action = raw.action(span, names, &mut partitions)?;
+        let action = raw.action(span, names, disks, &mut partitions)?;
         events.push(Event { at_ns, action });
     }
     Ok(events)
@@ -696,12 +967,16 @@ impl RawEvent {
         self,
         span: Range<usize>,
         names: &Names,
+        disks: &[usize],
         partitions: &mut BTreeSet<String>,
     ) -> Result<Action, Problem> {
         let given: Vec<(&str, Range<usize>)> = [
             ("partition", self.partition.as_ref().map(Spanned::span)),
             ("heal", self.heal.as_ref().map(Spanned::span)),
             ("link", self.link.as_ref().map(Spanned::span)),
+            ("kill", self.kill.as_ref().map(Spanned::span)),
+            ("restart", self.restart.as_ref().map(Spanned::span)),
+            ("disk", self.disk.as_ref().map(Spanned::span)),
         ]
         .into_iter()
         .filter_map(|(key, span)| Some((key, span?)))
@@ -710,7 +985,7 @@ impl RawEvent {
             [] => {
                 return Err(Problem::at(
                     span,
-                    "a timeline event needs one of `partition`, `heal` or `link`",
+                    "a timeline event needs one of `partition`, `heal`, `link`, `kill`, `restart` or `disk`",
                 ))
             }
             [(first, _), (second, span), ..] => {
@@ -724,6 +999,32 @@ impl RawEvent {
         if self.partition.is_none() {
             self.reject_partition_options()?;
         }
+        if self.kill.is_none() {
+            if let Some(policy) = &self.policy {
+                return Err(Problem::at(
+                    policy.span(),
+                    "`policy` belongs to a `kill` event",
+                ));
+            }
+        }
+        if self.disk.is_none() {
+            self.reject_disk_fault_options()?;
+        }
+        if let Some(machine) = &self.kill {
+            let policy = self.policy.as_ref().map(check_crash_policy).transpose()?;
+            return Ok(Action::Kill {
+                machine: names.index(machine)?,
+                policy,
+            });
+        }
+        if let Some(machine) = &self.restart {
+            return Ok(Action::Restart {
+                machine: names.index(machine)?,
+            });
+        }
+        if let Some(disk) = &self.disk {
+            return self.check_disk_fault(disk, names, disks);
+        }
         if let Some(groups) = &self.partition {
             let partition = self.check_partition(groups, names, partitions.len())?;
             partitions.insert(partition.name.clone());
@@ -735,6 +1036,111 @@ impl RawEvent {
         } else {
             unreachable!("exactly one action was found above")
         }
+    }
+
+    fn disk_fault_options(&self) -> [(&'static str, Option<Range<usize>>); 5] {
+        [
+            (
+                "latent_errors",
+                self.latent_errors.as_ref().map(Spanned::span),
+            ),
+            (
+                "write_errors",
+                self.write_errors.as_ref().map(Spanned::span),
+            ),
+            ("stall", self.stall.as_ref().map(Spanned::span)),
+            ("slow", self.slow.as_ref().map(Spanned::span)),
+            ("clear", self.clear.as_ref().map(Spanned::span)),
+        ]
+    }
+
+    fn reject_disk_fault_options(&self) -> Result<(), Problem> {
+        match self
+            .disk_fault_options()
+            .into_iter()
+            .find_map(|(k, s)| Some((k, s?)))
+        {
+            Some((key, span)) => Err(Problem::at(
+                span,
+                format!("`{key}` belongs to a `disk` event"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// `disk = "m1/vda"` with exactly one fault key.
+    fn check_disk_fault(
+        &self,
+        disk: &Spanned<String>,
+        names: &Names,
+        disks: &[usize],
+    ) -> Result<Action, Problem> {
+        let text = disk.get_ref();
+        let Some((machine_name, disk_name)) = text.split_once('/') else {
+            return Err(Problem::at(
+                disk.span(),
+                format!("`{text}` does not name a disk: write MACHINE/DISK, like \"m1/vda\""),
+            ));
+        };
+        let machine = names.index(&Spanned::new(disk.span(), machine_name.to_string()))?;
+        let count = disks.get(machine).copied().unwrap_or(0);
+        let index = (0..count)
+            .find(|&d| crate::machine::disk_name(d) == disk_name)
+            .ok_or_else(|| {
+                Problem::at(
+                    disk.span(),
+                    format!("{machine_name} has no disk `{disk_name}` (it has {count})"),
+                )
+            })?;
+        let given: Vec<(&str, Range<usize>)> = self
+            .disk_fault_options()
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect();
+        let fault = match given.as_slice() {
+            [] => {
+                return Err(Problem::at(
+                    disk.span(),
+                    "a disk event needs one of `latent_errors`, `write_errors`, `stall`, `slow` or `clear`",
+                ))
+            }
+            [(first, _), (second, span), ..] => {
+                return Err(Problem::at(
+                    span.clone(),
+                    format!("a disk event does one thing, this one has `{first}` and `{second}`"),
+                ))
+            }
+            [_] => {
+                if let Some(range) = &self.latent_errors {
+                    let (start, count) = check_sector_range(range)?;
+                    Fault::LatentErrors { start, count }
+                } else if let Some(range) = &self.write_errors {
+                    let (start, count) = check_sector_range(range)?;
+                    Fault::WriteErrors { start, count }
+                } else if let Some(stall) = &self.stall {
+                    let at = self.at.get_ref().0;
+                    Fault::Stall {
+                        until_ns: at.saturating_add(stall.get_ref().0),
+                    }
+                } else if let Some(slow) = &self.slow {
+                    Fault::Slow {
+                        extra_ns: slow.get_ref().0,
+                    }
+                } else {
+                    match &self.clear {
+                        Some(clear) if !*clear.get_ref() => {
+                            return Err(Problem::at(clear.span(), "`clear` can only be true"))
+                        }
+                        _ => Fault::Clear,
+                    }
+                }
+            }
+        };
+        Ok(Action::DiskFault {
+            machine,
+            disk: index,
+            fault,
+        })
     }
 
     fn reject_partition_options(&self) -> Result<(), Problem> {
@@ -811,6 +1217,20 @@ fn check_groups(
         ));
     }
     Ok(groups)
+}
+
+/// `START+COUNT` sectors.
+fn check_sector_range(range: &Spanned<String>) -> Result<(u64, u64), Problem> {
+    let text = range.get_ref();
+    text.split_once('+')
+        .and_then(|(start, count)| Some((start.trim().parse().ok()?, count.trim().parse().ok()?)))
+        .filter(|&(_, count): &(u64, u64)| count > 0)
+        .ok_or_else(|| {
+            Problem::at(
+                range.span(),
+                format!("`{text}` is not a sector range: write START+COUNT, like \"2048+64\""),
+            )
+        })
 }
 
 fn check_heal(heal: &Spanned<String>, partitions: &BTreeSet<String>) -> Result<Heal, Problem> {
@@ -1172,6 +1592,9 @@ impl Scenario {
         if let Some(until) = self.until_ns {
             root.insert("until".into(), format_ns(until).into());
         }
+        if self.crash_policy != CrashPolicy::default() {
+            root.insert("crash_policy".into(), self.crash_policy.to_string().into());
+        }
         let mut network = settings_table(&self.network.defaults);
         let links: Vec<Value> = (self.network.links.iter())
             .map(|o| self.link_table(o).into())
@@ -1241,6 +1664,42 @@ impl Scenario {
             Action::Link(o) => {
                 table.insert("link".into(), self.link_table(o).into());
             }
+            Action::Kill { machine, policy } => {
+                table.insert("kill".into(), self.name(*machine));
+                if let Some(policy) = policy {
+                    table.insert("policy".into(), policy.to_string().into());
+                }
+            }
+            Action::Restart { machine } => {
+                table.insert("restart".into(), self.name(*machine));
+            }
+            Action::DiskFault {
+                machine,
+                disk,
+                fault,
+            } => {
+                let name = format!(
+                    "{}/{}",
+                    self.name(*machine).as_str().unwrap_or("?"),
+                    crate::machine::disk_name(*disk)
+                );
+                table.insert("disk".into(), name.into());
+                let (key, value): (&str, Value) = match *fault {
+                    Fault::LatentErrors { start, count } => {
+                        ("latent_errors", format!("{start}+{count}").into())
+                    }
+                    Fault::WriteErrors { start, count } => {
+                        ("write_errors", format!("{start}+{count}").into())
+                    }
+                    Fault::Stall { until_ns } => (
+                        "stall",
+                        format_ns(until_ns.saturating_sub(event.at_ns)).into(),
+                    ),
+                    Fault::Slow { extra_ns } => ("slow", format_ns(extra_ns).into()),
+                    Fault::Clear => ("clear", true.into()),
+                };
+                table.insert(key.into(), value);
+            }
         }
         table
     }
@@ -1268,6 +1727,39 @@ fn machine_table(machine: &Machine) -> Table {
         Expect::Any => "any".into(),
     };
     table.insert("expect".into(), expect);
+    if !machine.disks.is_empty() {
+        let disks: Vec<Value> = machine.disks.iter().map(|d| disk_table(d).into()).collect();
+        table.insert("disks".into(), disks.into());
+    }
+    table
+}
+
+fn disk_table(disk: &DiskSpec) -> Table {
+    let mut table = Table::new();
+    if let Some(size) = disk.size.and_then(|s| i64::try_from(s).ok()) {
+        table.insert("size".into(), size.into());
+    }
+    match &disk.contents {
+        DiskContents::Raw => {
+            table.insert("fs".into(), "raw".into());
+        }
+        DiskContents::Ext4 { dir } => {
+            if let Some(dir) = dir {
+                table.insert("dir".into(), dir.display().to_string().into());
+            }
+        }
+        DiskContents::Image(path) => {
+            table.insert("image".into(), path.display().to_string().into());
+        }
+    }
+    if let Some(mount) = &disk.mount {
+        table.insert("mount".into(), mount.clone().into());
+    }
+    table.insert("latency".into(), format_ns(disk.latency.min_ns).into());
+    table.insert(
+        "latency_mean".into(),
+        format_ns(disk.latency.mean_ns).into(),
+    );
     table
 }
 
@@ -1373,6 +1865,52 @@ mod tests {
             }
         }
         assert!(seen >= 3, "expected at least three examples, found {seen}");
+    }
+
+    #[test]
+    fn disks_get_default_mount_points_and_faults_resolve_their_disk() {
+        let text = "crash_policy = \"torn\"\n[[machine]]\ncommand = \"x\"\n\
+                    disks = [{ size = \"8M\" }, { size = \"8M\", fs = \"raw\" }, { size = \"8M\", latency = \"1ms\", latency_mean = \"0s\" }]\n\
+                    [[timeline]]\nat = \"1s\"\ndisk = \"m1/vdb\"\nlatent_errors = \"8+16\"\n\
+                    [[timeline]]\nat = \"2s\"\ndisk = \"m1/vdc\"\nstall = \"500ms\"\n\
+                    [[timeline]]\nat = \"3s\"\nkill = \"m1\"\n";
+        let s = parse(text).expect("parses");
+        assert_eq!(s.crash_policy, CrashPolicy::Torn);
+        let disks = &s.machines[0].disks;
+        let mounts: Vec<Option<&str>> = disks.iter().map(|d| d.mount.as_deref()).collect();
+        assert_eq!(mounts, [Some("/data"), None, Some("/data2")]);
+        assert_eq!(disks[1].contents, DiskContents::Raw);
+        assert_eq!(disks[2].latency, Latency::fixed(1_000_000));
+        assert_eq!(disks[0].size, Some(8 << 20));
+        assert_eq!(
+            s.timeline[0].action,
+            Action::DiskFault {
+                machine: 0,
+                disk: 1,
+                fault: Fault::LatentErrors {
+                    start: 8,
+                    count: 16
+                }
+            }
+        );
+        assert_eq!(
+            s.timeline[1].action,
+            Action::DiskFault {
+                machine: 0,
+                disk: 2,
+                fault: Fault::Stall {
+                    until_ns: 2_500_000_000
+                }
+            }
+        );
+        assert_eq!(
+            s.timeline[2].action,
+            Action::Kill {
+                machine: 0,
+                policy: None
+            }
+        );
+        assert_eq!(parse(&s.to_string()).expect("reparse"), s);
     }
 
     #[test]
@@ -1589,7 +2127,20 @@ mod tests {
             (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"x\"\n"), (6, 8), "no partition named `x`"),
             (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\none_way = true\n"), (7, 11), "belongs to a `partition` event"),
             (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\nlink = {{ up = false }}\n"), (7, 8), "has `heal` and `link`"),
-            (format!("{M}[[timeline]]\nat = \"5s\"\n"), (4, 1), "needs one of `partition`, `heal` or `link`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\n"), (4, 1), "needs one of `partition`, `heal`, `link`, `kill`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m9\"\n"), (6, 8), "unknown machine `m9`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m1\"\npolicy = \"some\"\n"), (7, 10), "keep-all"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nrestart = \"m1\"\npolicy = \"torn\"\n"), (7, 10), "belongs to a `kill` event"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m1\"\nrestart = \"m1\"\n"), (7, 11), "does one thing"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\ndisk = \"m1/vda\"\nstall = \"1s\"\n"), (6, 8), "m1 has no disk `vda`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\ndisk = \"m1\"\n"), (6, 8), "MACHINE/DISK"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m1\"\nstall = \"1s\"\n"), (7, 9), "belongs to a `disk` event"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ size = \"100K\" }]\n".into(), (3, 10), "at least 1M"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"xfs\" }]\n".into(), (3, 17), "unknown `fs`"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"raw\", mount = \"/d\" }]\n".into(), (3, 32), "raw disk"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ mount = \"/proc\" }]\n".into(), (3, 20), "cannot be a mount point"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ dir = \"a\", image = \"b\" }]\n".into(), (3, 10), "not both"),
+            ("crash_policy = \"all\"\n[[machine]]\ncommand = \"x\"\n".into(), (1, 16), "lose-all"),
             (format!("{M}[[timeline]]\nheal = \"all\"\n"), (4, 1), "missing field `at`"),
             (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\n[[timeline]]\nat = \"4s\"\nheal = \"all\"\n"), (8, 6), "time order: this one at 4s comes after one at 5s"),
             (format!("until = \"3s\"\n{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\n"), (6, 6), "after the end of the run (until = 3s)"),

@@ -97,6 +97,30 @@ pub enum Event {
     },
     /// The guest's registers and memory after a step (`--trace-state`); never in the digest.
     State(StateFingerprint),
+    /// A timeline action on a machine or a disk (kill, restart, disk fault).
+    Fault {
+        action: String,
+    },
+    /// The guest submitted a disk request (`fingerprint` of the data written, or 0).
+    DiskRequest {
+        disk: String,
+        kind: String,
+        sector: u64,
+        len: u64,
+        fingerprint: u64,
+        completes_at_ns: u64,
+    },
+    /// A disk request completed (`fingerprint` of the data read, or 0).
+    DiskCompleted {
+        disk: String,
+        status: String,
+        at_ns: u64,
+        fingerprint: u64,
+    },
+    /// A new incarnation of the machine powered on.
+    PowerOn {
+        incarnation: u32,
+    },
 }
 
 impl Event {
@@ -162,6 +186,46 @@ impl Event {
                 out.extend_from_slice(message.as_bytes());
             }
             Self::State(state) => put(21, &[state.rip, state.registers, state.memory]),
+            Self::Fault { action } => {
+                put(22, &[action.len() as u64]);
+                out.extend_from_slice(action.as_bytes());
+            }
+            Self::DiskRequest {
+                disk,
+                kind,
+                sector,
+                len,
+                fingerprint,
+                completes_at_ns,
+            } => {
+                put(
+                    23,
+                    &[
+                        *sector,
+                        *len,
+                        *fingerprint,
+                        *completes_at_ns,
+                        disk.len() as u64,
+                        kind.len() as u64,
+                    ],
+                );
+                out.extend_from_slice(disk.as_bytes());
+                out.extend_from_slice(kind.as_bytes());
+            }
+            Self::DiskCompleted {
+                disk,
+                status,
+                at_ns,
+                fingerprint,
+            } => {
+                put(
+                    24,
+                    &[*at_ns, *fingerprint, disk.len() as u64, status.len() as u64],
+                );
+                out.extend_from_slice(disk.as_bytes());
+                out.extend_from_slice(status.as_bytes());
+            }
+            Self::PowerOn { incarnation } => put(25, &[(*incarnation).into()]),
         }
     }
 }

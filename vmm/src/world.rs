@@ -1,28 +1,60 @@
 //! The world: every machine of a run, stepped one exit at a time in virtual-time order.
+//!
+//! The world owns what outlives a machine: the network, the disks, the timeline of faults and
+//! the trace. A killed machine's next incarnation boots on the same disks, with the same name
+//! and addresses.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use kvm_ioctls::Kvm;
+use simvm_devices::disk::{CrashPolicy, Fault};
+use simvm_devices::net::switch::MachineCounters;
 
 use crate::console::format_line;
 use crate::crash::CrashReport;
+use crate::disks::{DiskSetup, WorldDisk};
 use crate::error::{Error, Result};
-use simvm_devices::net::switch::MachineCounters;
-
 use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
-use crate::machine::{ExitStats, Machine, MachineConfig, Status, Stop};
+use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
 use crate::trace::Event;
 use crate::trace::Trace;
 use crate::watchdog::Watchdog;
 
+/// Something the world does to a machine or a disk at a virtual time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineAction {
+    /// Cut the power: the VM is discarded and its disks keep what `policy` (or the run's
+    /// crash policy) says of their unflushed writes.
+    Kill {
+        machine: usize,
+        policy: Option<CrashPolicy>,
+    },
+    /// Boot a new incarnation on the same disks (a running machine is killed first).
+    Restart { machine: usize },
+    /// Inject a fault into one disk of a machine.
+    DiskFault {
+        machine: usize,
+        disk: usize,
+        fault: Fault,
+    },
+}
+
 /// How a run is set up.
 pub struct WorldConfig {
     pub seed: Seed,
     pub machines: Vec<MachineConfig>,
+    /// The disks of each machine (by machine index; missing entries: no disks).
+    pub disks: Vec<Vec<DiskSetup>>,
+    /// Kills, restarts and disk faults at virtual times (ns), in time order.
+    pub timeline: Vec<(u64, MachineAction)>,
+    /// What a crash keeps of unflushed writes when a kill does not say.
+    pub crash_policy: CrashPolicy,
+    /// Write each disk's final contents to `DIR/MACHINE-DISK.img`.
+    pub keep_disks: Option<PathBuf>,
     /// Stop at this virtual time (ns) even if machines are still running.
     pub until_ns: Option<u64>,
     /// Kick a vCPU that has not exited for this long (real time).
@@ -46,13 +78,17 @@ pub struct WorldConfig {
 }
 
 impl WorldConfig {
-    /// A run of `machines` from `seed` with the defaults: no time limit, a 5 s watchdog, no
-    /// network, no trace files, `/dev/kvm`, every machine awaited. Set the rest with struct
-    /// update syntax.
+    /// A run of `machines` from `seed` with the defaults: no disks, no faults, no time limit,
+    /// a 5 s watchdog, no network, no trace files, `/dev/kvm`, every machine awaited. Set the
+    /// rest with struct update syntax.
     pub fn new(seed: Seed, machines: Vec<MachineConfig>) -> Self {
         Self {
             seed,
             machines,
+            disks: Vec::new(),
+            timeline: Vec::new(),
+            crash_policy: CrashPolicy::default(),
+            keep_disks: None,
             until_ns: None,
             watchdog: Some(Duration::from_secs(5)),
             trace_json: None,
@@ -79,18 +115,23 @@ fn kvm_path(path: &std::path::Path) -> Result<std::ffi::CString> {
 #[derive(Debug)]
 pub struct MachineOutcome {
     pub name: String,
-    /// `None` if the machine was still running when the run ended.
+    /// How its last incarnation stopped; `None` if it was still running when the run ended.
     pub stop: Option<Stop>,
     pub exit_status: Option<u8>,
     pub ready_at_ns: Option<u64>,
     pub vtime_ns: u64,
+    /// Summed over every incarnation.
     pub stats: ExitStats,
-    /// Real time from the start of the run to READY.
+    /// Real time from the start of the run to the first READY.
     pub ready_wall: Option<Duration>,
     /// Network counters, when the machine has a network.
     pub net: Option<MachineCounters>,
-    /// Errors its devices reported (malformed virtio chains and the like).
+    /// Errors its devices reported (malformed virtio chains and the like), every incarnation.
     pub device_errors: u64,
+    /// How many times it powered on.
+    pub incarnations: u32,
+    /// What each crash did to each disk, in order: `vda: crash policy=...`.
+    pub disk_crashes: Vec<String>,
 }
 
 /// Why the run ended.
@@ -137,12 +178,79 @@ enum Slot {
     Stopped(Stop),
 }
 
+/// One machine of the world across its incarnations.
+struct Node {
+    /// The configuration of its next incarnation.
+    config: MachineConfig,
+    /// The running incarnation; `None` once it is killed or powered off.
+    machine: Option<Machine>,
+    slot: Slot,
+    disks: Vec<WorldDisk>,
+    /// Counters of earlier incarnations.
+    past_stats: ExitStats,
+    past_device_errors: u64,
+    /// What the last incarnation left: its clock and its command's status.
+    last_now: u64,
+    last_exit_status: Option<u8>,
+    ready_at: Option<u64>,
+    ready_wall: Option<Duration>,
+}
+
+impl Node {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn incarnation(&self) -> u32 {
+        self.config.incarnation
+    }
+
+    /// The console's name for it: `m2`, then `m2#2` after its first restart.
+    fn label(&self) -> String {
+        match self.incarnation() {
+            0 | 1 => self.config.name.clone(),
+            n => format!("{}#{n}", self.config.name),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.machine.as_ref().map_or(self.last_now, Machine::now)
+    }
+
+    /// When its disks next complete a request of the running incarnation, if ever.
+    fn next_disk_completion(&self) -> Option<u64> {
+        self.disks
+            .iter()
+            .filter_map(WorldDisk::next_completion)
+            .min()
+    }
+
+    /// Retires the running incarnation, keeping its counters.
+    fn retire(&mut self, stop: Stop) {
+        if let Some(machine) = self.machine.take() {
+            let stats = machine.stats();
+            let past = &mut self.past_stats;
+            past.pio += stats.pio;
+            past.mmio += stats.mmio;
+            past.msr += stats.msr;
+            past.hlt += stats.hlt;
+            past.interrupts += stats.interrupts;
+            past.clock_kicks += stats.clock_kicks;
+            past.watchdog_kicks += stats.watchdog_kicks;
+            past.benign_kicks += stats.benign_kicks;
+            self.past_device_errors += machine.device_errors();
+            self.last_now = machine.now();
+            self.last_exit_status = machine.exit_status();
+        }
+        self.slot = Slot::Stopped(stop);
+    }
+}
+
 /// A run in progress.
 pub struct World {
     seed: Seed,
-    machines: Vec<Machine>,
-    slots: Vec<Slot>,
-    ready_wall: Vec<Option<Duration>>,
+    kvm: Kvm,
+    nodes: Vec<Node>,
     trace: Trace,
     step: u64,
     until_ns: Option<u64>,
@@ -152,10 +260,18 @@ pub struct World {
     watchdog_kicks: Vec<String>,
     network: Option<Network>,
     awaited: Vec<bool>,
+    timeline: Vec<(u64, MachineAction)>,
+    next_action: usize,
+    crash_policy: CrashPolicy,
+    keep_disks: Option<PathBuf>,
 }
 
+/// The trace ids of the two non-machine sources, after the machines.
+const NET_SOURCE: &str = "net";
+const FAULT_SOURCE: &str = "fault";
+
 impl World {
-    /// Opens KVM and builds every machine.
+    /// Opens KVM, the disks and the network, and powers on every machine.
     pub fn new(config: WorldConfig) -> Result<Self> {
         let kvm =
             Kvm::new_with_path(kvm_path(&config.kvm_device)?).map_err(|source| Error::KvmOpen {
@@ -163,8 +279,9 @@ impl World {
                 source,
             })?;
         let mut names: Vec<String> = config.machines.iter().map(|m| m.name.clone()).collect();
-        // Network timeline events belong to no machine: they are traced as "net".
-        names.push("net".to_string());
+        // Timeline events that belong to no machine are traced as "net" and "fault".
+        names.push(NET_SOURCE.to_string());
+        names.push(FAULT_SOURCE.to_string());
         let network = config
             .network
             .as_ref()
@@ -177,6 +294,7 @@ impl World {
                 )
             })
             .transpose()?;
+        check_timeline(&config.timeline, &config.machines, &config.disks)?;
         let mut trace = Trace::new(names);
         if let Some(path) = &config.trace_json {
             trace = trace.with_json(path)?;
@@ -184,22 +302,42 @@ impl World {
         if config.fingerprints {
             trace = trace.with_fingerprints();
         }
-        let machines = config
-            .machines
-            .into_iter()
-            .map(|m| Machine::new(&kvm, m))
-            .collect::<Result<Vec<_>>>()?;
+        let mut nodes = Vec::with_capacity(config.machines.len());
+        for (i, mut machine_config) in config.machines.into_iter().enumerate() {
+            let setups = config.disks.get(i).map_or(&[][..], Vec::as_slice);
+            let disks = setups
+                .iter()
+                .enumerate()
+                .map(|(d, setup)| {
+                    WorldDisk::open(config.seed, &machine_config.name, disk_name(d), setup)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            machine_config.disks = disks.iter().map(WorldDisk::sectors).collect();
+            machine_config.incarnation = machine_config.incarnation.max(1);
+            let machine = Machine::new(&kvm, machine_config.clone())?;
+            nodes.push(Node {
+                config: machine_config,
+                machine: Some(machine),
+                slot: Slot::Runnable,
+                disks,
+                past_stats: ExitStats::default(),
+                past_device_errors: 0,
+                last_now: 0,
+                last_exit_status: None,
+                ready_at: None,
+                ready_wall: None,
+            });
+        }
         let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
         let awaited = if config.awaited.is_empty() {
-            vec![true; machines.len()]
+            vec![true; nodes.len()]
         } else {
             config.awaited
         };
         Ok(Self {
             seed: config.seed,
-            slots: machines.iter().map(|_| Slot::Runnable).collect(),
-            ready_wall: vec![None; machines.len()],
-            machines,
+            kvm,
+            nodes,
             trace,
             step: 0,
             until_ns: config.until_ns,
@@ -209,6 +347,10 @@ impl World {
             watchdog_kicks: Vec::new(),
             network,
             awaited,
+            timeline: config.timeline,
+            next_action: 0,
+            crash_policy: config.crash_policy,
+            keep_disks: config.keep_disks,
         })
     }
 
@@ -226,143 +368,279 @@ impl World {
             if self.done() {
                 break Ending::Done;
             }
-            let Some((index, at)) = self.next_machine() else {
-                let all_stopped = self.slots.iter().all(|s| matches!(s, Slot::Stopped(_)));
-                break if all_stopped {
-                    Ending::Done
-                } else {
-                    Ending::Idle
-                };
+            let next = self.next_machine();
+            let action_at = self.next_action_at();
+            // World actions go first at equal times: a machine stepped at t sees what happened
+            // to the world at t.
+            let (at, machine) = match (next, action_at) {
+                (Some((i, at)), Some(t)) if at < t => (at, Some(i)),
+                (_, Some(t)) => (t, None),
+                (Some((i, at)), None) => (at, Some(i)),
+                (None, None) => {
+                    let all_stopped = self
+                        .nodes
+                        .iter()
+                        .all(|n| matches!(n.slot, Slot::Stopped(_)));
+                    break if all_stopped {
+                        Ending::Done
+                    } else {
+                        Ending::Idle
+                    };
+                }
             };
             if self.until_ns.is_some_and(|until| at > until) {
                 break Ending::Until;
             }
             self.step += 1;
-            self.apply_network_timeline(at, print)?;
-            if let Slot::Halted(_) = self.slots[index] {
-                self.machines[index].wake(self.step, at, &mut self.trace)?;
+            match machine {
+                None => self.apply_actions(at, print)?,
+                Some(index) => self.step_machine(index, at, started, print)?,
             }
-            self.deliver_frames(index)?;
-            let machine = &mut self.machines[index];
-            let kicks_before = machine.stats().watchdog_kicks;
-            let status = machine.step(self.step, &mut self.trace, self.watchdog.as_ref())?;
-            if self.trace_state {
-                let state = machine.state_fingerprint()?;
-                self.trace
-                    .record_state(self.step, index, machine.now(), state)?;
-            }
-            if machine.stats().watchdog_kicks > kicks_before {
-                let message = format!(
-                    "NONDETERMINISTIC: the watchdog kicked machine {} at step {} (virtual time {}), rip {:#x}: \
-                     the guest ran without any VM exit for longer than the watchdog limit",
-                    machine.name(),
-                    self.step,
-                    crate::console::format_vtime(machine.now()),
-                    machine.rip().unwrap_or(0),
-                );
-                print(&message);
-                self.watchdog_kicks.push(message);
-            }
-            for (vtime, line) in machine.take_console_lines() {
-                print(&format_line(self.step, machine.name(), vtime, &line));
-            }
-            if self.ready_wall[index].is_none() && machine.ready_at().is_some() {
-                self.ready_wall[index] = Some(host_tsc::monotonic().saturating_sub(started));
-            }
-            self.send_frames(index)?;
-            self.slots[index] = match status {
-                Status::Running => Slot::Runnable,
-                Status::Halted { wake_at } => Slot::Halted(wake_at),
-                Status::Stopped(stop) => Slot::Stopped(stop),
-            };
         };
         let wall = host_tsc::monotonic().saturating_sub(started);
-        if let Some(network) = &mut self.network {
-            network.finish()?;
-        }
-        let digest = self.trace.digest();
-        let events = self.trace.events();
-        let fingerprints = self.trace.finish()?;
-        let vtime_ns = self.machines.iter().map(Machine::now).max().unwrap_or(0);
-        let network = self.network;
-        let machines = self
-            .machines
-            .iter()
-            .enumerate()
-            .zip(self.slots)
-            .zip(self.ready_wall)
-            .map(|(((i, m), slot), ready_wall)| MachineOutcome {
-                name: m.name().to_string(),
-                stop: match slot {
-                    Slot::Stopped(stop) => Some(stop),
-                    _ => None,
-                },
-                exit_status: m.exit_status(),
-                ready_at_ns: m.ready_at(),
-                vtime_ns: m.now(),
-                stats: *m.stats(),
-                ready_wall,
-                net: network.as_ref().and_then(|n| n.counters(i)),
-                device_errors: m.device_errors(),
-            })
-            .collect();
-        Ok(Outcome {
-            seed: self.seed,
-            steps: self.step,
-            events,
-            vtime_ns,
-            wall,
-            digest,
-            ending,
-            machines,
-            watchdog_kicks: self.watchdog_kicks,
-            fingerprints,
-        })
+        self.finish(ending, wall)
     }
 
-    /// Whether every awaited machine has stopped. A run that awaits no machine runs until
-    /// `until` or until it is idle.
+    /// Steps machine `index` at virtual time `at` (its clock, or its wake-up time if halted).
+    fn step_machine(
+        &mut self,
+        index: usize,
+        at: u64,
+        started: Duration,
+        print: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let Some(machine) = node.machine.as_mut() else {
+            return Ok(());
+        };
+        if let Slot::Halted(_) = node.slot {
+            machine.wake(self.step, at, &mut self.trace)?;
+        }
+        self.deliver_frames(index)?;
+        self.complete_disk_requests(index)?;
+        let node = &mut self.nodes[index];
+        let label = node.label();
+        let Some(machine) = node.machine.as_mut() else {
+            return Ok(());
+        };
+        let kicks_before = machine.stats().watchdog_kicks;
+        let status = machine.step(self.step, &mut self.trace, self.watchdog.as_ref())?;
+        if self.trace_state {
+            let state = machine.state_fingerprint()?;
+            self.trace
+                .record_state(self.step, index, machine.now(), state)?;
+        }
+        if machine.stats().watchdog_kicks > kicks_before {
+            let message = format!(
+                "NONDETERMINISTIC: the watchdog kicked machine {label} at step {} (virtual time {}), rip {:#x}: \
+                 the guest ran without any VM exit for longer than the watchdog limit",
+                self.step,
+                crate::console::format_vtime(machine.now()),
+                machine.rip().unwrap_or(0),
+            );
+            print(&message);
+            self.watchdog_kicks.push(message);
+        }
+        for (vtime, line) in machine.take_console_lines() {
+            print(&format_line(self.step, &label, vtime, &line));
+        }
+        if node.ready_at.is_none() {
+            if let Some(ready) = machine.ready_at() {
+                node.ready_at = Some(ready);
+                node.ready_wall = Some(host_tsc::monotonic().saturating_sub(started));
+            }
+        }
+        self.send_frames(index)?;
+        self.submit_disk_requests(index)?;
+        let node = &mut self.nodes[index];
+        node.slot = match status {
+            Status::Running => Slot::Runnable,
+            Status::Halted { wake_at } => Slot::Halted(wake_at),
+            Status::Stopped(Stop::Restart { .. }) => {
+                // A reboot is not a power loss: the disks keep their caches.
+                let now = node.now();
+                node.retire(Stop::Restart { exit_status: None });
+                return self.power_on(index, now);
+            }
+            Status::Stopped(stop) => {
+                node.retire(stop.clone());
+                Slot::Stopped(stop)
+            }
+        };
+        Ok(())
+    }
+
+    /// Powers on the next incarnation of machine `index` at virtual time `at`.
+    fn power_on(&mut self, index: usize, at: u64) -> Result<()> {
+        let seed = self.seed;
+        let node = &mut self.nodes[index];
+        let incarnation = node.incarnation() + 1;
+        let mut config = node.config.clone();
+        config.incarnation = incarnation;
+        config.epoch_ns = at;
+        // Each incarnation's guest randomness has its own stream: (seed, machine, incarnation).
+        config.rng_seed = seed.key(&format!(
+            "machine/{}/incarnation/{incarnation}/kernel-rng",
+            config.name
+        ));
+        if let Some(boot) = &mut config.boot {
+            boot.incarnation = incarnation;
+        }
+        let machine = Machine::new(&self.kvm, config.clone())?;
+        node.config = config;
+        node.machine = Some(machine);
+        node.slot = Slot::Runnable;
+        self.trace
+            .record(self.step, index, at, &Event::PowerOn { incarnation })?;
+        Ok(())
+    }
+
+    /// When the next world action is due: the network's or a machine's.
+    fn next_action_at(&self) -> Option<u64> {
+        let machine_action = self.timeline.get(self.next_action).map(|(t, _)| *t);
+        let net_action = self.network.as_ref().and_then(Network::next_action_at);
+        match (machine_action, net_action) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Applies every world action due at `at`: network changes, then machine actions.
+    fn apply_actions(&mut self, at: u64, print: &mut dyn FnMut(&str)) -> Result<()> {
+        self.apply_network_timeline(at, print)?;
+        while let Some((t, action)) = self.timeline.get(self.next_action).cloned() {
+            if t > at {
+                break;
+            }
+            self.next_action += 1;
+            let lines = self.apply_machine_action(action, t)?;
+            let fault_id = self.nodes.len() + 1;
+            for line in lines {
+                print(&format_line(self.step, FAULT_SOURCE, t, &line));
+                self.trace
+                    .record(self.step, fault_id, t, &Event::Fault { action: line })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out one machine action; returns the lines that describe what happened.
+    fn apply_machine_action(&mut self, action: MachineAction, at: u64) -> Result<Vec<String>> {
+        match action {
+            MachineAction::Kill { machine, policy } => {
+                let policy = policy.unwrap_or(self.crash_policy);
+                Ok(self.kill(machine, policy, at))
+            }
+            MachineAction::Restart { machine } => {
+                let mut lines = Vec::new();
+                if self.nodes[machine].machine.is_some() {
+                    lines = self.kill(machine, self.crash_policy, at);
+                }
+                self.power_on(machine, at)?;
+                let node = &self.nodes[machine];
+                lines.push(format!(
+                    "restart {}: incarnation {} boots",
+                    node.name(),
+                    node.incarnation()
+                ));
+                Ok(lines)
+            }
+            MachineAction::DiskFault {
+                machine,
+                disk,
+                fault,
+            } => {
+                let node = &mut self.nodes[machine];
+                let line = format!("disk {}/{}: {fault}", node.config.name, disk_name(disk));
+                if let Some(disk) = node.disks.get_mut(disk) {
+                    disk.apply_fault(fault);
+                }
+                Ok(vec![line])
+            }
+        }
+    }
+
+    /// Power loss on machine `index`: the VM is discarded, frames on their way to it are
+    /// lost, and each disk keeps what `policy` says of its unflushed writes.
+    fn kill(&mut self, index: usize, policy: CrashPolicy, at: u64) -> Vec<String> {
+        let seed = self.seed;
+        let node = &mut self.nodes[index];
+        let name = node.config.name.clone();
+        if node.machine.is_none() {
+            return vec![format!("kill {name}: already stopped")];
+        }
+        let incarnation = node.incarnation();
+        node.retire(Stop::Killed);
+        node.last_now = node.last_now.max(at);
+        let label = node.label();
+        let mut lines = vec![format!("kill {label}: power lost")];
+        for disk in &mut node.disks {
+            let outcome = disk.crash(seed, &name, incarnation, policy);
+            lines.push(format!("kill {label}: {}: {outcome}", disk.name));
+        }
+        if let Some(network) = &mut self.network {
+            for delivery in network.take_due(index, u64::MAX) {
+                // The NIC is gone: counted as dropped at the receiver.
+                let _ = network.delivered(&delivery, false);
+            }
+        }
+        lines
+    }
+
+    /// Whether every awaited machine has stopped for good: no restart of it is still to come.
+    /// A run that awaits no machine runs until `until` or until it is idle.
     fn done(&self) -> bool {
+        let restart_pending = |index: usize| {
+            self.timeline[self.next_action..]
+                .iter()
+                .any(|(_, a)| matches!(a, MachineAction::Restart { machine } if *machine == index))
+        };
         self.awaited.iter().any(|&a| a)
             && self
-                .slots
+                .nodes
                 .iter()
                 .zip(&self.awaited)
-                .all(|(slot, awaited)| !awaited || matches!(slot, Slot::Stopped(_)))
+                .enumerate()
+                .all(|(i, (node, &awaited))| {
+                    !awaited || (matches!(node.slot, Slot::Stopped(_)) && !restart_pending(i))
+                })
     }
 
     /// The machine to step next and the virtual time it steps at: the lowest time wins, ties go
-    /// to the lowest index. Halted machines count at their wake-up time (timer or the next frame
-    /// in flight to them); machines halted with nothing pending and stopped machines do not.
+    /// to the lowest index. Halted machines count at their wake-up time (timer, the next frame
+    /// in flight to them, or their next disk completion); machines halted with nothing pending
+    /// and stopped machines do not.
     fn next_machine(&self) -> Option<(usize, u64)> {
-        self.slots
+        self.nodes
             .iter()
-            .zip(&self.machines)
             .enumerate()
-            .filter_map(|(i, (slot, m))| {
-                let arrival = || self.network.as_ref().and_then(|n| n.next_arrival(i));
-                let wake = match slot {
-                    Slot::Runnable => return Some((i, m.now())),
-                    Slot::Halted(timer) => match (*timer, arrival()) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    },
+            .filter_map(|(i, node)| {
+                let machine = node.machine.as_ref()?;
+                let wake = match node.slot {
+                    Slot::Runnable => return Some((i, machine.now())),
+                    Slot::Halted(timer) => {
+                        let arrival = self.network.as_ref().and_then(|n| n.next_arrival(i));
+                        [timer, arrival, node.next_disk_completion()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                    }
                     Slot::Stopped(_) => None,
                 };
-                wake.map(|t| (i, t.max(m.now())))
+                wake.map(|t| (i, t.max(machine.now())))
             })
             .min_by_key(|&(i, t)| (t, i))
     }
 
-    /// Applies network timeline actions due by `now` (the lowest virtual time of the world).
+    /// Applies network timeline actions due by `now`.
     fn apply_network_timeline(&mut self, now: u64, print: &mut dyn FnMut(&str)) -> Result<()> {
         let Some(network) = &mut self.network else {
             return Ok(());
         };
-        let net_id = self.machines.len();
+        let net_id = self.nodes.len();
         for event in network.apply_timeline(now)? {
             if let NetEvent::Applied(action) = event {
-                print(&format_line(self.step, "net", now, &action));
+                print(&format_line(self.step, NET_SOURCE, now, &action));
                 self.trace
                     .record(self.step, net_id, now, &Event::Network { action })?;
             }
@@ -372,10 +650,11 @@ impl World {
 
     /// Hands `index` the frames that have arrived for it by its current time.
     fn deliver_frames(&mut self, index: usize) -> Result<()> {
-        let Some(network) = &mut self.network else {
+        let (Some(network), Some(machine)) =
+            (&mut self.network, self.nodes[index].machine.as_mut())
+        else {
             return Ok(());
         };
-        let machine = &mut self.machines[index];
         for delivery in network.take_due(index, machine.now()) {
             let accepted = machine.deliver_frame(&delivery.frame).is_ok();
             network.delivered(&delivery, accepted)?;
@@ -392,10 +671,11 @@ impl World {
 
     /// Switches the frames `index` sent during its last step.
     fn send_frames(&mut self, index: usize) -> Result<()> {
-        let Some(network) = &mut self.network else {
+        let (Some(network), Some(machine)) =
+            (&mut self.network, self.nodes[index].machine.as_mut())
+        else {
             return Ok(());
         };
-        let machine = &mut self.machines[index];
         let now = machine.now();
         for frame in machine.take_outbox() {
             for event in network.send(index, frame, now)? {
@@ -417,4 +697,165 @@ impl World {
         }
         Ok(())
     }
+
+    /// Hands the disks the requests `index` made during its last step.
+    fn submit_disk_requests(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let incarnation = node.config.incarnation;
+        let Some(machine) = node.machine.as_mut() else {
+            return Ok(());
+        };
+        let now = machine.now();
+        for (disk, request) in machine.take_block_requests() {
+            let Some(disk) = node.disks.get_mut(disk) else {
+                continue;
+            };
+            let event = disk.submit(now, incarnation, request);
+            self.trace.record(self.step, index, now, &event)?;
+        }
+        Ok(())
+    }
+
+    /// Completes into `index` the disk requests done by its current time.
+    fn complete_disk_requests(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let incarnation = node.config.incarnation;
+        let Some(machine) = node.machine.as_mut() else {
+            return Ok(());
+        };
+        let now = machine.now();
+        for (d, disk) in node.disks.iter_mut().enumerate() {
+            for delivery in disk.complete_due(now, incarnation) {
+                machine.complete_block(d, delivery.token, delivery.result);
+                self.trace.record(self.step, index, now, &delivery.event)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the network and the trace, keeps the disks if asked, and sums up.
+    fn finish(mut self, ending: Ending, wall: Duration) -> Result<Outcome> {
+        if let Some(network) = &mut self.network {
+            network.finish()?;
+        }
+        if let Some(dir) = &self.keep_disks {
+            std::fs::create_dir_all(dir).map_err(|source| Error::KeepDisk {
+                path: dir.clone(),
+                source,
+            })?;
+            for node in &self.nodes {
+                for disk in &node.disks {
+                    disk.keep(&dir.join(format!("{}-{}.img", node.name(), disk.name)))?;
+                }
+            }
+        }
+        let digest = self.trace.digest();
+        let events = self.trace.events();
+        let fingerprints = self.trace.finish()?;
+        let vtime_ns = self.nodes.iter().map(Node::now).max().unwrap_or(0);
+        let network = self.network;
+        let machines = self
+            .nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut node)| {
+                let running = node.machine.is_some();
+                let (stats, device_errors, now, exit_status) = match &node.machine {
+                    Some(m) => {
+                        let mut stats = node.past_stats;
+                        let s = m.stats();
+                        stats.pio += s.pio;
+                        stats.mmio += s.mmio;
+                        stats.msr += s.msr;
+                        stats.hlt += s.hlt;
+                        stats.interrupts += s.interrupts;
+                        stats.clock_kicks += s.clock_kicks;
+                        stats.watchdog_kicks += s.watchdog_kicks;
+                        stats.benign_kicks += s.benign_kicks;
+                        (
+                            stats,
+                            node.past_device_errors + m.device_errors(),
+                            m.now(),
+                            m.exit_status(),
+                        )
+                    }
+                    None => (
+                        node.past_stats,
+                        node.past_device_errors,
+                        node.last_now,
+                        node.last_exit_status,
+                    ),
+                };
+                let stop = match std::mem::replace(&mut node.slot, Slot::Runnable) {
+                    Slot::Stopped(stop) if !running => Some(stop),
+                    _ => None,
+                };
+                let disk_crashes = node
+                    .disks
+                    .iter()
+                    .flat_map(|d| d.crashes().iter().map(move |c| format!("{}: {c}", d.name)))
+                    .collect();
+                MachineOutcome {
+                    name: node.config.name.clone(),
+                    stop,
+                    exit_status,
+                    ready_at_ns: node.ready_at,
+                    vtime_ns: now,
+                    stats,
+                    ready_wall: node.ready_wall,
+                    net: network.as_ref().and_then(|n| n.counters(i)),
+                    device_errors,
+                    incarnations: node.config.incarnation,
+                    disk_crashes,
+                }
+            })
+            .collect();
+        Ok(Outcome {
+            seed: self.seed,
+            steps: self.step,
+            events,
+            vtime_ns,
+            wall,
+            digest,
+            ending,
+            machines,
+            watchdog_kicks: self.watchdog_kicks,
+            fingerprints,
+        })
+    }
+}
+
+/// Refuses timeline actions that name a machine or disk the world does not have, or come out
+/// of time order.
+fn check_timeline(
+    timeline: &[(u64, MachineAction)],
+    machines: &[MachineConfig],
+    disks: &[Vec<DiskSetup>],
+) -> Result<()> {
+    let mut previous = 0;
+    for (at, action) in timeline {
+        let (machine, disk) = match action {
+            MachineAction::Kill { machine, .. } | MachineAction::Restart { machine } => {
+                (*machine, None)
+            }
+            MachineAction::DiskFault { machine, disk, .. } => (*machine, Some(*disk)),
+        };
+        let problem = if *at < previous {
+            Some("actions out of time order".to_string())
+        } else if machine >= machines.len() {
+            Some(format!("no machine {machine}"))
+        } else if disk.is_some_and(|d| d >= disks.get(machine).map_or(0, Vec::len)) {
+            Some(format!(
+                "machine {} has no such disk",
+                machines[machine].name
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::Timeline(format!("{problem}: {action:?} at {at} ns")));
+        }
+        previous = *at;
+    }
+    Ok(())
 }

@@ -1,0 +1,298 @@
+//! Disks and crashes with real guests: what a killed machine's disk keeps under each crash
+//! policy, ext4 recovering its journal in the next incarnation, and a seed replaying the disk
+//! exactly. Each world boots several machines at once, because every boot costs seconds of
+//! emulated kernel time on a PVM host.
+
+use std::path::Path;
+
+use simvm_tests::{image, kvm_or_skip, side_by_side, simvm, temp_dir, Run};
+
+const SECTOR: usize = 512;
+/// Where the unflushed record of iteration `k` goes: sector `UNSYNCED_BASE + k`.
+const UNSYNCED_BASE: usize = 4096;
+const POLICIES: [&str; 4] = ["keep-all", "lose-all", "subset", "torn"];
+
+/// Each iteration `k` writes record `u<k>` to sector 4096+k (it reaches the disk's volatile
+/// cache when `dd` closes the device, with no flush), then `s<k>` to sector k, then flushes the
+/// disk (`sync -d` is fdatasync on the device, a virtio-blk FLUSH) and says `synced k`.
+const WRITER: &str = "i=0; while :; do i=$((i+1)); \
+     echo u$i | dd of=/dev/vda bs=512 seek=$((4096+i)) conv=notrunc,sync 2>/dev/null; \
+     echo wrote $i; \
+     echo s$i | dd of=/dev/vda bs=512 seek=$i conv=notrunc,sync 2>/dev/null; \
+     sync -d /dev/vda && echo synced $i; sleep 0.05; done";
+
+/// A world of one machine per crash policy, all killed at `kill_at_ms` of virtual time.
+fn policy_scenario(kill_at_ms: u64) -> String {
+    let mut text = format!("until = \"{}ms\"\n", kill_at_ms + 10);
+    for policy in POLICIES {
+        let name = policy.replace('-', "");
+        text.push_str(&format!(
+            "[[machine]]\nname = \"{name}\"\nexpect = \"any\"\ncommand = \"{WRITER}\"\n\
+             disks = [{{ size = \"4M\", fs = \"raw\" }}]\n"
+        ));
+    }
+    for policy in POLICIES {
+        let name = policy.replace('-', "");
+        text.push_str(&format!(
+            "[[timeline]]\nat = \"{kill_at_ms}ms\"\nkill = \"{name}\"\npolicy = \"{policy}\"\n"
+        ));
+    }
+    text
+}
+
+/// The last `word N` a machine printed.
+fn last_number(run: &Run, machine: &str, word: &str) -> usize {
+    run.console(machine)
+        .iter()
+        .filter_map(|l| l.strip_prefix(word)?.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// What sector `sector` of `image` holds: `Some(text)` up to the newline, `None` for zeros.
+fn record(image: &[u8], sector: usize) -> Option<String> {
+    let bytes = &image[sector * SECTOR..(sector + 1) * SECTOR];
+    if bytes.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(bytes.len());
+    Some(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+fn check_policy(run: &Run, dir: &Path, policy: &str) {
+    let machine = policy.replace('-', "");
+    let synced = last_number(run, &machine, "synced");
+    let wrote = last_number(run, &machine, "wrote");
+    assert!(
+        synced >= 2,
+        "{machine} synced only {synced} records before the kill:\n{}",
+        run.all()
+    );
+    let path = dir.join(format!("{machine}-vda.img"));
+    let image = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Nothing that was never written appears, and a sector holds only its own record.
+    for k in 1..UNSYNCED_BASE {
+        if let Some(text) = record(&image, k) {
+            assert_eq!(text, format!("s{k}"), "{machine}: sector {k}");
+        }
+        if let Some(text) = record(&image, UNSYNCED_BASE + k) {
+            assert_eq!(
+                text,
+                format!("u{k}"),
+                "{machine}: sector {}",
+                UNSYNCED_BASE + k
+            );
+        }
+    }
+    // Every record a completed flush covered survives every policy.
+    for k in 1..=synced {
+        assert_eq!(record(&image, k), Some(format!("s{k}")), "{machine}: s{k}");
+        assert_eq!(
+            record(&image, UNSYNCED_BASE + k),
+            Some(format!("u{k}")),
+            "{machine}: u{k}"
+        );
+    }
+    // The record written after the last flush: kept by keep-all, lost by lose-all.
+    if wrote > synced {
+        let tail = record(&image, UNSYNCED_BASE + wrote);
+        match policy {
+            "keep-all" => assert_eq!(tail, Some(format!("u{wrote}")), "{machine}"),
+            "lose-all" => assert_eq!(tail, None, "{machine}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn killed_disks_keep_what_their_crash_policy_says() {
+    if !kvm_or_skip("killed_disks_keep_what_their_crash_policy_says") {
+        return;
+    }
+    let image = image(None);
+    let (kernel, initramfs) = (
+        image.kernel.to_string_lossy().into_owned(),
+        image.initramfs.to_string_lossy().into_owned(),
+    );
+    // Two seeds by default (eight boots); SIMVM_CRASH_SEEDS=10 checks ten.
+    let seeds = simvm_tests::env_u64("SIMVM_CRASH_SEEDS", 2) as usize;
+    let dir = temp_dir("crash-policies");
+    let mut tails_lost = 0;
+    for chunk in (1..=seeds as u64).collect::<Vec<_>>().chunks(2) {
+        let runs = side_by_side(chunk.len(), |i| {
+            let seed = chunk[i];
+            // A kill time of the seed's own, between 0.4 and 0.9 s of virtual time.
+            let kill_at_ms = 400 + seed * 137 % 500;
+            let scenario = dir.join(format!("seed{seed}.toml"));
+            std::fs::write(&scenario, policy_scenario(kill_at_ms)).expect("write the scenario");
+            let disks = dir.join(format!("seed{seed}"));
+            let run = simvm(
+                &[
+                    "run",
+                    &scenario.to_string_lossy(),
+                    "--seed",
+                    &seed.to_string(),
+                    "--kernel",
+                    &kernel,
+                    "--initramfs",
+                    &initramfs,
+                    "--keep-disks",
+                    &disks.to_string_lossy(),
+                ],
+                &[],
+            );
+            (run, disks)
+        });
+        for (run, disks) in &runs {
+            assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
+            assert_eq!(
+                run.stdout.matches("power lost").count(),
+                4,
+                "every machine is killed once:\n{}",
+                run.all()
+            );
+            for policy in POLICIES {
+                check_policy(run, disks, policy);
+            }
+            let machine = "loseall";
+            if last_number(run, machine, "wrote") > last_number(run, machine, "synced") {
+                tails_lost += 1;
+            }
+        }
+    }
+    // The kills fall at different points of the loop; at least one must land between a write
+    // and its flush, or the test checked nothing about losing writes.
+    assert!(tails_lost > 0, "no kill fell between a write and its flush");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An ext4 disk: the first incarnation appends records with and without fsync and is killed;
+/// the second mounts the disk (ext4 replays its journal) and counts the intact records.
+const JOURNAL_SCENARIO: &str = r#"
+until = "30s"
+crash_policy = "lose-all"
+
+[[machine]]
+disks = [{ size = "32M" }]
+command = """
+if [ "$SIMVM_INCARNATION" = 1 ]; then
+  simvm-records write /data/unsynced 100000 &
+  simvm-records write /data/synced 100000 --fsync
+else
+  simvm-records check /data/synced
+  simvm-records check /data/unsynced
+fi
+"""
+
+[[timeline]]
+at = "2s"
+kill = "m1"
+
+[[timeline]]
+at = "3s"
+restart = "m1"
+"#;
+
+#[test]
+fn ext4_recovers_its_journal_after_a_kill_and_a_seed_replays_the_disk() {
+    if !kvm_or_skip("ext4_recovers_its_journal_after_a_kill_and_a_seed_replays_the_disk") {
+        return;
+    }
+    let image = image(None);
+    let (kernel, initramfs) = (
+        image.kernel.to_string_lossy().into_owned(),
+        image.initramfs.to_string_lossy().into_owned(),
+    );
+    let dir = temp_dir("journal");
+    let scenario = dir.join("journal.toml");
+    std::fs::write(&scenario, JOURNAL_SCENARIO).expect("write the scenario");
+    // Seed 3 twice and seed 4 once, side by side.
+    let runs = side_by_side(3, |i| {
+        let seed = if i < 2 { "3" } else { "4" };
+        let disks = dir.join(format!("run{i}"));
+        let run = simvm(
+            &[
+                "run",
+                &scenario.to_string_lossy(),
+                "--seed",
+                seed,
+                "--kernel",
+                &kernel,
+                "--initramfs",
+                &initramfs,
+                "--keep-disks",
+                &disks.to_string_lossy(),
+            ],
+            &[],
+        );
+        (run, disks)
+    });
+    for (run, disks) in &runs {
+        assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
+        assert!(
+            run.stdout.contains("m1=exit(0)[incarnations=2]"),
+            "{}",
+            run.all()
+        );
+        let synced = last_number(run, "m1", "synced");
+        assert!(
+            synced > 0,
+            "nothing was synced before the kill:\n{}",
+            run.all()
+        );
+        let checks: Vec<String> = run
+            .console("m1#2")
+            .into_iter()
+            .filter(|l| l.starts_with("records "))
+            .collect();
+        assert_eq!(
+            checks.len(),
+            2,
+            "two checks after the restart:\n{}",
+            run.all()
+        );
+        let intact = |line: &str| -> usize {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("intact="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no intact= in {line}"))
+        };
+        // Every fsynced record is there; the journal replay leaves no torn record.
+        assert!(
+            intact(&checks[0]) >= synced,
+            "{synced} records were synced, {} survived:\n{}",
+            checks[0],
+            run.all()
+        );
+        assert!(checks[0].contains("first_bad=-1"), "{}", checks[0]);
+        let kept = disks.join("m1-vda.img");
+        let fsck = std::process::Command::new("e2fsck")
+            .args(["-fn"])
+            .arg(&kept)
+            .output()
+            .expect("run e2fsck (Debian package e2fsprogs)");
+        assert!(
+            fsck.status.success(),
+            "e2fsck -fn finds the kept image unclean:\n{}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
+    let (first, again, other) = (&runs[0], &runs[1], &runs[2]);
+    assert_eq!(first.0.field("digest"), again.0.field("digest"));
+    let read =
+        |(_, dir): &(Run, std::path::PathBuf)| std::fs::read(dir.join("m1-vda.img")).unwrap();
+    assert!(
+        read(first) == read(again),
+        "the same seed kept different disk images"
+    );
+    assert_ne!(first.0.field("digest"), other.0.field("digest"));
+    assert!(
+        read(first) != read(other),
+        "another seed kept the very same disk image"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

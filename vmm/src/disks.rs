@@ -1,0 +1,212 @@
+//! The world's disks: the disk model of each machine disk, and the requests in flight on it.
+//!
+//! Disks belong to the world, not to a machine: a machine that is killed leaves its disks in
+//! whatever state the crash policy says, and its next incarnation boots on them. A request is
+//! submitted when the guest notifies the queue and completes at a virtual time the disk model
+//! decides; the completion goes to the incarnation that made the request, or nowhere if that
+//! incarnation is gone (its device was reset or its machine died).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use simvm_devices::disk::{
+    BaseImage, Completion, CrashOutcome, CrashPolicy, Disk, Fault, IoError, Latency, Request,
+    RequestId, Response,
+};
+use simvm_devices::virtio::block::{BlockOp, BlockRequest, BlockResult, RequestToken};
+
+use crate::error::{Error, Result};
+use crate::network::fingerprint;
+use crate::seed::Seed;
+use crate::trace::Event;
+
+/// What a disk starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskBase {
+    /// All zeros.
+    Zeros,
+    /// A host image file, never written (the disk's changes live in memory).
+    File(PathBuf),
+}
+
+/// How one disk of a machine is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSetup {
+    pub base: DiskBase,
+    /// Capacity in bytes (a multiple of 512); `None`: the base file's size.
+    pub size: Option<u64>,
+    pub latency: Latency,
+}
+
+/// One machine disk in the world.
+pub struct WorldDisk {
+    /// `vda`, `vdb`, ...
+    pub name: String,
+    disk: Disk,
+    /// Requests submitted and not completed: the incarnation that made each and its token.
+    in_flight: BTreeMap<RequestId, (u32, RequestToken)>,
+    crashes: Vec<CrashOutcome>,
+}
+
+/// A completion for the machine: which request, and what the device writes back.
+pub struct Delivery {
+    pub token: RequestToken,
+    pub result: BlockResult,
+    pub event: Event,
+}
+
+impl WorldDisk {
+    /// Opens the disk `name` of `machine`; its latency draws come from the seed's stream for
+    /// this disk, so adding a disk perturbs nothing else.
+    pub fn open(seed: Seed, machine: &str, name: String, setup: &DiskSetup) -> Result<Self> {
+        let error = |reason: String| Error::Disk {
+            machine: machine.to_string(),
+            disk: name.clone(),
+            reason,
+        };
+        let sectors = setup
+            .size
+            .map(|size| {
+                if size == 0 || size % 512 != 0 {
+                    Err(error(format!(
+                        "size {size} bytes is not a positive multiple of 512"
+                    )))
+                } else {
+                    Ok(size / 512)
+                }
+            })
+            .transpose()?;
+        let base = match &setup.base {
+            DiskBase::Zeros => BaseImage::zeros(sectors.unwrap_or(0)),
+            DiskBase::File(path) => {
+                let base = BaseImage::open(path).map_err(|e| error(e.to_string()))?;
+                match sectors {
+                    Some(sectors) => base
+                        .with_sectors(sectors)
+                        .map_err(|e| error(e.to_string()))?,
+                    None => base,
+                }
+            }
+        };
+        let rng = seed.stream(&format!("disk/{machine}/{name}"));
+        let disk = Disk::new(base, setup.latency, rng);
+        if disk.sectors() == 0 {
+            return Err(error("the disk is empty".into()));
+        }
+        Ok(Self {
+            name,
+            disk,
+            in_flight: BTreeMap::new(),
+            crashes: Vec::new(),
+        })
+    }
+
+    pub fn sectors(&self) -> u64 {
+        self.disk.sectors()
+    }
+
+    /// When the next request in flight completes.
+    pub fn next_completion(&self) -> Option<u64> {
+        self.disk.next_completion()
+    }
+
+    /// Submits a request of `incarnation` at virtual time `now`; returns its trace event.
+    pub fn submit(&mut self, now: u64, incarnation: u32, request: BlockRequest) -> Event {
+        let (kind, sector, len, data_print) = match &request.op {
+            BlockOp::Read { sector, sectors } => ("read", *sector, u64::from(*sectors) * 512, 0),
+            BlockOp::Write { sector, data } => {
+                ("write", *sector, data.len() as u64, fingerprint(data))
+            }
+            BlockOp::Flush => ("flush", 0, 0, 0),
+        };
+        let op = match request.op {
+            BlockOp::Read { sector, sectors } => Request::Read { sector, sectors },
+            BlockOp::Write { sector, data } => Request::Write { sector, data },
+            BlockOp::Flush => Request::Flush,
+        };
+        let submitted = self.disk.submit(now, op);
+        self.in_flight
+            .insert(submitted.id, (incarnation, request.token));
+        Event::DiskRequest {
+            disk: self.name.clone(),
+            kind: kind.to_string(),
+            sector,
+            len,
+            fingerprint: data_print,
+            completes_at_ns: submitted.completes_at_ns,
+        }
+    }
+
+    /// Completes every request due by `now`. Those of `incarnation` come back as deliveries;
+    /// the others (from an earlier incarnation) took effect on the disk and are dropped.
+    pub fn complete_due(&mut self, now: u64, incarnation: u32) -> Vec<Delivery> {
+        let mut deliveries = Vec::new();
+        for Completion { id, at_ns, result } in self.disk.complete_due(now) {
+            let Some((owner, token)) = self.in_flight.remove(&id) else {
+                continue;
+            };
+            if owner != incarnation {
+                continue;
+            }
+            let (status, data_print, result) = match result {
+                Ok(Response::Read(data)) => (
+                    "ok",
+                    fingerprint(&data),
+                    BlockResult::Ok { data: Some(data) },
+                ),
+                Ok(Response::Written | Response::Flushed) => {
+                    ("ok", 0, BlockResult::Ok { data: None })
+                }
+                Err(IoError::Medium) => ("medium-error", 0, BlockResult::IoError),
+                Err(_) => ("error", 0, BlockResult::IoError),
+            };
+            let event = Event::DiskCompleted {
+                disk: self.name.clone(),
+                status: status.to_string(),
+                at_ns,
+                fingerprint: data_print,
+            };
+            deliveries.push(Delivery {
+                token,
+                result,
+                event,
+            });
+        }
+        deliveries
+    }
+
+    /// Power loss: in-flight requests are gone and the unflushed writes fare as `policy` says,
+    /// decided by the seed's stream for this crash.
+    pub fn crash(
+        &mut self,
+        seed: Seed,
+        machine: &str,
+        incarnation: u32,
+        policy: CrashPolicy,
+    ) -> CrashOutcome {
+        let mut rng = seed.stream(&format!("disk/{machine}/{}/crash/{incarnation}", self.name));
+        let outcome = self.disk.crash(policy, &mut rng);
+        self.in_flight.clear();
+        self.crashes.push(outcome);
+        outcome
+    }
+
+    pub fn apply_fault(&mut self, fault: Fault) {
+        self.disk.apply_fault(fault);
+    }
+
+    /// Every crash this disk went through, in order.
+    pub fn crashes(&self) -> &[CrashOutcome] {
+        &self.crashes
+    }
+
+    /// Writes the disk's contents as the guest would read them now.
+    pub fn keep(&self, path: &Path) -> Result<()> {
+        self.disk
+            .write_image(path)
+            .map_err(|source| Error::KeepDisk {
+                path: path.to_owned(),
+                source,
+            })
+    }
+}

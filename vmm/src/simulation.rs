@@ -1,0 +1,472 @@
+//! A simulation: a scenario, a seed and the options of a run, assembled into a world.
+//!
+//! This is the one place that decides how a scenario becomes machines: addresses, MACs,
+//! `/etc/hosts`, the per-machine boot data, the seed's streams, the disks and their images, the
+//! network and the timeline. The `simvm` command, the integration tests, the benchmarks and a
+//! Rust user's own `cargo test` all build worlds through it:
+//!
+//! ```no_run
+//! use simvm_vmm::scenario::Scenario;
+//! use simvm_vmm::simulation::Simulation;
+//!
+//! let scenario = Scenario::from_cli(1, vec!["sh".into(), "-c".into(), "echo hello".into()]);
+//! let simulation = Simulation::new(scenario, 7).with_built_images().unwrap();
+//! let outcome = simulation.run(&mut |line| println!("{line}")).unwrap();
+//! assert!(simulation.passed(&outcome));
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use simvm_devices::disk::CrashPolicy;
+use simvm_devices::net::switch::{Cut, LinkConfig};
+use simvm_devices::net::MachineId;
+use simvm_devices::virtio::net::Offloads;
+
+use crate::boot_data::{BootData, Mount};
+use crate::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
+use crate::disk_image::ext4_image;
+use crate::disks::{DiskBase, DiskSetup};
+use crate::image::{self, GuestImage};
+use crate::machine::{disk_name, MachineConfig, Stop};
+use crate::network::{NetAction, NetworkConfig};
+use crate::scenario::{Action, DiskContents, Expect, Heal, Scenario};
+use crate::seed::Seed;
+use crate::trace::first_divergence;
+use crate::world::{Ending, MachineAction, MachineOutcome, Outcome, World, WorldConfig};
+
+/// Guest RAM of a machine whose scenario entry does not say.
+pub const DEFAULT_MEM: u64 = 128 << 20;
+
+/// Everything a run is made of.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    pub scenario: Scenario,
+    pub seed: u64,
+    /// The image of each machine, in scenario order (see [`Simulation::with_built_images`]).
+    pub images: Vec<GuestImage>,
+    /// Guest RAM of machines whose scenario entry does not say.
+    pub default_mem: u64,
+    /// A watchdog kick (nondeterminism) fails the run.
+    pub strict: bool,
+    /// Write every guest-visible event as JSON lines here.
+    pub trace: Option<PathBuf>,
+    /// Fingerprint registers and memory after every step (`--trace-state`).
+    pub trace_state: bool,
+    /// The host CPU to pin the simulation thread to.
+    pub cpu: Option<usize>,
+    pub pcap: Option<PathBuf>,
+    pub watchdog: Duration,
+    /// Overrides the scenario's `until` (ns).
+    pub until_ns: Option<u64>,
+    /// Extra guest kernel parameters.
+    pub kernel_args: String,
+    /// The offloads each machine's virtio-net offers.
+    pub offloads: Offloads,
+    /// Overrides the scenario's crash policy.
+    pub crash_policy: Option<CrashPolicy>,
+    /// Write every disk's final image to this directory.
+    pub keep_disks: Option<PathBuf>,
+    /// Where disk images built from host directories are cached.
+    pub cache_dir: PathBuf,
+    /// The KVM device.
+    pub kvm_device: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    #[error("cannot read the initramfs {}: {source}", path.display())]
+    Initramfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the scenario has {machines} machines but {images} images were given")]
+    Images { machines: usize, images: usize },
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("disk {disk} of {machine}: {source}")]
+    DiskImage {
+        machine: String,
+        disk: String,
+        source: crate::disk_image::DiskImageError,
+    },
+    #[error(transparent)]
+    Vmm(#[from] crate::Error),
+}
+
+/// What two runs of one seed said about determinism.
+#[derive(Debug)]
+pub struct DeterminismCheck {
+    pub first: Outcome,
+    pub second: Outcome,
+    /// The first step at which the runs differ, if they do.
+    pub divergence: Option<u64>,
+}
+
+impl DeterminismCheck {
+    pub fn deterministic(&self) -> bool {
+        self.first.digest == self.second.digest && self.divergence.is_none()
+    }
+
+    /// One line: deterministic, or where the runs parted.
+    pub fn verdict(&self) -> String {
+        let at = self.divergence.map_or("?".to_string(), |s| s.to_string());
+        if self.deterministic() {
+            format!("deterministic: both runs have digest {}", self.first.digest)
+        } else if self.first.digest == self.second.digest {
+            format!(
+                "NOT deterministic: the digests agree ({}) but the guests' state differs, first at step {at}",
+                self.first.digest,
+            )
+        } else {
+            format!(
+                "NOT deterministic: digests {} and {} differ, first at step {at}",
+                self.first.digest, self.second.digest,
+            )
+        }
+    }
+}
+
+impl Simulation {
+    /// `scenario` from `seed` with the defaults and no images yet.
+    pub fn new(scenario: Scenario, seed: u64) -> Self {
+        Self {
+            scenario,
+            seed,
+            images: Vec::new(),
+            default_mem: DEFAULT_MEM,
+            strict: false,
+            trace: None,
+            trace_state: false,
+            cpu: None,
+            pcap: None,
+            watchdog: Duration::from_secs(5),
+            until_ns: None,
+            kernel_args: String::new(),
+            offloads: Offloads::default(),
+            crash_policy: None,
+            keep_disks: None,
+            cache_dir: image::cache_dir(),
+            kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
+                .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
+        }
+    }
+
+    /// Builds (or finds in the cache) each machine's image from its recipe, `default_recipe`
+    /// for machines that name none.
+    pub fn with_built_images(self) -> Result<Self, SimulationError> {
+        self.with_recipe_images(None)
+    }
+
+    /// Like [`Simulation::with_built_images`], with a recipe for machines that name none.
+    pub fn with_recipe_images(
+        mut self,
+        default_recipe: Option<&str>,
+    ) -> Result<Self, SimulationError> {
+        let mut built: Vec<(Option<String>, GuestImage)> = Vec::new();
+        let mut images = Vec::new();
+        for machine in &self.scenario.machines {
+            let recipe = machine
+                .recipe
+                .clone()
+                .or_else(|| default_recipe.map(str::to_string));
+            let image = match built.iter().find(|(r, _)| *r == recipe) {
+                Some((_, image)) => image.clone(),
+                None => {
+                    let image = image::build(recipe.as_deref())?;
+                    built.push((recipe, image.clone()));
+                    image
+                }
+            };
+            images.push(image);
+        }
+        self.images = images;
+        Ok(self)
+    }
+
+    /// Every machine boots `image`.
+    pub fn with_image(mut self, image: GuestImage) -> Self {
+        self.images = vec![image; self.scenario.machines.len()];
+        self
+    }
+
+    fn networked(&self) -> bool {
+        self.scenario.machines.len() > 1
+    }
+
+    /// The world this simulation runs in: `fingerprints` keeps per-event fingerprints (for
+    /// comparing runs), `trace` writes JSON lines.
+    pub fn world_config(
+        &self,
+        fingerprints: bool,
+        trace: Option<PathBuf>,
+    ) -> Result<WorldConfig, SimulationError> {
+        let count = self.scenario.machines.len();
+        if self.images.len() != count {
+            return Err(SimulationError::Images {
+                machines: count,
+                images: self.images.len(),
+            });
+        }
+        let seed = Seed(self.seed);
+        let networked = self.networked();
+        let hosts: Vec<(String, String)> = self
+            .scenario
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), format!("10.0.0.{}", i + 1)))
+            .collect();
+        let mut initramfs_cache: BTreeMap<PathBuf, Arc<[u8]>> = BTreeMap::new();
+
+        let mut machines = Vec::with_capacity(count);
+        let mut disks = Vec::with_capacity(count);
+        for (i, (machine, image)) in self.scenario.machines.iter().zip(&self.images).enumerate() {
+            let mac = networked.then(|| MachineId(i as u16).mac());
+            let (setups, mounts) = self.machine_disks(machine)?;
+            let boot = BootData {
+                name: machine.name.clone(),
+                index: i + 1,
+                machines: count,
+                seed: self.seed,
+                incarnation: 1,
+                ip: networked.then(|| format!("10.0.0.{}/24", i + 1)),
+                mac: mac.map(|m| m.to_string()),
+                argv: machine.argv.clone(),
+                environ: machine
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                hosts: if networked { hosts.clone() } else { vec![] },
+                mounts,
+            };
+            let base = match initramfs_cache.get(&image.initramfs) {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    let bytes: Arc<[u8]> = std::fs::read(&image.initramfs)
+                        .map_err(|source| SimulationError::Initramfs {
+                            path: image.initramfs.clone(),
+                            source,
+                        })?
+                        .into();
+                    initramfs_cache.insert(image.initramfs.clone(), bytes.clone());
+                    bytes
+                }
+            };
+            machines.push(MachineConfig {
+                name: machine.name.clone(),
+                index: i,
+                mem_size: machine.memory.unwrap_or(self.default_mem),
+                kernel: image.kernel.clone(),
+                initramfs: vec![base],
+                boot: Some(boot),
+                cmdline_extra: self.kernel_args.clone(),
+                rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
+                wall_base_ns: DEFAULT_WALL_BASE_NS,
+                stall_limit: DEFAULT_STALL_LIMIT,
+                costs: ExitCosts::default(),
+                mac,
+                offloads: self.offloads,
+                disks: Vec::new(),
+                incarnation: 1,
+                epoch_ns: 0,
+            });
+            disks.push(setups);
+        }
+        Ok(WorldConfig {
+            disks,
+            timeline: machine_timeline(&self.scenario),
+            crash_policy: self.crash_policy.unwrap_or(self.scenario.crash_policy),
+            keep_disks: self.keep_disks.clone(),
+            until_ns: self.until_ns.or(self.scenario.until_ns),
+            watchdog: Some(self.watchdog),
+            trace_json: trace,
+            fingerprints,
+            trace_state: self.trace_state,
+            cpu: self.cpu,
+            kvm_device: self.kvm_device.clone(),
+            network: networked.then(|| network_config(&self.scenario)),
+            pcap: self.pcap.clone(),
+            awaited: self
+                .scenario
+                .machines
+                .iter()
+                .map(|m| m.expect.waits())
+                .collect(),
+            ..WorldConfig::new(seed, machines)
+        })
+    }
+
+    /// The disks of one machine and the filesystems init mounts from them.
+    fn machine_disks(
+        &self,
+        machine: &crate::scenario::Machine,
+    ) -> Result<(Vec<DiskSetup>, Vec<Mount>), SimulationError> {
+        let mut setups = Vec::new();
+        let mut mounts = Vec::new();
+        for (d, disk) in machine.disks.iter().enumerate() {
+            let name = disk_name(d);
+            let image_error = |source| SimulationError::DiskImage {
+                machine: machine.name.clone(),
+                disk: name.clone(),
+                source,
+            };
+            let base = match &disk.contents {
+                DiskContents::Raw => DiskBase::Zeros,
+                DiskContents::Image(path) => DiskBase::File(path.clone()),
+                DiskContents::Ext4 { dir } => {
+                    let size = disk.size.unwrap_or(crate::scenario::DEFAULT_DISK_SIZE);
+                    DiskBase::File(
+                        ext4_image(dir.as_deref(), size, &self.cache_dir).map_err(image_error)?,
+                    )
+                }
+            };
+            if let Some(path) = &disk.mount {
+                mounts.push(Mount {
+                    device: name.clone(),
+                    path: path.clone(),
+                    fstype: "ext4".into(),
+                });
+            }
+            setups.push(DiskSetup {
+                base,
+                size: disk.size,
+                latency: disk.latency,
+            });
+        }
+        Ok((setups, mounts))
+    }
+
+    /// Runs once, passing every console line to `print`.
+    pub fn run(&self, print: &mut dyn FnMut(&str)) -> Result<Outcome, SimulationError> {
+        let world = World::new(self.world_config(false, self.trace.clone())?)?;
+        Ok(world.run(print)?)
+    }
+
+    /// Runs twice, the first run printing through `print`, and compares them.
+    pub fn check_determinism(
+        &self,
+        print: &mut dyn FnMut(&str),
+    ) -> Result<DeterminismCheck, SimulationError> {
+        let first = World::new(self.world_config(true, self.trace.clone())?)?.run(print)?;
+        let second = World::new(self.world_config(true, None)?)?.run(&mut |_| {})?;
+        let divergence = match (&first.fingerprints, &second.fingerprints) {
+            (Some(a), Some(b)) => first_divergence(a, b),
+            _ => None,
+        };
+        Ok(DeterminismCheck {
+            first,
+            second,
+            divergence,
+        })
+    }
+
+    /// Whether every machine met its expectation and the run as a whole succeeded.
+    pub fn passed(&self, outcome: &Outcome) -> bool {
+        let machines_ok = outcome
+            .machines
+            .iter()
+            .zip(&self.scenario.machines)
+            .all(|(m, spec)| machine_met(m, spec.expect));
+        machines_ok
+            && outcome.ending != Ending::Idle
+            && (!self.strict || outcome.watchdog_kicks.is_empty())
+    }
+}
+
+/// The kills, restarts and disk faults of a scenario's timeline.
+fn machine_timeline(scenario: &Scenario) -> Vec<(u64, MachineAction)> {
+    scenario
+        .timeline
+        .iter()
+        .filter_map(|event| {
+            let action = match &event.action {
+                Action::Kill { machine, policy } => MachineAction::Kill {
+                    machine: *machine,
+                    policy: *policy,
+                },
+                Action::Restart { machine } => MachineAction::Restart { machine: *machine },
+                Action::DiskFault {
+                    machine,
+                    disk,
+                    fault,
+                } => MachineAction::DiskFault {
+                    machine: *machine,
+                    disk: *disk,
+                    fault: *fault,
+                },
+                Action::Partition(_) | Action::Heal(_) | Action::Link(_) => return None,
+            };
+            Some((event.at_ns, action))
+        })
+        .collect()
+}
+
+/// The network of a scenario: per-link settings, and its timeline as switch actions.
+fn network_config(scenario: &Scenario) -> NetworkConfig {
+    let n = scenario.machines.len();
+    let defaults = scenario.network.defaults.apply(LinkConfig::default());
+    let mut links = Vec::new();
+    for from in 0..n {
+        for to in (0..n).filter(|&to| to != from) {
+            let config = scenario
+                .network
+                .settings(from, to)
+                .apply(LinkConfig::default());
+            if config != defaults {
+                links.push((from, to, config));
+            }
+        }
+    }
+    let mut timeline = Vec::new();
+    for event in &scenario.timeline {
+        match &event.action {
+            Action::Partition(partition) => {
+                let cut = if partition.one_way {
+                    Cut::OneWay
+                } else {
+                    Cut::Both
+                };
+                for (i, (a, b)) in partition.cuts().into_iter().enumerate() {
+                    let name = format!("{}/{i}", partition.name);
+                    timeline.push((event.at_ns, NetAction::Partition { name, a, b, cut }));
+                }
+            }
+            Action::Heal(Heal::All) => timeline.push((event.at_ns, NetAction::Heal { name: None })),
+            Action::Heal(Heal::Named(name)) => timeline.push((
+                event.at_ns,
+                NetAction::Heal {
+                    name: Some(name.clone()),
+                },
+            )),
+            Action::Link(link) => {
+                for (from, to) in link.links.links(n) {
+                    let patch = link.settings;
+                    timeline.push((event.at_ns, NetAction::PatchLink { from, to, patch }));
+                }
+            }
+            Action::Kill { .. } | Action::Restart { .. } | Action::DiskFault { .. } => {}
+        }
+    }
+    NetworkConfig {
+        defaults,
+        links,
+        timeline,
+    }
+}
+
+/// Whether one machine's ending meets what the scenario expects of it.
+pub fn machine_met(m: &MachineOutcome, expect: Expect) -> bool {
+    match &m.stop {
+        Some(Stop::PowerOff {
+            exit_status: Some(s),
+        }) => expect.is_met(Some(i32::from(*s))),
+        // Still running when the run ended.
+        None => expect.is_met(None),
+        // Crashed, killed, halted for good, or powered off without reporting a status.
+        Some(_) => expect == Expect::Any,
+    }
+}
