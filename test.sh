@@ -24,6 +24,7 @@ fi
 echo "== guest image"
 bash guest-images/build.sh >/dev/null
 bash guest-images/build.sh --recipe etcd >/dev/null
+bash guest-images/build.sh --recipe sqlite >/dev/null
 
 echo "== format"
 cargo fmt --all -- --check

@@ -60,9 +60,11 @@ pub struct Image {
 pub fn image(recipe: Option<&str>) -> Image {
     static BASE: OnceLock<Image> = OnceLock::new();
     static ETCD: OnceLock<Image> = OnceLock::new();
+    static SQLITE: OnceLock<Image> = OnceLock::new();
     let cell = match recipe {
         None => &BASE,
         Some("etcd") => &ETCD,
+        Some("sqlite") => &SQLITE,
         Some(other) => panic!("no cached slot for recipe {other}"),
     };
     cell.get_or_init(|| build_image(recipe)).clone()

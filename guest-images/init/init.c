@@ -4,8 +4,11 @@
  *
  * Implements the guest side of "Per-machine boot data" in docs/guest-abi.md:
  * mount the pseudo filesystems, set the hostname, configure lo and eth0,
- * report READY, run the command from /simvm/argv (default /bin/sh) on
- * /dev/console, report its exit status and power off.
+ * mount the disks of /simvm/disks, report READY, run the command from
+ * /simvm/argv (default /bin/sh) on /dev/console, report its exit status and
+ * power off. `reboot`, `poweroff` and `halt` (busybox, without -f) signal
+ * init, which then shuts the machine down the same way, restarting it for
+ * `reboot`.
  *
  * Everything is done with system calls from this one process: fork+exec
  * costs about 0.4 s of wall time in an emulated guest kernel, so no shell
@@ -33,6 +36,7 @@
 #include <unistd.h>
 
 #define MACHINE_FILE "/simvm/machine"
+#define DISKS_FILE "/simvm/disks"
 #define ARGV_FILE "/simvm/argv"
 #define ENVIRON_FILE "/simvm/environ"
 #define HOSTNAME_FILE "/etc/hostname"
@@ -141,6 +145,7 @@ struct machine {
 	char name[65];
 	char index[16];
 	char machines[16];
+	char incarnation[16];
 	char ip[32];
 };
 
@@ -174,6 +179,8 @@ static void parse_machine(struct machine *m)
 			copy_value(m->index, sizeof(m->index), eq + 1);
 		else if (strcmp(line, "machines") == 0)
 			copy_value(m->machines, sizeof(m->machines), eq + 1);
+		else if (strcmp(line, "incarnation") == 0)
+			copy_value(m->incarnation, sizeof(m->incarnation), eq + 1);
 		else if (strcmp(line, "ip") == 0)
 			copy_value(m->ip, sizeof(m->ip), eq + 1);
 	}
@@ -261,6 +268,176 @@ out:
 	close(sock);
 }
 
+/*
+ * Disks: /simvm/disks has one line per disk, "DEVICE MOUNTPOINT FSTYPE"
+ * separated by single spaces (e.g. "vda /data ext4"). Each is mounted with no
+ * special flags, so ext4 replays its journal as on any Linux machine after a
+ * crash. The file comes from the VMM, but a malformed line only costs a
+ * message: the command then sees the missing mount.
+ */
+#define MAX_DISKS 16
+#define DISKS_MAX_BYTES 4096
+#define MOUNTPOINT_MAX 256
+
+struct disk {
+	char device[32];
+	char mountpoint[MOUNTPOINT_MAX];
+	char fstype[16];
+};
+
+/* Disks mounted, in order, for unmounting at shutdown. */
+static struct disk mounted[MAX_DISKS];
+static int mounted_count;
+
+/* Reads at most cap - 1 bytes of a file into buf, NUL-terminated; returns the length or -1. */
+static ssize_t read_small_file(const char *path, char *buf, size_t cap)
+{
+	size_t len = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	while (len + 1 < cap) {
+		ssize_t n = read(fd, buf + len, cap - 1 - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	buf[len] = '\0';
+	return (ssize_t)len;
+}
+
+/* Copies a field of [A-Za-z0-9_-] characters (plus '.' and '/' when path) bounded by cap; 0 if valid. */
+static int take_field(char *dst, size_t cap, const char *src, int path)
+{
+	size_t n = strlen(src);
+
+	if (n == 0 || n >= cap)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		char c = src[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+		      (path && (c == '/' || c == '.'))))
+			return -1;
+	}
+	memcpy(dst, src, n + 1);
+	return 0;
+}
+
+/* Parses "DEVICE MOUNTPOINT FSTYPE"; 0 if well formed. */
+static int parse_disk(char *line, struct disk *d)
+{
+	char *mnt = strchr(line, ' '), *fstype;
+
+	if (mnt == NULL)
+		return -1;
+	*mnt++ = '\0';
+	fstype = strchr(mnt, ' ');
+	if (fstype == NULL)
+		return -1;
+	*fstype++ = '\0';
+	if (take_field(d->device, sizeof(d->device), line, 0) != 0 ||
+	    take_field(d->mountpoint, sizeof(d->mountpoint), mnt, 1) != 0 ||
+	    take_field(d->fstype, sizeof(d->fstype), fstype, 0) != 0)
+		return -1;
+	/* An absolute path; no component may start with '.' (no "." or ".."). */
+	if (d->mountpoint[0] != '/' || strstr(d->mountpoint, "/.") != NULL)
+		return -1;
+	return 0;
+}
+
+/* mkdir -p with mode 0755; errors show up at mount time. */
+static void make_dirs(const char *path)
+{
+	char buf[MOUNTPOINT_MAX];
+
+	copy_value(buf, sizeof(buf), path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		mkdir(buf, 0755);
+		*p = '/';
+	}
+	mkdir(buf, 0755);
+}
+
+static void mount_disks(void)
+{
+	static char text[DISKS_MAX_BYTES + 2];
+	char *line, *next;
+	int lineno = 0;
+	ssize_t len = read_small_file(DISKS_FILE, text, sizeof(text));
+
+	if (len < 0)
+		return;
+	if (len > DISKS_MAX_BYTES) {
+		/* Keep the complete lines of the first DISKS_MAX_BYTES bytes. */
+		char *end;
+
+		text[DISKS_MAX_BYTES] = '\0';
+		end = strrchr(text, '\n');
+		*(end != NULL ? end + 1 : text) = '\0';
+		msg("%s: longer than %d bytes, the rest is ignored", DISKS_FILE,
+		    DISKS_MAX_BYTES);
+	}
+	for (line = text; *line != '\0'; line = next) {
+		struct disk *d;
+		char devpath[48];
+
+		next = strchr(line, '\n');
+		if (next != NULL)
+			*next++ = '\0';
+		else
+			next = line + strlen(line);
+		lineno++;
+		if (line[0] == '\0')
+			continue;
+		if (mounted_count == MAX_DISKS) {
+			msg("%s: more than %d disks, the rest is ignored", DISKS_FILE,
+			    MAX_DISKS);
+			break;
+		}
+		d = &mounted[mounted_count];
+		if (parse_disk(line, d) != 0) {
+			msg("%s line %d: not \"DEVICE MOUNTPOINT FSTYPE\", ignored",
+			    DISKS_FILE, lineno);
+			continue;
+		}
+		snprintf(devpath, sizeof(devpath), "/dev/%s", d->device);
+		make_dirs(d->mountpoint);
+		if (mount(devpath, d->mountpoint, d->fstype, 0, NULL) != 0) {
+			msg("mount %s on %s (%s): %s", devpath, d->mountpoint,
+			    d->fstype, strerror(errno));
+			continue;
+		}
+		mounted_count++;
+	}
+}
+
+/*
+ * Unmounts the disks in reverse order, so their filesystems are clean on
+ * the next boot. Called with every other process gone; if a disk is still
+ * busy anyway, it is at least remounted read-only (sync() came first).
+ */
+static void unmount_disks(void)
+{
+	for (int i = mounted_count - 1; i >= 0; i--) {
+		const char *mnt = mounted[i].mountpoint;
+
+		if (umount(mnt) == 0)
+			continue;
+		if (mount(NULL, mnt, NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
+			msg("umount %s: %s", mnt, strerror(errno));
+	}
+}
+
 /* Splits a buffer of NUL-terminated strings into a NULL-terminated vector. */
 static char **split_nul(char *buf, size_t len, size_t extra)
 {
@@ -300,6 +477,7 @@ static void build_environment(const struct machine *m)
 	put_env("SIMVM_MACHINE", m->name);
 	put_env("SIMVM_INDEX", m->index);
 	put_env("SIMVM_MACHINES", m->machines);
+	put_env("SIMVM_INCARNATION", m->incarnation);
 
 	len = read_file(ENVIRON_FILE, &text);
 	if (len > 0) {
@@ -345,8 +523,55 @@ static void console_stdio(void)
 		close(fd);
 }
 
+/*
+ * Shutdown requests. busybox `reboot`, `poweroff` and `halt` (without -f)
+ * ask init with SIGTERM, SIGUSR2 and SIGUSR1, as they would ask busybox
+ * init. The handlers only record the request; the wait loop acts on it.
+ * These signals and SIGCHLD stay blocked except inside sigsuspend(), so a
+ * request or a child's exit can never slip in between checking for it and
+ * going to sleep.
+ */
+static volatile sig_atomic_t shutdown_request; /* 0 or an RB_* command */
+
+static void on_shutdown_signal(int sig)
+{
+	shutdown_request = sig == SIGTERM ? RB_AUTOBOOT : RB_POWER_OFF;
+}
+
+static void on_sigchld(int sig)
+{
+	(void)sig; /* only wakes sigsuspend(); waitpid() does the reaping */
+}
+
+/* Installs the handlers and blocks their signals; *waitmask gets the mask to wait with. */
+static void setup_signals(sigset_t *waitmask)
+{
+	struct sigaction sa;
+	sigset_t block;
+
+	memset(&sa, 0, sizeof(sa));
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = on_shutdown_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGUSR2, &sa, NULL);
+	sa.sa_handler = on_sigchld;
+	sa.sa_flags = SA_NOCLDSTOP;
+	sigaction(SIGCHLD, &sa, NULL);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGUSR1);
+	sigaddset(&block, SIGUSR2);
+	sigaddset(&block, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &block, waitmask);
+}
+
 static pid_t start_command(char **argv)
 {
+	sigset_t none;
 	pid_t pid = fork();
 
 	if (pid != 0)
@@ -359,32 +584,73 @@ static pid_t start_command(char **argv)
 	if (chdir("/root") != 0 && chdir("/") != 0) {
 		/* Keep the current directory. */
 	}
+	/* exec resets init's handlers, but not ignored signals or the mask. */
 	signal(SIGINT, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
 	signal(SIGHUP, SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
 	execvp(argv[0], argv);
 	msg("exec %s: %s", argv[0], strerror(errno));
 	_exit(errno == ENOENT ? 127 : 126);
 }
 
-static int wait_for(pid_t child)
+/*
+ * Reaps every child (init adopts orphans) until the command exits; returns its
+ * status (exit code, or 128 + signal), or -1 if a shutdown was requested
+ * while it still ran.
+ */
+static int wait_for(pid_t child, const sigset_t *waitmask)
 {
 	for (;;) {
 		int status;
-		pid_t pid = waitpid(-1, &status, 0);
+		pid_t pid;
 
-		if (pid < 0) {
-			if (errno == EINTR)
-				continue;
-			return 255;
+		while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+			if (pid != child)
+				continue; /* reaped an orphan */
+			if (WIFEXITED(status))
+				return WEXITSTATUS(status);
+			if (WIFSIGNALED(status))
+				return 128 + WTERMSIG(status);
 		}
-		if (pid != child)
-			continue; /* reaped an orphan */
-		if (WIFEXITED(status))
-			return WEXITSTATUS(status);
-		if (WIFSIGNALED(status))
-			return 128 + WTERMSIG(status);
+		if (pid < 0 && errno == ECHILD)
+			return 255; /* cannot happen: the command is our child */
+		if (shutdown_request)
+			return -1;
+		sigsuspend(waitmask); /* returns after any handled signal */
 	}
+}
+
+/*
+ * The last output may still sit in the console's transmit buffer, which
+ * drains one UART interrupt at a time: wait for it before reporting or
+ * powering off, or the tail of the output is lost.
+ */
+static void drain_console(void)
+{
+	if (tcdrain(STDOUT_FILENO) != 0 && errno != ENOTTY)
+		msg("tcdrain: %s", strerror(errno));
+}
+
+/*
+ * What an orderly shutdown does on any Linux machine, minus the grace period
+ * between SIGTERM and SIGKILL (programs die as in a power cut, the
+ * filesystems do not): kill every other process, wait until they are gone,
+ * flush, unmount the disks, and power off or restart.
+ */
+static void shut_down(int how)
+{
+	kill(-1, SIGKILL);
+	while (waitpid(-1, NULL, 0) > 0 || errno == EINTR) {
+		/* Reap until no process but init is left. */
+	}
+	drain_console();
+	sync();
+	unmount_disks();
+	reboot(how);
+	msg("reboot: %s", strerror(errno));
+	for (;;)
+		pause();
 }
 
 /*
@@ -415,6 +681,7 @@ int main(void)
 	struct machine m;
 	char **argv;
 	char status_text[16];
+	sigset_t waitmask, blocked;
 	pid_t child;
 	int status;
 
@@ -437,10 +704,8 @@ int main(void)
 	build_environment(&m);
 	argv = command_argv();
 
-	/* SIGCHLD stays default so waitpid() sees every child. */
-	signal(SIGINT, SIG_IGN);
-	signal(SIGTERM, SIG_IGN);
-	signal(SIGHUP, SIG_IGN);
+	setup_signals(&waitmask);
+	mount_disks();
 
 	if (write_file(READY_FILE, "1\n") != 0 && errno != ENOENT)
 		msg("%s: %s", READY_FILE, strerror(errno));
@@ -450,23 +715,20 @@ int main(void)
 		msg("fork: %s", strerror(errno));
 		status = 255;
 	} else {
-		status = wait_for(child);
+		status = wait_for(child, &waitmask);
 	}
 
-	/*
-	 * The command's last output may still sit in the console's transmit
-	 * buffer, which drains one UART interrupt at a time: wait for it before
-	 * powering off, or the tail of the output is lost.
-	 */
-	if (tcdrain(STDOUT_FILENO) != 0 && errno != ENOTTY)
-		msg("tcdrain: %s", strerror(errno));
+	/* A request that came while the signals were blocked runs its handler now. */
+	sigprocmask(SIG_SETMASK, &waitmask, &blocked);
+	sigprocmask(SIG_SETMASK, &blocked, NULL);
 
-	snprintf(status_text, sizeof(status_text), "%d\n", status);
-	if (write_file(EXIT_STATUS_FILE, status_text) != 0)
-		msg("command exited with status %d", status); /* not under simvm */
-	sync();
-	reboot(RB_POWER_OFF);
-	msg("reboot: %s", strerror(errno));
-	for (;;)
-		pause();
+	/* The command's status, unless a shutdown cut it short. */
+	drain_console();
+	if (status >= 0) {
+		snprintf(status_text, sizeof(status_text), "%d\n", status);
+		if (write_file(EXIT_STATUS_FILE, status_text) != 0)
+			msg("command exited with status %d", status); /* not under simvm */
+	}
+	/* `reboot` restarts the machine even when the command ended meanwhile. */
+	shut_down(shutdown_request ? shutdown_request : RB_POWER_OFF);
 }

@@ -801,7 +801,11 @@ fn check_mount_point(mount: &Spanned<String>) -> Result<String, Problem> {
         && path.len() < 200
         && path[1..]
             .split('/')
-            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains([' ', '\n', '\0']));
+            .all(|c| {
+                !c.is_empty()
+                    && !c.starts_with('.')
+                    && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+            });
     let reserved = [
         "/proc", "/sys", "/dev", "/tmp", "/run", "/simvm", "/etc", "/bin",
     ]
@@ -810,7 +814,7 @@ fn check_mount_point(mount: &Spanned<String>) -> Result<String, Problem> {
     if !plain || reserved {
         return Err(Problem::at(
             mount.span(),
-            format!("`{path}` cannot be a mount point: give an absolute path like \"/data\" outside /proc, /sys, /dev, /tmp, /run, /etc, /bin and /simvm"),
+            format!("`{path}` cannot be a mount point: give an absolute path of letters, digits, `_`, `.` and `-` like \"/data\", outside /proc, /sys, /dev, /tmp, /run, /etc, /bin and /simvm"),
         ));
     }
     Ok(path.clone())
