@@ -18,7 +18,9 @@ fn a_rust_test_runs_a_simulation_and_a_reboot_keeps_the_disk() {
         return;
     }
     let mut scenario = Scenario::from_cli(1, vec!["sh".into(), "-c".into(), SCRIPT.into()]);
-    scenario.machines[0].disks.push(DiskSpec::ext4(16 << 20, None));
+    scenario.machines[0]
+        .disks
+        .push(DiskSpec::ext4(16 << 20, None));
     assign_mounts(&mut scenario.machines[0].disks);
     let built = image(None);
     let simulation = Simulation::new(scenario, 11).with_image(GuestImage {
@@ -35,9 +37,9 @@ fn a_rust_test_runs_a_simulation_and_a_reboot_keeps_the_disk() {
     assert_eq!(m1.incarnations, 2, "{console}");
     assert_eq!(m1.exit_status, Some(0), "{console}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains(" m1#2 ") && l.ends_with("> incarnation 2 reads kept-across-reboot")),
+        lines.iter().any(
+            |l| l.contains(" m1#2 ") && l.ends_with("> incarnation 2 reads kept-across-reboot")
+        ),
         "the second incarnation did not read the note:\n{console}"
     );
     // A reboot is no power loss: nothing was crashed.
