@@ -592,6 +592,15 @@ impl Machine {
         std::mem::take(&mut self.block_requests)
     }
 
+    /// Whether the guest's driver of disk `disk` accepted `VIRTIO_BLK_F_FLUSH` (and so flushes
+    /// what must be durable); without it Linux treats the disk as write-through.
+    pub fn disk_write_cache(&self, disk: usize) -> bool {
+        self.disks
+            .get(disk)
+            .and_then(|&id| self.mmio.get::<VirtioMmio<VirtioBlock>>(id))
+            .is_some_and(|blk| blk.device().write_cache())
+    }
+
     /// Completes a disk request into guest memory; the interrupt reaches the guest at its next
     /// entry. A request from before a device reset is ignored by the device.
     pub fn complete_block(&mut self, disk: usize, token: RequestToken, result: BlockResult) {

@@ -799,13 +799,12 @@ fn check_mount_point(mount: &Spanned<String>) -> Result<String, Problem> {
     let plain = path.starts_with('/')
         && path.len() > 1
         && path.len() < 200
-        && path[1..]
-            .split('/')
-            .all(|c| {
-                !c.is_empty()
-                    && !c.starts_with('.')
-                    && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
-            });
+        && path[1..].split('/').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('.')
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+        });
     let reserved = [
         "/proc", "/sys", "/dev", "/tmp", "/run", "/simvm", "/etc", "/bin",
     ]

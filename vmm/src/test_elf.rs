@@ -36,6 +36,10 @@ pub const COM1_SCRATCH_LOOP: &[u8] = &[
 /// `ud2`: an invalid-opcode exception with an empty IDT, which escalates to a triple fault.
 pub const TRIPLE_FAULT: &[u8] = &[0x0f, 0x0b];
 
+/// `l: sti; hlt; jmp l`: sleeps with interrupts enabled and no timer armed, so only something
+/// from outside (a frame, a disk completion, a timeline action) can make anything happen.
+pub const SLEEP_FOREVER: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfc];
+
 /// `cli; hlt`: halts with interrupts disabled, so nothing can ever wake the guest.
 pub const HALT_FOREVER: &[u8] = &[0xfa, 0xf4];
 

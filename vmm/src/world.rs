@@ -10,6 +10,7 @@ use std::time::Duration;
 use kvm_ioctls::Kvm;
 use simvm_devices::disk::{CrashPolicy, Fault};
 use simvm_devices::net::switch::MachineCounters;
+use simvm_devices::virtio::block::BlockOp;
 
 use crate::console::format_line;
 use crate::crash::CrashReport;
@@ -706,12 +707,16 @@ impl World {
             return Ok(());
         };
         let now = machine.now();
-        for (disk, request) in machine.take_block_requests() {
-            let Some(disk) = node.disks.get_mut(disk) else {
+        for (d, request) in machine.take_block_requests() {
+            let Some(disk) = node.disks.get_mut(d) else {
                 continue;
             };
+            let write = matches!(request.op, BlockOp::Write { .. });
             let event = disk.submit(now, incarnation, request);
             self.trace.record(self.step, index, now, &event)?;
+            if write && !machine.disk_write_cache(d) {
+                disk.write_through(now);
+            }
         }
         Ok(())
     }
