@@ -21,6 +21,18 @@ if ! command -v tshark >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tshark >/dev/null
 fi
 
+# e2fsprogs builds disk images (mkfs.ext4 -d) and checks kept ones (e2fsck) in the disk tests.
+have() { command -v "$1" >/dev/null || [ -x "/sbin/$1" ] || [ -x "/usr/sbin/$1" ]; }
+if ! have mkfs.ext4 || ! have e2fsck; then
+    echo "== installing e2fsprogs (Debian package) for the disk tests"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: e2fsprogs is missing; install it with: sudo apt-get install e2fsprogs" >&2
+        exit 1
+    fi
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends e2fsprogs >/dev/null
+fi
+
 echo "== guest image"
 bash guest-images/build.sh >/dev/null
 bash guest-images/build.sh --recipe etcd >/dev/null

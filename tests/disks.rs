@@ -276,7 +276,9 @@ fn ext4_recovers_its_journal_after_a_kill_and_a_seed_replays_the_disk() {
         );
         assert!(checks[0].contains("first_bad=-1"), "{}", checks[0]);
         let kept = disks.join("m1-vda.img");
-        let fsck = std::process::Command::new("e2fsck")
+        let e2fsck = simvm_vmm::disk_image::find_program("e2fsck")
+            .expect("e2fsck is missing: install Debian's e2fsprogs (test.sh does)");
+        let fsck = std::process::Command::new(e2fsck)
             .args(["-fn"])
             .arg(&kept)
             .output()

@@ -358,6 +358,41 @@ mod tests {
     }
 
     #[test]
+    fn disks_and_the_crash_policy_are_in_the_reproduce_line() {
+        let dir = std::env::temp_dir();
+        let disk = format!("64M:{}", dir.display());
+        let Cli {
+            command: Command::Run(args),
+        } = Cli::parse_from([
+            "simvm",
+            "run",
+            "--disk",
+            "16M",
+            "--disk",
+            &disk,
+            "--crash-policy",
+            "torn",
+            "--",
+            "true",
+        ])
+        else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.disks.len(), 2);
+        assert_eq!(args.crash_policy, Some(CrashPolicy::Torn));
+        assert_eq!(
+            reproduce_command(&args),
+            format!(
+                "simvm run --seed 1 --disk 16M --disk {} --crash-policy torn -- true",
+                shell_quote(&disk)
+            )
+        );
+        for bad in ["100K", "1048577", "64M:/no/such/dir", "lots"] {
+            assert!(parse_disk(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn shell_quoting_round_trips_through_sh() {
         for text in ["plain", "with space", "it's", "", "$HOME;rm"] {
             let out = std::process::Command::new("sh")
