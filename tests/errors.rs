@@ -1,5 +1,6 @@
-//! Bad input gets a clear error, never a panic: a missing KVM device, a missing or broken
-//! image, too little memory, a guest that triple-faults or whose kernel panics.
+//! Bad input gets a clear error, never a panic: a missing KVM device, a missing, misplaced or
+//! broken image, a broken scenario, too little memory, a guest that triple-faults or whose
+//! kernel panics.
 
 use simvm_tests::{image, kvm_or_skip, run_guest, simvm, temp_dir};
 
@@ -60,6 +61,91 @@ fn missing_image_names_the_build_command() {
         &run,
         &["/nonexistent/vmlinux not found", "simvm image build"],
     );
+}
+
+/// A kernel or initramfs that exists but is no file is named for what it is, not "not found".
+#[test]
+fn a_directory_or_a_device_as_the_image_is_named_as_such() {
+    let dir = temp_dir("notfile");
+    let file = dir.join("initramfs.cpio");
+    std::fs::write(&file, b"070701").unwrap();
+    let (dir_s, file_s) = (dir.to_str().unwrap(), file.to_str().unwrap());
+    let cases: [(&[&str], String); 4] = [
+        (
+            &["--kernel", dir_s, "--initramfs", file_s],
+            format!("guest kernel {dir_s} is a directory: pass the kernel file"),
+        ),
+        (
+            &["--kernel", "/dev/zero", "--initramfs", file_s],
+            "guest kernel /dev/zero is not a regular file (it is a character device)".into(),
+        ),
+        (
+            &["--kernel", file_s, "--initramfs", dir_s],
+            format!("guest initramfs {dir_s} is a directory: pass the initramfs file"),
+        ),
+        (
+            &["--kernel", file_s, "--initramfs", "/dev/null"],
+            "guest initramfs /dev/null is not a regular file (it is a character device)".into(),
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = simvm(&[&["run"], args, &["--", "true"]].concat(), &[]);
+        assert_clean_error(&run, &[&expected]);
+        assert!(!run.stderr.contains("not found"), "{}", run.all());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every scenario error names the file, line and column: syntax errors, a file that is not
+/// UTF-8, a run that nothing ends.
+#[test]
+fn scenario_errors_name_the_file_line_and_column() {
+    let dir = temp_dir("scenario-errors");
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let syntax = write("syntax.toml", b"[[machine]]\ncommand = \"x\"\nfoo = [\n");
+    let latin1 = write("latin1.toml", b"[[machine]]\ncommand = \"caf\xe9\"\n");
+    let servers = write(
+        "servers.toml",
+        b"[[machine]]\ncommand = \"x\"\nexpect = \"running\"\n",
+    );
+    for (path, expected) in [
+        (
+            &syntax,
+            format!("simvm: error: {syntax}:4:1: invalid array: expected `]`"),
+        ),
+        (
+            &latin1,
+            format!("simvm: error: {latin1}:2:15: this is not UTF-8 text"),
+        ),
+        (
+            &servers,
+            format!("simvm: error: {servers}:3:10: nothing ends this run"),
+        ),
+    ] {
+        let run = simvm(&["run", path], &[]);
+        assert_clean_error(&run, &[&expected]);
+    }
+    // The command line's --until ends the run the file leaves open: the scenario is accepted,
+    // and what stops this run is the missing kernel.
+    let run = simvm(
+        &[
+            "run",
+            &servers,
+            "--until",
+            "1s",
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "--initramfs",
+            "/nonexistent/initramfs",
+        ],
+        &[],
+    );
+    assert_clean_error(&run, &["/nonexistent/vmlinux not found"]);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

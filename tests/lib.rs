@@ -1,9 +1,10 @@
 //! Shared helpers for simvm's integration tests, which boot real guests under KVM.
 //!
 //! The tests drive the `simvm` binary as a user would. Without a usable `/dev/kvm` they fail with
-//! a message that says so; `SIMVM_SKIP_KVM_TESTS=1` skips them explicitly.
+//! a message that says so; `SIMVM_SKIP_KVM_TESTS=1` skips them explicitly, and each skipped test
+//! prints `SKIPPED <test>` on stderr (see [`kvm_or_skip`]).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{mpsc, OnceLock};
@@ -28,22 +29,42 @@ pub fn simvm_bin() -> PathBuf {
 
 /// Whether KVM tests should run. Panics with a clear message when KVM is unusable, unless the
 /// user opted out with `SIMVM_SKIP_KVM_TESTS=1`.
+///
+/// Stable Rust's test harness cannot mark a test skipped at run time: an opted-out test returns
+/// early and the harness reports it `ok`. So that nobody takes that `ok` for a pass, each skipped
+/// test prints `SKIPPED <test>` straight to the process's stderr, past the harness's output
+/// capture, where it shows in every `cargo test` log next to the harness's own lines.
 pub fn kvm_or_skip(test: &str) -> bool {
     let opt_out = std::env::var("SIMVM_SKIP_KVM_TESTS").is_ok_and(|v| v == "1");
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(_) if opt_out => {
-            eprintln!("{test}: skipped because SIMVM_SKIP_KVM_TESTS=1");
-            false
-        }
-        Ok(_) => true,
-        Err(e) if opt_out => {
-            eprintln!("{test}: skipped because SIMVM_SKIP_KVM_TESTS=1 (KVM: {e})");
-            false
-        }
-        Err(e) => panic!(
-            "{test} boots real guests and needs /dev/kvm, which cannot be opened: {e}.\n\
-             Give this user access to /dev/kvm, or set SIMVM_SKIP_KVM_TESTS=1 to skip the KVM tests explicitly."
+    kvm_or_skip_with(test, opt_out, Path::new("/dev/kvm"), &mut std::io::stderr())
+}
+
+/// [`kvm_or_skip`] with its inputs given: the opt-out, the KVM device, where to report a skip.
+pub fn kvm_or_skip_with(test: &str, opt_out: bool, kvm: &Path, report: &mut dyn Write) -> bool {
+    let usable = std::fs::OpenOptions::new().read(true).write(true).open(kvm);
+    match usable {
+        Ok(_) if !opt_out => true,
+        Err(e) if !opt_out => panic!(
+            "{test} boots real guests and needs {}, which cannot be opened: {e}.\n\
+             Give this user access to {0}, or set SIMVM_SKIP_KVM_TESTS=1 to skip the KVM tests \
+             explicitly (each then prints SKIPPED).",
+            kvm.display()
         ),
+        usable => {
+            let kvm_state = match usable {
+                Ok(_) => "usable".to_string(),
+                Err(e) => format!("unusable: {e}"),
+            };
+            // One write, so that lines of tests running in parallel do not interleave.
+            let _ = report.write_all(
+                format!(
+                    "SKIPPED {test}: SIMVM_SKIP_KVM_TESTS=1 (KVM {kvm_state}); this test did not \
+                     run, and the `ok` the test harness reports for it means nothing\n"
+                )
+                .as_bytes(),
+            );
+            false
+        }
     }
 }
 
@@ -240,4 +261,48 @@ pub fn stamped_lines(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_kvm_test_says_so() {
+        for device in ["/dev/null", "/nonexistent/kvm"] {
+            let mut report = Vec::new();
+            assert!(!kvm_or_skip_with(
+                "t1",
+                true,
+                Path::new(device),
+                &mut report
+            ));
+            let report = String::from_utf8(report).unwrap();
+            assert!(
+                report.starts_with("SKIPPED t1: SIMVM_SKIP_KVM_TESTS=1 (KVM ")
+                    && report.contains("this test did not run")
+                    && report.ends_with('\n')
+                    && report.lines().count() == 1,
+                "{report:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_usable_device_runs_the_test_silently() {
+        let mut report = Vec::new();
+        assert!(kvm_or_skip_with(
+            "t2",
+            false,
+            Path::new("/dev/null"),
+            &mut report
+        ));
+        assert!(report.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "set SIMVM_SKIP_KVM_TESTS=1 to skip the KVM tests explicitly")]
+    fn an_unusable_device_fails_the_test_unless_skipped() {
+        kvm_or_skip_with("t3", false, Path::new("/nonexistent/kvm"), &mut Vec::new());
+    }
 }

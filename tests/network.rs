@@ -1,5 +1,5 @@
 //! Many machines on the deterministic network: the built-in demo (HTTP across a partition and a
-//! heal, with a packet capture), round-trip times that follow the configured latency and
+//! heal, with a packet capture and the frames the partition dropped counted per machine), round-trip times that follow the configured latency and
 //! jitter, a one-way partition, and loss and jitter that replay exactly per seed, with runs side by side on the host's CPUs.
 
 use std::path::Path;
@@ -42,6 +42,7 @@ fn demo_cluster_survives_a_partition_and_is_captured() {
     if !kvm_or_skip("demo_cluster_survives_a_partition_and_is_captured") {
         return;
     }
+    require_tshark();
     let dir = temp_dir("demo");
     let pcap = dir.join("demo.pcapng");
     let image = image(None);
@@ -74,11 +75,46 @@ fn demo_cluster_survives_a_partition_and_is_captured() {
             run.all()
         );
     }
+    // The partition and the heal happened when the scenario says, and the partition dropped
+    // the clients' frames to m1 (their fetches from 4 s on); nothing else drops frames here.
+    let summary = run.summary();
     assert!(
-        run.stdout.contains("partition") || run.summary().contains("partitioned="),
-        "{}",
+        run.stdout
+            .lines()
+            .any(|l| l.contains(" net ") && l.contains("00:00:04.000000 > partition ")),
+        "no partition at 4 s:\n{}",
         run.all()
     );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains(" net ") && l.contains("00:00:10.000000 > heal all")),
+        "no heal at 10 s:\n{}",
+        run.all()
+    );
+    for client in ["m2", "m3"] {
+        assert!(
+            counter(summary, client, "partitioned") > 0,
+            "the partition dropped none of {client}'s frames: {summary}"
+        );
+        assert!(
+            counter(summary, client, "tx") > counter(summary, client, "partitioned"),
+            "{client} sent nothing that got through: {summary}"
+        );
+    }
+    assert!(
+        counter(summary, "m1", "rx") > 0,
+        "m1 received nothing: {summary}"
+    );
+    for machine in ["m1", "m2", "m3"] {
+        for key in ["lost", "down"] {
+            assert_eq!(
+                counter(summary, machine, key),
+                0,
+                "{machine}: no loss or dead link is configured: {summary}"
+            );
+        }
+    }
 
     // tshark reads the capture and sees TCP handshakes between the machines.
     let syns = tshark(
@@ -148,32 +184,17 @@ fn one_way_partition_cuts_one_direction() {
         run.all()
     );
     let summary = run.summary();
-    // Per-machine counters: `m1=running[tx=3 rx=3 lost=0 partitioned=3 down=0 full=0]`.
-    let counter = |machine: &str, key: &str| -> u64 {
-        let start = summary
-            .find(&format!(" {machine}="))
-            .unwrap_or_else(|| panic!("no {machine} in {summary}"));
-        let bracket = &summary[start
-            ..summary[start..]
-                .find(']')
-                .map_or(summary.len(), |e| start + e)];
-        bracket
-            .split(['[', ' '])
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} for {machine} in {summary}"))
-    };
     assert!(
-        counter("m1", "partitioned") > 0,
+        counter(summary, "m1", "partitioned") > 0,
         "m1's replies were not cut: {summary}"
     );
     assert_eq!(
-        counter("m2", "partitioned"),
+        counter(summary, "m2", "partitioned"),
         0,
         "m2's requests were cut: {summary}"
     );
     assert!(
-        counter("m1", "rx") >= 3,
+        counter(summary, "m1", "rx") >= 3,
         "m1 did not receive m2's requests: {summary}"
     );
 }
@@ -235,6 +256,7 @@ fn bulk_tcp_arrives_whole_in_wire_sized_segments() {
     if !kvm_or_skip("bulk_tcp_arrives_whole_in_wire_sized_segments") {
         return;
     }
+    require_tshark();
     let dir = temp_dir("bulk");
     let pcap = dir.join("bulk.pcapng");
     let pcap_arg = pcap.to_str().expect("utf-8 path");
@@ -279,18 +301,66 @@ fn bulk_tcp_arrives_whole_in_wire_sized_segments() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A per-machine counter of the summary line, which reads
+/// `m1=running[tx=3 rx=3 lost=0 partitioned=3 down=0 full=0]`.
+fn counter(summary: &str, machine: &str, key: &str) -> u64 {
+    let start = summary
+        .find(&format!(" {machine}="))
+        .unwrap_or_else(|| panic!("no {machine} in {summary}"));
+    let bracket = &summary[start
+        ..summary[start..]
+            .find(']')
+            .map_or(summary.len(), |e| start + e)];
+    bracket
+        .split(['[', ' '])
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} for {machine} in {summary}"))
+}
+
+/// Fails the test at once, before any guest boots, if tshark is missing: the capture tests
+/// read their captures with it, and a test that cannot check its capture must not pass.
+fn require_tshark() {
+    run_tshark("tshark", &["--version"]);
+}
+
 /// What tshark prints for the capture `pcap` with `args`.
 fn tshark(pcap: &Path, args: &[&str]) -> String {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args(args)
-        .output()
-        .expect("tshark is installed (test.sh installs it)");
+    let pcap = pcap.to_str().expect("utf-8 path");
+    run_tshark("tshark", &[&["-r", pcap], args].concat())
+}
+
+fn run_tshark(program: &str, args: &[&str]) -> String {
+    let out = match Command::new(program).args(args).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "{program} is not installed, and this test reads its packet capture with it: \
+             install tshark (`sudo apt-get install tshark`; ./test.sh installs it)"
+        ),
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
     assert!(
         out.status.success(),
         "tshark failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[should_panic(
+    expected = "is not installed, and this test reads its packet capture with it: install tshark"
+)]
+fn a_missing_tshark_fails_the_test_and_says_to_install_it() {
+    run_tshark("simvm-test-no-such-tshark", &["--version"]);
+}
+
+#[test]
+fn the_summary_counters_are_read_per_machine() {
+    let summary = "seed=5 steps=9 vtime=00:00:12.000000 wall=1.00s digest=x result=ok \
+                   m1=running[tx=4 rx=10 lost=0 partitioned=0 down=0 full=0] \
+                   m2=exit(0)[tx=12 rx=3 lost=1 partitioned=7 down=0 full=0]";
+    assert_eq!(counter(summary, "m1", "rx"), 10);
+    assert_eq!(counter(summary, "m2", "partitioned"), 7);
+    assert_eq!(counter(summary, "m2", "lost"), 1);
 }

@@ -31,3 +31,59 @@ fn user_space_spin_is_kicked_and_reported() {
         run.all()
     );
 }
+
+/// Somebody else's signal interrupting `KVM_RUN` (here the very signal the watchdog uses, sent
+/// from outside) is not a watchdog kick: the guest is resumed unchanged, the run stays
+/// deterministic, and `--strict` does not fail it.
+#[test]
+fn foreign_signals_are_not_watchdog_kicks() {
+    if !kvm_or_skip("foreign_signals_are_not_watchdog_kicks") {
+        return;
+    }
+    let image = simvm_tests::image(None);
+    let child = std::process::Command::new(simvm_tests::simvm_bin())
+        .args(["run", "--watchdog", "120s", "--strict", "--kernel"])
+        .arg(&image.kernel)
+        .arg("--initramfs")
+        .arg(&image.initramfs)
+        .args(["--", "simvm-userspin", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn simvm");
+    let pid = child.id() as libc::pid_t;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sent = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            // simvm installs its handler for this signal when it builds the world, well
+            // within the first seconds; the guest takes about 20 s to boot.
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let mut sent = 0u32;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                // SAFETY: kill has no memory effects; the pid is our live child (or, once it
+                // has exited and before it is reaped, a zombie that ignores the signal).
+                if unsafe { libc::kill(pid, libc::SIGRTMIN() + 1) } == 0 {
+                    sent += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            sent
+        });
+        let output = child.wait_with_output().expect("wait for simvm");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let run = simvm_tests::Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        assert!(
+            !run.stdout.contains("NONDETERMINISTIC"),
+            "a foreign signal was taken for a watchdog kick:\n{}",
+            run.all()
+        );
+        assert_eq!(run.field("result"), "ok", "{}", run.all());
+        assert_eq!(run.code, Some(0), "{}", run.all());
+        sender.join().expect("the signal sender")
+    });
+    assert!(sent > 100, "only {sent} signals were sent");
+}

@@ -1,7 +1,7 @@
 //! The `simvm` command.
 
+mod progress;
 mod run;
-mod units;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,7 @@ use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
+use simvm_vmm::units::{format_ns, format_size, parse_duration_ns, parse_size};
 
 use crate::run::RunPlan;
 
@@ -57,8 +58,8 @@ struct RunArgs {
     /// Number of machines (m1..mN) running the command.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     machines: Option<u16>,
-    /// Guest RAM per machine, e.g. 128M.
-    #[arg(long, default_value = "128M", value_parser = units::parse_size)]
+    /// Guest RAM per machine, e.g. 128M (K, M, G; a multiple of 4K).
+    #[arg(long, default_value = "128M", value_parser = parse_mem)]
     mem: u64,
     /// Guest kernel (ELF vmlinux). Default: the image built by `simvm image build`.
     #[arg(long, requires = "initramfs")]
@@ -91,11 +92,11 @@ struct RunArgs {
     #[arg(long)]
     cpu: Option<usize>,
     /// Real time a vCPU may run without any exit before the watchdog kicks it.
-    #[arg(long, default_value = "5s", value_parser = units::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     watchdog: Duration,
-    /// Stop at this virtual time.
-    #[arg(long, value_parser = units::parse_duration)]
-    until: Option<Duration>,
+    /// Stop at this virtual time (ns, us, ms, s, m, h; "1.5ms" works).
+    #[arg(long, value_name = "DURATION", value_parser = parse_until)]
+    until: Option<u64>,
     /// Extra guest kernel parameters (for example `loglevel=7` to see boot messages).
     #[arg(long, default_value = "")]
     kernel_args: String,
@@ -131,12 +132,36 @@ struct DiskArg {
     spec: DiskSpec,
 }
 
+/// `--mem`: a size in whole pages. (The machine checks the range.)
+fn parse_mem(text: &str) -> Result<u64, String> {
+    let bytes = parse_size(text)?;
+    if !bytes.is_multiple_of(4096) {
+        return Err(format!(
+            "guest memory of {bytes} bytes: it must be a multiple of 4K"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A duration, with the scenario files' exact parser.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_ns(text).map(Duration::from_nanos)
+}
+
+/// `--until`: virtual nanoseconds, after 0.
+fn parse_until(text: &str) -> Result<u64, String> {
+    match parse_duration_ns(text)? {
+        0 => Err("the run must stop after 0s".to_owned()),
+        ns => Ok(ns),
+    }
+}
+
 fn parse_disk(text: &str) -> Result<DiskArg, String> {
     let (size, dir) = match text.split_once(':') {
         Some((size, dir)) => (size, Some(PathBuf::from(dir))),
         None => (text, None),
     };
-    let size = units::parse_size(size)?;
+    let size = parse_size(size)?;
     if size < (1 << 20) || size % 4096 != 0 {
         return Err(format!(
             "a disk of {size} bytes: the size must be a multiple of 4K and at least 1M"
@@ -177,7 +202,9 @@ fn run(args: RunArgs) -> Result<i32, String> {
         (Some(_), false) => {
             return Err("give either a scenario file or a command after `--`, not both".into())
         }
-        (Some(path), true) => Scenario::load(path).map_err(|e| e.to_string())?,
+        (Some(path), true) => {
+            Scenario::load_with_until(path, args.until).map_err(|e| e.to_string())?
+        }
         (None, false) => Scenario::from_cli(
             usize::from(args.machines.unwrap_or(1)),
             args.command.clone(),
@@ -213,9 +240,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         cpu: args.cpu,
         pcap: args.pcap.clone(),
         watchdog: args.watchdog,
-        until_ns: args
-            .until
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        until_ns: args.until,
         kernel_args: args.kernel_args.clone(),
         offloads: Offloads {
             checksum: !args.no_checksum_offload,
@@ -263,9 +288,10 @@ fn reproduce_command(args: &RunArgs) -> String {
             line.push_str(&format!(" --{name} {}", shell_quote(&value)));
         }
     };
+    // Values exactly as the run used them, in the largest unit that represents them exactly.
     option(
         "mem",
-        (args.mem != DEFAULT_MEM).then(|| format!("{}M", args.mem >> 20)),
+        (args.mem != DEFAULT_MEM).then(|| format_size(args.mem)),
     );
     option(
         "kernel",
@@ -281,10 +307,11 @@ fn reproduce_command(args: &RunArgs) -> String {
     );
     option("recipe", args.recipe.clone());
     option("cpu", args.cpu.map(|cpu| cpu.to_string()));
-    option("until", args.until.map(|d| format!("{}ms", d.as_millis())));
+    option("until", args.until.map(format_ns));
     option(
         "watchdog",
-        (args.watchdog != DEFAULT_WATCHDOG).then(|| format!("{}ms", args.watchdog.as_millis())),
+        (args.watchdog != DEFAULT_WATCHDOG)
+            .then(|| format_ns(u64::try_from(args.watchdog.as_nanos()).unwrap_or(u64::MAX))),
     );
     option(
         "kernel-args",
@@ -355,6 +382,89 @@ mod tests {
             reproduce_command(&args),
             "simvm run --seed 3 --mem 256M --strict -- sh -c 'echo hi'"
         );
+    }
+
+    fn parse_run(args: &[&str]) -> RunArgs {
+        let argv = ["simvm", "run"].iter().chain(args).copied();
+        match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Run(args),
+            }) => *args,
+            Ok(_) => panic!("parsed as another command"),
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    /// The reproduce line carries every value exactly: parsing it again gives the same run.
+    #[test]
+    fn the_reproduce_line_repeats_odd_values_exactly() {
+        let args = parse_run(&[
+            "--until",
+            "1500us",
+            "--mem",
+            "100000K",
+            "--watchdog",
+            "7.0005s",
+            "--",
+            "true",
+        ]);
+        assert_eq!(args.until, Some(1_500_000));
+        assert_eq!(args.mem, 100_000 << 10);
+        assert_eq!(args.watchdog, Duration::from_micros(7_000_500));
+        let line = reproduce_command(&args);
+        assert_eq!(
+            line,
+            "simvm run --seed 1 --mem 100000K --until 1500us --watchdog 7000500us -- true"
+        );
+        for values in [
+            ["1.5ms", "0.5G", "1h"],
+            ["1500500us", "4100K", "250ms"],
+            ["18446744073709551615ns", "3G", "1ns"],
+            ["7ns", "128M", "5s"],
+            ["2m", "33558528", "0.000001s"],
+        ] {
+            let [until, mem, watchdog] = values;
+            let args = parse_run(&[
+                "--until",
+                until,
+                "--mem",
+                mem,
+                "--watchdog",
+                watchdog,
+                "--",
+                "true",
+            ]);
+            let line = reproduce_command(&args);
+            let words: Vec<&str> = line.split(' ').skip(2).collect();
+            let again = parse_run(&words);
+            assert_eq!(
+                (again.until, again.mem, again.watchdog),
+                (args.until, args.mem, args.watchdog),
+                "{values:?}: {line}"
+            );
+            assert_eq!(reproduce_command(&again), line);
+        }
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_are_refused_with_a_reason() {
+        for (args, needle) in [
+            (&["--until", "10"][..], "needs a unit: write \"10s\""),
+            (&["--until", "0s"], "after 0s"),
+            (&["--until", "1.5ns"], "finer than the smallest unit"),
+            (&["--until", "99999999999h"], "too large"),
+            (&["--watchdog", "soon"], "expected a duration"),
+            (&["--mem", "1000001"], "multiple of 4K"),
+            (&["--mem", "lots"], "expected a size"),
+            (&["--mem", "99999999999G"], "too large"),
+        ] {
+            let argv = ["simvm", "run"].iter().chain(args).copied();
+            let err = Cli::try_parse_from(argv)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@ use simvm_vmm::machine::Stop;
 use simvm_vmm::simulation::{Simulation, SimulationError};
 use simvm_vmm::world::{Ending, MachineOutcome, Outcome};
 
+use crate::progress::Progress;
+
 /// A simulation and the command line that reproduces it.
 pub struct RunPlan {
     pub simulation: Simulation,
@@ -15,20 +17,34 @@ pub struct RunPlan {
 impl RunPlan {
     /// Runs once, printing the console and the summary; returns the process exit code.
     pub fn run(&self) -> Result<i32, SimulationError> {
-        let outcome = self.simulation.run(&mut |line| println!("{line}"))?;
-        Ok(self.report(&outcome, None))
+        let progress = self.progress();
+        let outcome = self.simulation.run(&mut |line| {
+            progress.console_line();
+            println!("{line}");
+        });
+        drop(progress);
+        Ok(self.report(&outcome?, None))
     }
 
     /// Runs twice and compares the digests.
     pub fn check_determinism(&self) -> Result<i32, SimulationError> {
         let seed = self.simulation.seed;
+        let progress = self.progress();
         let check = self.simulation.check_determinism(&mut |line| {
+            progress.console_line();
             println!("{line}");
         });
+        drop(progress);
         eprintln!("simvm: ran seed {seed} twice to check determinism");
         let check = check?;
         let code = self.report(&check.first, Some(&check.verdict()));
         Ok(if check.deterministic() { code } else { 1 })
+    }
+
+    /// The boot status on stderr, on a terminal.
+    fn progress(&self) -> Progress {
+        let names = self.simulation.scenario.machines.iter();
+        Progress::on_terminal(names.map(|m| m.name.clone()).collect())
     }
 
     fn report(&self, outcome: &Outcome, extra: Option<&str>) -> i32 {
@@ -45,12 +61,13 @@ impl RunPlan {
         let success = self.simulation.passed(outcome);
         let machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
         println!(
-            "seed={} steps={} vtime={} wall={:.2}s digest={} result={} {}{}",
+            "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} result={} {}{}",
             outcome.seed.0,
             outcome.steps,
             format_vtime(outcome.vtime_ns),
             outcome.wall.as_secs_f64(),
             outcome.digest,
+            outcome.cpu_template,
             if success { "ok" } else { "FAIL" },
             machines.join(" "),
             if outcome.watchdog_kicks.is_empty() {

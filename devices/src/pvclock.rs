@@ -5,9 +5,19 @@
 //! ([`SimvmPorts::publish`]), and the device reports what the guest asked for as a [`PortEvent`];
 //! the machine decides what that costs and when the timer fires.
 
+use thiserror::Error;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::abi::{self, clock_page};
+
+/// Most clock reads one kick may charge, unless the stall limit is higher: about a second of
+/// virtual time at the default 1 µs a read. An honest guest kicks at exactly `stall_limit`
+/// reads (64 by default); the bound keeps one `outl` from moving the clock arbitrarily far.
+pub const MAX_KICK_READS: u32 = 1 << 20;
+/// Furthest past the current virtual time a timer deadline may lie: a year of virtual time. The
+/// guest kernel's clockevent never asks for more than an hour ahead (its `max_delta_ns`), and a
+/// year is still 500 years short of the end of `u64` nanoseconds.
+pub const MAX_TIMER_AHEAD_NS: u64 = 365 * 24 * 3600 * 1_000_000_000;
 
 /// Something the guest did through the port block that the machine must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,7 +30,8 @@ pub enum PortEvent {
     TimerArmed(u64),
     /// The one-shot timer is disarmed.
     TimerDisarmed,
-    /// This many consecutive clock reads saw no change.
+    /// This many consecutive clock reads saw no change; at most
+    /// [`SimvmPorts::max_kick_reads`].
     ClockKick(u32),
     /// The guest saw `irq_pending` with interrupts enabled and exited so it can take it.
     IrqPoll,
@@ -28,6 +39,35 @@ pub enum PortEvent {
     Control(ControlEvent),
     /// A write to a port of the block that means nothing; recorded, otherwise ignored.
     Ignored { port: u16, value: u32 },
+    /// The guest asked for something no correct guest asks for; the device did what [`Absurd`]
+    /// says instead. The machine should report it.
+    Absurd(Absurd),
+}
+
+impl PortEvent {
+    /// The clock reads to charge for this event: those of a [`PortEvent::ClockKick`], or of a
+    /// kick cut down to the bound ([`Absurd::ClockKick`]).
+    pub fn kick_reads(&self) -> Option<u32> {
+        match *self {
+            Self::ClockKick(reads) | Self::Absurd(Absurd::ClockKick { charged: reads, .. }) => {
+                Some(reads)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A request outside what simvm's guest ABI allows, and what the device did with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum Absurd {
+    /// A clock kick for more reads than [`SimvmPorts::max_kick_reads`]; it counts as `charged`
+    /// reads (the bound) instead.
+    #[error("clock kick of {reads} reads, cut to {charged}")]
+    ClockKick { reads: u32, charged: u32 },
+    /// A timer deadline more than [`MAX_TIMER_AHEAD_NS`] past `now`: refused, and the timer is
+    /// left disarmed.
+    #[error("timer deadline {deadline} ns, more than a year past {now} ns: timer disarmed")]
+    TimerDeadline { deadline: u64, now: u64 },
 }
 
 /// Messages of the control channel.
@@ -49,10 +89,11 @@ pub enum ControlEvent {
 
 impl ControlEvent {
     fn decode(value: u32) -> Self {
-        let arg = value >> 8;
-        match value as u8 {
+        // `event | arg << 8`: the event is the low byte, an exit status the next one.
+        let [event, arg, ..] = value.to_le_bytes();
+        match event {
             abi::control::READY => Self::Ready,
-            abi::control::EXIT => Self::Exit(arg as u8),
+            abi::control::EXIT => Self::Exit(arg),
             abi::control::PANIC => Self::Panic,
             abi::control::POWEROFF => Self::PowerOff,
             abi::control::RESTART => Self::Restart,
@@ -95,7 +136,14 @@ impl SimvmPorts {
         (abi::PORT_BASE..abi::PORT_BASE + abi::PORT_COUNT).contains(&port)
     }
 
-    /// The armed timer deadline, if any.
+    /// The most reads one clock kick charges: [`MAX_KICK_READS`], or the stall limit if higher
+    /// (an honest kick is exactly the stall limit).
+    pub fn max_kick_reads(&self) -> u32 {
+        self.stall_limit.max(MAX_KICK_READS)
+    }
+
+    /// The armed timer deadline, if any; never more than [`MAX_TIMER_AHEAD_NS`] past the time
+    /// it was armed at.
     pub fn deadline(&self) -> Option<u64> {
         self.deadline
     }
@@ -146,12 +194,23 @@ impl SimvmPorts {
                 PortEvent::TimerDisarmed
             }
             abi::PORT_TIMER => match self.read_deadline(mem) {
+                Some(deadline) if deadline > now.saturating_add(MAX_TIMER_AHEAD_NS) => {
+                    // The world would jump there and its clock arithmetic overflow.
+                    self.deadline = None;
+                    PortEvent::Absurd(Absurd::TimerDeadline { deadline, now })
+                }
                 Some(deadline) => {
                     self.deadline = Some(deadline);
                     PortEvent::TimerArmed(deadline)
                 }
                 None => PortEvent::Ignored { port, value },
             },
+            abi::PORT_CLOCK_KICK if value > self.max_kick_reads() => {
+                PortEvent::Absurd(Absurd::ClockKick {
+                    reads: value,
+                    charged: self.max_kick_reads(),
+                })
+            }
             abi::PORT_CLOCK_KICK => PortEvent::ClockKick(value),
             abi::PORT_CONTROL => PortEvent::Control(ControlEvent::decode(value)),
             abi::PORT_IRQ_POLL => PortEvent::IrqPoll,
@@ -220,6 +279,11 @@ impl SimvmPorts {
             .ok()
     }
 }
+
+#[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -338,6 +402,59 @@ mod tests {
             PortEvent::TimerDisarmed
         );
         assert_eq!(ports.deadline(), None);
+    }
+
+    /// A kick of 2^32 - 1 reads used to move the clock by over an hour, and a deadline near
+    /// `u64::MAX` made the world jump there.
+    #[test]
+    fn a_guest_cannot_move_its_clock_without_bound() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        let mut kick = |reads| out(&mut ports, &mem, abi::PORT_CLOCK_KICK, reads, 0);
+        assert_eq!(kick(64), PortEvent::ClockKick(64));
+        assert_eq!(kick(MAX_KICK_READS), PortEvent::ClockKick(MAX_KICK_READS));
+        let absurd = kick(u32::MAX);
+        assert_eq!(
+            absurd,
+            PortEvent::Absurd(Absurd::ClockKick {
+                reads: u32::MAX,
+                charged: MAX_KICK_READS
+            })
+        );
+        assert_eq!(absurd.kick_reads(), Some(MAX_KICK_READS));
+        assert_eq!(PortEvent::ClockKick(64).kick_reads(), Some(64));
+        assert_eq!(PortEvent::IrqPoll.kick_reads(), None);
+        // A stall limit above the bound raises it: an honest kick is never cut.
+        let big = SimvmPorts::new(0, u32::MAX);
+        assert_eq!(big.max_kick_reads(), u32::MAX);
+
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x10, 0);
+        let deadline_at = GuestAddress(0x10000 + clock_page::TIMER_DEADLINE_NS);
+        let now = 5_000;
+        let limit = now + MAX_TIMER_AHEAD_NS;
+        mem.write_obj(limit, deadline_at).unwrap();
+        let armed = out(&mut ports, &mem, abi::PORT_TIMER, 1, now);
+        assert_eq!(armed, PortEvent::TimerArmed(limit));
+        for deadline in [limit + 1, u64::MAX] {
+            mem.write_obj(deadline, deadline_at).unwrap();
+            let refused = out(&mut ports, &mem, abi::PORT_TIMER, 1, now);
+            assert_eq!(
+                refused,
+                PortEvent::Absurd(Absurd::TimerDeadline { deadline, now })
+            );
+            assert_eq!(ports.deadline(), None, "an absurd deadline disarms");
+        }
+        // Near the end of time the bound saturates instead of overflowing.
+        let armed = out(&mut ports, &mem, abi::PORT_TIMER, 1, u64::MAX - 1);
+        assert_eq!(armed, PortEvent::TimerArmed(u64::MAX));
+        assert_eq!(
+            Absurd::ClockKick {
+                reads: 7,
+                charged: 1
+            }
+            .to_string(),
+            "clock kick of 7 reads, cut to 1"
+        );
     }
 
     #[test]

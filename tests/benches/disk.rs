@@ -311,7 +311,7 @@ struct Restart {
     cold_boot: Duration,
     /// The `kill` fault line to the second incarnation's `back`.
     kill_restart: Duration,
-    /// The `kill` fault line's full text (what the crash dropped).
+    /// Every `fault` line of the run: the kill (and what the crash dropped), the restart.
     kill_lines: Vec<String>,
     vtime_kill_to_back: Duration,
     summary: String,

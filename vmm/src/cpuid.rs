@@ -106,6 +106,19 @@ const PHYS_ADDR_BITS: u32 = 39;
 const HYPERVISOR: u32 = 1 << 31;
 const VIRT_ADDR_BITS: u32 = 48;
 
+/// A short hash of the CPU a guest sees (every leaf of the template, including what still
+/// depends on the host: optional features, address widths). Runs on different templates are
+/// not comparable, so the summary prints it beside the digest.
+pub fn template_hash(cpuid: &CpuId) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for e in cpuid.as_slice() {
+        for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+            hasher.update(&word.to_le_bytes());
+        }
+    }
+    hasher.finalize().to_hex()[..8].to_string()
+}
+
 /// Builds the guest's CPUID table from the template, checking the host offers every required
 /// feature (`supported` is `KVM_GET_SUPPORTED_CPUID`).
 pub fn guest_cpuid(supported: &CpuId) -> Result<CpuId> {

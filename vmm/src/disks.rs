@@ -6,6 +6,9 @@
 //! decides; the completion goes to the incarnation that made the request, or nowhere if that
 //! incarnation is gone (its device was reset or its machine died).
 
+// Values from guests (exit data, frames, requests) must not be truncated silently.
+#![warn(clippy::cast_possible_truncation)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

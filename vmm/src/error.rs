@@ -72,6 +72,11 @@ pub enum Error {
     #[error("cannot write the trace: {0}")]
     Trace(io::Error),
 
+    #[error(
+        "cannot keep the host TSC from guest programs (CR4.TSD for the simulation thread): {0}"
+    )]
+    TscTrap(String),
+
     #[error("timeline: {0}")]
     Timeline(String),
 

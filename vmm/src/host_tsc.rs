@@ -14,39 +14,54 @@
 
 use std::time::Duration;
 
+use crate::error::{Error, Result};
+
 /// Turns on CR4.TSD for the calling thread until dropped.
 pub struct TscTrap {
     previous: libc::c_int,
 }
 
 impl TscTrap {
-    /// Arms the trap. Failure is not fatal: it only matters on PVM hosts, and there the
-    /// determinism tests would catch a guest that reads the host TSC.
-    pub fn arm() -> Self {
+    /// Arms the trap. A trap that cannot be armed is an error: on a PVM host, guest programs
+    /// would read the host TSC and the run would silently stop being determined by its seed.
+    pub fn arm() -> Result<Self> {
         let mut previous: libc::c_int = libc::PR_TSC_ENABLE;
         // SAFETY: PR_GET_TSC writes one c_int through the pointer, which is valid for writes.
-        unsafe { libc::prctl(libc::PR_GET_TSC, &mut previous as *mut libc::c_int) };
-        // SAFETY: PR_SET_TSC takes an integer argument and has no memory effects.
-        unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV) };
-        Self { previous }
+        let got = unsafe { libc::prctl(libc::PR_GET_TSC, &mut previous as *mut libc::c_int) };
+        if got != 0 {
+            return Err(trap_error("PR_GET_TSC"));
+        }
+        set_tsc(libc::PR_TSC_SIGSEGV)?;
+        Ok(Self { previous })
     }
 
     /// Runs `f` with the trap lifted, for code outside simvm's control (callbacks that may
     /// read the clock through the vDSO).
-    pub fn lifted<R>(&self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: as in `arm`.
-        unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_ENABLE) };
+    pub fn lifted<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        set_tsc(libc::PR_TSC_ENABLE)?;
         let result = f();
-        // SAFETY: as in `arm`.
-        unsafe { libc::prctl(libc::PR_SET_TSC, libc::PR_TSC_SIGSEGV) };
-        result
+        set_tsc(libc::PR_TSC_SIGSEGV)?;
+        Ok(result)
     }
+}
+
+/// `prctl(PR_SET_TSC, mode)` for the calling thread.
+fn set_tsc(mode: libc::c_int) -> Result<()> {
+    // SAFETY: PR_SET_TSC takes an integer argument and has no memory effects.
+    match unsafe { libc::prctl(libc::PR_SET_TSC, mode) } {
+        0 => Ok(()),
+        _ => Err(trap_error("PR_SET_TSC")),
+    }
+}
+
+fn trap_error(op: &str) -> Error {
+    Error::TscTrap(format!("{op}: {}", std::io::Error::last_os_error()))
 }
 
 impl Drop for TscTrap {
     fn drop(&mut self) {
-        // SAFETY: as in `arm`.
-        unsafe { libc::prctl(libc::PR_SET_TSC, self.previous) };
+        // Restoring the thread's earlier mode can only fail as arming would have.
+        let _ = set_tsc(self.previous);
     }
 }
 
@@ -79,7 +94,7 @@ mod tests {
     fn time_is_readable_while_the_trap_is_armed_and_the_trap_is_undone() {
         let before = monotonic();
         {
-            let _trap = TscTrap::arm();
+            let _trap = TscTrap::arm().unwrap();
             let mut state: libc::c_int = 0;
             // SAFETY: as in `arm`.
             unsafe { libc::prctl(libc::PR_GET_TSC, &mut state as *mut libc::c_int) };
@@ -96,9 +111,9 @@ mod tests {
 
     #[test]
     fn callbacks_run_with_the_trap_lifted() {
-        let trap = TscTrap::arm();
+        let trap = TscTrap::arm().unwrap();
         // Would die of SIGSEGV in the vDSO's RDTSC if the trap were still armed.
-        let t = trap.lifted(std::time::Instant::now);
+        let t = trap.lifted(std::time::Instant::now).unwrap();
         let mut state: libc::c_int = 0;
         // SAFETY: as in `arm`.
         unsafe { libc::prctl(libc::PR_GET_TSC, &mut state as *mut libc::c_int) };

@@ -16,6 +16,14 @@ pub enum ImageError {
     KernelMissing(PathBuf),
     #[error("guest initramfs {} not found.\n  Build the default image with `simvm image build` (or pass --initramfs PATH)", .0.display())]
     InitramfsMissing(PathBuf),
+    /// A given kernel or initramfs exists but cannot be used: `what` is "kernel" or
+    /// "initramfs", `problem` says why ("is a directory", ...).
+    #[error("guest {what} {} {problem}: pass the {what} file with --{what} PATH", path.display())]
+    Unusable {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("the guest image build script {} is missing: set SIMVM_GUEST_IMAGES to the guest-images directory of a simvm checkout", .0.display())]
     ScriptMissing(PathBuf),
     #[error("cannot run the guest image build: {0}")]
@@ -70,15 +78,50 @@ pub fn build(recipe: Option<&str>) -> Result<GuestImage, ImageError> {
     })
 }
 
-/// Checks that an image given by path exists.
+/// Checks that an image given by path exists and is made of regular, readable files.
 pub fn given(kernel: PathBuf, initramfs: PathBuf) -> Result<GuestImage, ImageError> {
-    if !kernel.is_file() {
-        return Err(ImageError::KernelMissing(kernel));
-    }
-    if !initramfs.is_file() {
-        return Err(ImageError::InitramfsMissing(initramfs));
-    }
+    check_given("kernel", &kernel, ImageError::KernelMissing)?;
+    check_given("initramfs", &initramfs, ImageError::InitramfsMissing)?;
     Ok(GuestImage { kernel, initramfs })
+}
+
+/// Why `path` cannot be the guest `what`: missing, a directory, a device, unreadable.
+fn check_given(
+    what: &'static str,
+    path: &Path,
+    missing: fn(PathBuf) -> ImageError,
+) -> Result<(), ImageError> {
+    let unusable = |problem: String| ImageError::Unusable {
+        what,
+        path: path.to_owned(),
+        problem,
+    };
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(missing(path.to_owned())),
+        Err(e) => return Err(unusable(format!("cannot be read ({e})"))),
+    };
+    let file_type = metadata.file_type();
+    if file_type.is_dir() {
+        return Err(unusable("is a directory".into()));
+    }
+    if !file_type.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_block_device() {
+            "a block device"
+        } else if file_type.is_fifo() {
+            "a named pipe"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "a special file"
+        };
+        return Err(unusable(format!("is not a regular file (it is {kind})")));
+    }
+    std::fs::File::open(path).map_err(|e| unusable(format!("cannot be read ({e})")))?;
+    Ok(())
 }
 
 /// Where simvm caches what it builds: `SIMVM_CACHE_DIR`, else `~/.cache/simvm` (the guest image

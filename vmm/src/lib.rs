@@ -5,6 +5,9 @@
 //! handled by the machine's devices, and every guest-visible effect is recorded in the trace,
 //! whose digest identifies the run.
 
+// Every unsafe block says why it is sound.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod boot;
 pub mod boot_data;
 pub mod clock;
@@ -30,6 +33,7 @@ pub mod simulation;
 pub mod state;
 pub mod test_elf;
 pub mod trace;
+pub mod units;
 pub mod watchdog;
 pub mod world;
 

@@ -10,6 +10,9 @@
 //! step exited at different instructions, mid-`rep stos`, when two runs shared a CPU). A pending
 //! interrupt therefore waits for the guest's next port, MMIO, MSR or `HLT` exit with IF set.
 
+// Values from guests (exit data, frames, requests) must not be truncated silently.
+#![warn(clippy::cast_possible_truncation)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use simvm_devices::bus::{Bus, DeviceId};
 use simvm_devices::irq::IrqLines;
 use simvm_devices::net::{Frame, MacAddr};
 use simvm_devices::pic::Pic;
-use simvm_devices::pvclock::{ControlEvent, PortEvent, SimvmPorts};
+use simvm_devices::pvclock::{Absurd, ControlEvent, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
 use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
 use simvm_devices::virtio::mmio::VirtioMmio;
@@ -37,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::state::{self, StateFingerprint};
-use crate::trace::{Event, Trace};
+use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
 
 const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
@@ -153,6 +156,8 @@ pub struct ExitStats {
     pub watchdog_kicks: u64,
     /// Watchdog signals that found the guest in kernel code and were resumed invisibly.
     pub benign_kicks: u64,
+    /// Signals from elsewhere that interrupted `KVM_RUN`; the guest was resumed invisibly.
+    pub foreign_signals: u64,
 }
 
 impl ExitStats {
@@ -184,6 +189,11 @@ pub struct Machine {
     irq: IrqLines,
     costs: ExitCosts,
     incarnation: u32,
+    /// Hash of the CPUID the guest sees (`cpuid::template_hash`).
+    cpu_template: String,
+    /// Since when (host real time) every watchdog kick of the current stretch without an exit
+    /// has found the guest in user code.
+    user_mode_since: Option<std::time::Duration>,
     /// World time at power-on; the guest's clock counts from here.
     epoch: u64,
     /// World virtual time.
@@ -243,8 +253,10 @@ impl Machine {
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-        vcpu.set_cpuid2(&crate::cpuid::guest_cpuid(&supported)?)
+        let cpuid = crate::cpuid::guest_cpuid(&supported)?;
+        vcpu.set_cpuid2(&cpuid)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        let cpu_template = crate::cpuid::template_hash(&cpuid);
 
         let irq = IrqLines::default();
         let mut devices = VirtioDevices::new(&irq);
@@ -305,6 +317,8 @@ impl Machine {
             irq,
             costs: config.costs,
             incarnation: config.incarnation,
+            cpu_template,
+            user_mode_since: None,
             epoch: config.epoch_ns,
             now: config.epoch_ns,
             console_lines: LineBuffer::default(),
@@ -320,6 +334,11 @@ impl Machine {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Hash of the CPU model the guest sees.
+    pub fn cpu_template(&self) -> &str {
+        &self.cpu_template
     }
 
     /// 1 for the machine's first boot, then one more for each restart.
@@ -384,48 +403,56 @@ impl Machine {
         self.prepare_entry(step, trace)?;
         let exit = loop {
             match self.run_to_exit(watchdog)? {
-                // The watchdog interrupted kernel code. Nothing about the guest changed, so
-                // resuming it is invisible: the run stays deterministic. (On a PVM host, kernel
-                // code runs emulated and can take seconds between exits.)
-                Exit::Interrupted if !self.in_user_mode() => self.stats.benign_kicks += 1,
+                // Somebody else's signal (a debugger, a profiler, the user's shell): nothing
+                // about the guest changed, so resuming it is invisible.
+                Exit::Interrupted if !watchdog.is_some_and(Watchdog::take_kick) => {
+                    self.stats.foreign_signals += 1
+                }
+                // The watchdog interrupted the guest. Resuming it is invisible, so the run stays
+                // deterministic, unless the guest is spinning in user code, which only more
+                // virtual time (a timer interrupt) can end.
+                Exit::Interrupted if !self.spinning_in_user_mode(watchdog) => {
+                    self.stats.benign_kicks += 1
+                }
                 exit => break exit,
             }
         };
+        self.user_mode_since = None;
         let (index, now) = (self.index, self.now);
         let event = match exit {
             Exit::PioIn { port, size, value } => {
                 self.stats.pio += 1;
-                self.now += self.costs.pio_ns;
+                self.advance(self.costs.pio_ns);
                 Event::PioIn { port, size, value }
             }
             Exit::PioOut { port, size, data } => {
                 self.stats.pio += 1;
-                self.now += self.costs.pio_ns;
+                self.advance(self.costs.pio_ns);
                 let bytes = &data[..usize::from(size)];
-                let value = le_value(bytes) as u32;
+                let value = le_u32(bytes);
                 trace.record(step, index, now, &Event::PioOut { port, size, value })?;
                 return self.io_out(step, port, bytes, trace);
             }
             Exit::MmioRead { addr, size, value } => {
                 self.stats.mmio += 1;
-                self.now += self.costs.mmio_ns;
+                self.advance(self.costs.mmio_ns);
                 Event::MmioRead { addr, size, value }
             }
             Exit::MmioWrite { addr, size, value } => {
                 self.stats.mmio += 1;
-                self.now += self.costs.mmio_ns;
+                self.advance(self.costs.mmio_ns);
                 trace.record(step, index, now, &Event::MmioWrite { addr, size, value })?;
                 self.collect_device_output(step, trace)?;
                 return Ok(Status::Running);
             }
             Exit::MsrRead { index, value } => {
                 self.stats.msr += 1;
-                self.now += self.costs.msr_ns;
+                self.advance(self.costs.msr_ns);
                 Event::MsrRead { index, value }
             }
             Exit::MsrWrite { index, value } => {
                 self.stats.msr += 1;
-                self.now += self.costs.msr_ns;
+                self.advance(self.costs.msr_ns);
                 Event::MsrWrite { index, value }
             }
             Exit::Hlt => {
@@ -457,8 +484,8 @@ impl Machine {
                 io_in(&mut self.pic, &self.ports, &mut self.pio, port, data);
                 Exit::PioIn {
                     port,
-                    size: data.len() as u8,
-                    value: le_value(data) as u32,
+                    size: access_size(data),
+                    value: le_u32(data),
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -467,7 +494,7 @@ impl Machine {
                 bytes[..size].copy_from_slice(&data[..size]);
                 Exit::PioOut {
                     port,
-                    size: size as u8,
+                    size: access_size(&bytes[..size]),
                     data: bytes,
                 }
             }
@@ -477,7 +504,7 @@ impl Machine {
                 }
                 Exit::MmioRead {
                     addr,
-                    size: data.len() as u8,
+                    size: access_size(data),
                     value: le_value(data),
                 }
             }
@@ -486,7 +513,7 @@ impl Machine {
                 self.mmio.write(&self.mem, addr, data);
                 Exit::MmioWrite {
                     addr,
-                    size: data.len() as u8,
+                    size: access_size(data),
                     value: le_value(data),
                 }
             }
@@ -533,19 +560,19 @@ impl Machine {
     /// Moves what the guest handed its virtio devices (frames to send, disk requests) out for
     /// the world, and records the errors the devices found.
     fn collect_device_output(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
-        let mut errors: Vec<String> = Vec::new();
+        // (device, layer, message): the digest takes the device and layer, never the text.
+        let mut errors: Vec<(String, DeviceLayer, String)> = Vec::new();
         if let Some(net) = self
             .net
             .and_then(|id| self.mmio.get_mut::<VirtioMmio<VirtioNet>>(id))
         {
             self.outbox.extend(net.device_mut().take_tx_frames());
-            errors.extend(net.take_errors().iter().map(ToString::to_string));
-            errors.extend(
-                net.device_mut()
-                    .take_errors()
-                    .iter()
-                    .map(ToString::to_string),
-            );
+            for e in net.take_errors() {
+                errors.push(("net".into(), DeviceLayer::Transport, e.to_string()));
+            }
+            for e in net.device_mut().take_errors() {
+                errors.push(("net".into(), DeviceLayer::Device, e.to_string()));
+            }
         }
         for (disk, &id) in self.disks.iter().enumerate() {
             let Some(blk) = self.mmio.get_mut::<VirtioMmio<VirtioBlock>>(id) else {
@@ -554,35 +581,32 @@ impl Machine {
             let requests = blk.device_mut().take_requests();
             self.block_requests
                 .extend(requests.into_iter().map(|request| (disk, request)));
-            errors.extend(blk.take_errors().iter().map(ToString::to_string));
-            errors.extend(
-                blk.device_mut()
-                    .take_errors()
-                    .iter()
-                    .map(ToString::to_string),
-            );
+            for e in blk.take_errors() {
+                errors.push((disk_name(disk), DeviceLayer::Transport, e.to_string()));
+            }
+            for e in blk.device_mut().take_errors() {
+                errors.push((disk_name(disk), DeviceLayer::Device, e.to_string()));
+            }
         }
-        for message in errors {
-            self.device_error(step, message, trace)?;
+        for (device, layer, message) in errors {
+            let stable = Stable::new(1).str(&device).u64(layer as u64);
+            self.device_error(
+                step,
+                Note::new(format!("{device}: {message}"), stable),
+                trace,
+            )?;
         }
         Ok(())
     }
 
     /// Counts, traces and (up to a limit) prints an error a device found in what the guest did.
-    fn device_error(&mut self, step: u64, message: String, trace: &mut Trace) -> Result<()> {
+    fn device_error(&mut self, step: u64, message: Note, trace: &mut Trace) -> Result<()> {
         self.device_errors += 1;
-        trace.record(
-            step,
-            self.index,
-            self.now,
-            &Event::DeviceError {
-                message: message.clone(),
-            },
-        )?;
+        let line = format!("simvm: {}: {}", self.name, message.text);
+        trace.record(step, self.index, self.now, &Event::DeviceError { message })?;
         if self.device_error_lines < MAX_DEVICE_ERROR_LINES {
             self.device_error_lines += 1;
-            self.pending_lines
-                .push((self.now, format!("simvm: {}: {message}", self.name)));
+            self.pending_lines.push((self.now, line));
         }
         Ok(())
     }
@@ -636,6 +660,21 @@ impl Machine {
         self.vcpu.get_sregs().is_ok_and(|s| s.cs.selector & 3 == 3)
     }
 
+    /// Whether a watchdog kick found a guest spinning in user code: in user mode at every kick
+    /// for at least the watchdog's limit (kicks come every quarter limit while the guest does
+    /// not exit). One kick in user code is not enough: on a PVM host, emulated kernel work
+    /// (page faults, system calls) can go seconds without an exit on a loaded host, and a kick
+    /// may land in the user code between.
+    fn spinning_in_user_mode(&mut self, watchdog: Option<&Watchdog>) -> bool {
+        if !self.in_user_mode() {
+            self.user_mode_since = None;
+            return false;
+        }
+        let now = crate::host_tsc::monotonic();
+        let since = *self.user_mode_since.get_or_insert(now);
+        watchdog.is_some_and(|w| now.saturating_sub(since) >= w.limit())
+    }
+
     /// Delivers what is due before the guest runs again: the timer, device interrupts, the
     /// clock page.
     fn prepare_entry(&mut self, step: u64, trace: &mut Trace) -> Result<()> {
@@ -661,7 +700,7 @@ impl Machine {
             crate::kvm_ext::inject_interrupt(&self.vcpu, vector)
                 .map_err(Error::kvm("KVM_INTERRUPT"))?;
             self.stats.interrupts += 1;
-            self.now += self.costs.irq_ns;
+            self.advance(self.costs.irq_ns);
             trace.record(step, self.index, self.now, &Event::Interrupt { vector })?;
         }
         // A request still pending now waits for the guest to enable interrupts; the flag lets a
@@ -727,29 +766,57 @@ impl Machine {
     }
 
     fn port_event(&mut self, step: u64, event: PortEvent, trace: &mut Trace) -> Result<Status> {
-        let message = match event {
+        let event = match event {
             PortEvent::ClockKick(reads) => {
-                self.stats.clock_kicks += 1;
-                self.now += u64::from(reads) * self.costs.clock_read_ns;
+                self.charge_kick(reads);
                 trace.record(step, self.index, self.now, &Event::ClockKick { reads })?;
                 return Ok(Status::Running);
             }
+            PortEvent::Absurd(absurd) => {
+                if let Some(reads) = event.kick_reads() {
+                    self.charge_kick(reads);
+                }
+                let stable = Stable::new(2).str("clock").u64(match absurd {
+                    Absurd::ClockKick { .. } => 1,
+                    Absurd::TimerDeadline { .. } => 2,
+                });
+                let note = Note::new(format!("the guest asked for the absurd: {absurd}"), stable);
+                self.device_error(step, note, trace)?;
+                return Ok(Status::Running);
+            }
             PortEvent::Control(control) => {
-                let message = format!("{control:?}");
-                trace.record(step, self.index, self.now, &Event::Control { message })?;
+                let (code, arg) = control_code(&control);
+                let event = Event::Control { control: code, arg };
+                trace.record(step, self.index, self.now, &event)?;
                 return Ok(self.control(step, control));
             }
-            PortEvent::ClockPageRegistered(gpa) => format!("clock page at {gpa:#x}"),
-            PortEvent::ClockPageRejected(gpa) => {
-                format!("clock page at {gpa:#x} rejected: not in RAM")
-            }
+            PortEvent::ClockPageRegistered(gpa) => Event::ClockPage {
+                gpa,
+                accepted: true,
+            },
+            PortEvent::ClockPageRejected(gpa) => Event::ClockPage {
+                gpa,
+                accepted: false,
+            },
             PortEvent::TimerArmed(_)
             | PortEvent::TimerDisarmed
             | PortEvent::IrqPoll
             | PortEvent::Ignored { .. } => return Ok(Status::Running),
         };
-        trace.record(step, self.index, self.now, &Event::Control { message })?;
+        trace.record(step, self.index, self.now, &event)?;
         Ok(Status::Running)
+    }
+
+    /// Charges the virtual time of `reads` stalled clock reads.
+    fn charge_kick(&mut self, reads: u32) {
+        self.stats.clock_kicks += 1;
+        self.advance(u64::from(reads).saturating_mul(self.costs.clock_read_ns));
+    }
+
+    /// Moves the clock forward by `ns`. Virtual time saturates rather than wraps: no guest
+    /// can turn its clock back by asking for too much (the port block bounds what it may ask).
+    fn advance(&mut self, ns: u64) {
+        self.now = self.now.saturating_add(ns);
     }
 
     fn control(&mut self, step: u64, event: ControlEvent) -> Status {
@@ -779,7 +846,7 @@ impl Machine {
     fn kicked(&mut self, step: u64, trace: &mut Trace) -> Result<Status> {
         self.stats.watchdog_kicks += 1;
         let rip = self.vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
-        self.now += self.costs.watchdog_kick_ns;
+        self.advance(self.costs.watchdog_kick_ns);
         trace.record(step, self.index, self.now, &Event::WatchdogKick { rip })?;
         Ok(Status::Running)
     }
@@ -820,9 +887,26 @@ impl Machine {
     pub fn state_fingerprint(&self) -> Result<StateFingerprint> {
         let regs = self.vcpu.get_regs().map_err(Error::kvm("KVM_GET_REGS"))?;
         let sregs = self.vcpu.get_sregs().map_err(Error::kvm("KVM_GET_SREGS"))?;
+        let fpu = self.vcpu.get_fpu().map_err(Error::kvm("KVM_GET_FPU"))?;
+        let entries: Vec<kvm_bindings::kvm_msr_entry> = state::STATE_MSRS
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
+            .map_err(|e| Error::Devices(format!("MSR list: {e:?}")))?;
+        // KVM reads the MSRs in order and stops at the first it cannot read; those read count.
+        let read = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(Error::kvm("KVM_GET_MSRS"))?;
+        let read = &msrs.as_slice()[..read.min(entries.len())];
         Ok(StateFingerprint {
             rip: regs.rip,
             registers: state::registers(&regs, &sregs),
+            fpu_msrs: state::fpu_msrs(&fpu, read),
             memory: state::memory(&self.mem),
         })
     }
@@ -834,16 +918,20 @@ impl Machine {
 ///
 /// The returned memory must outlive `vm`: KVM keeps using the mapping until the VM is gone.
 pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
-    let mem =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size as usize)]).map_err(|e| {
-            Error::MemoryAlloc {
-                mem_size,
-                reason: e.to_string(),
-            }
-        })?;
+    let bytes = usize::try_from(mem_size).map_err(|_| Error::MemoryTooLarge {
+        mem_size,
+        max: MAX_RAM,
+    })?;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).map_err(|e| {
+        Error::MemoryAlloc {
+            mem_size,
+            reason: e.to_string(),
+        }
+    })?;
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_bindings::kvm_userspace_memory_region {
-            slot: slot as u32,
+            slot: u32::try_from(slot)
+                .map_err(|_| Error::Devices("too many memory slots".into()))?,
             flags: 0,
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
@@ -855,6 +943,26 @@ pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> 
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
+}
+
+/// Where a device error was found: in the virtio transport or in the device behind it.
+#[derive(Clone, Copy)]
+enum DeviceLayer {
+    Transport = 1,
+    Device = 2,
+}
+
+/// A control-channel event as the ABI numbers it (`docs/guest-abi.md`), for the trace.
+fn control_code(event: &ControlEvent) -> (u8, u32) {
+    match event {
+        ControlEvent::Ready => (abi::control::READY, 0),
+        ControlEvent::Exit(status) => (abi::control::EXIT, (*status).into()),
+        ControlEvent::Panic => (abi::control::PANIC, 0),
+        ControlEvent::PowerOff => (abi::control::POWEROFF, 0),
+        ControlEvent::Restart => (abi::control::RESTART, 0),
+        // The raw value, whatever the guest wrote.
+        ControlEvent::Unknown(value) => (0, *value),
+    }
 }
 
 /// The virtio-mmio windows of a machine being built: device `i` at `VIRTIO_MMIO_BASE + i * 4K`
@@ -885,7 +993,10 @@ impl VirtioDevices {
             )));
         }
         // Both fit: slot < MAX_VIRTIO_DEVICES keeps the IRQ at most 15.
-        let irq = abi::IRQ_VIRTIO_BASE + slot as u8;
+        let irq = u8::try_from(slot)
+            .ok()
+            .and_then(|slot| abi::IRQ_VIRTIO_BASE.checked_add(slot))
+            .ok_or_else(|| Error::Devices(format!("no interrupt line for virtio slot {slot}")))?;
         let addr = abi::VIRTIO_MMIO_BASE + slot as u64 * abi::VIRTIO_MMIO_SIZE;
         let transport = VirtioMmio::new(device, self.irq.clone(), irq);
         let id = self
@@ -902,11 +1013,11 @@ impl VirtioDevices {
 pub fn disk_name(index: usize) -> String {
     let mut name = String::from("vd");
     // Linux continues with vdaa after vdz; simvm machines have far fewer disks.
-    let letter = b'a' + (index % 26) as u8;
+    let letter = |n: usize| char::from(b'a' + u8::try_from(n % 26).unwrap_or(0));
     if index >= 26 {
-        name.push((b'a' + (index / 26 - 1) as u8) as char);
+        name.push(letter(index / 26 - 1));
     }
-    name.push(letter as char);
+    name.push(letter(index));
     name
 }
 
@@ -920,6 +1031,19 @@ fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut
     } else if !pio.read(port.into(), data) {
         data.fill(0xff);
     }
+}
+
+/// The low four bytes of a port or MMIO value (port accesses are at most four bytes).
+fn le_u32(data: &[u8]) -> u32 {
+    let mut bytes = [0u8; 4];
+    let n = data.len().min(4);
+    bytes[..n].copy_from_slice(&data[..n]);
+    u32::from_le_bytes(bytes)
+}
+
+/// The size of an access, as the trace records it (KVM's are 1 to 8 bytes).
+fn access_size(data: &[u8]) -> u8 {
+    u8::try_from(data.len()).unwrap_or(u8::MAX)
 }
 
 fn le_value(data: &[u8]) -> u64 {

@@ -5,6 +5,9 @@
 //! The world delivers a machine's due frames just before it steps that machine; see
 //! `docs/design.md` for why the switch's minimum latency makes this causal.
 
+// Values from guests (exit data, frames, requests) must not be truncated silently.
+#![warn(clippy::cast_possible_truncation)]
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fs::File;
@@ -51,6 +54,39 @@ pub struct LinkPatch {
     pub bandwidth_bps: Option<u64>,
     pub reorder: Option<bool>,
     pub up: Option<bool>,
+}
+
+/// `latency=2000000ns loss=0.5 up=false`: the settings the patch gives.
+impl std::fmt::Display for LinkPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        let mut ns = |name: &str, v: Option<u64>| {
+            if let Some(v) = v {
+                parts.push(format!("{name}={v}ns"));
+            }
+        };
+        ns("latency", self.latency_ns);
+        ns("jitter", self.jitter_ns);
+        if let Some(p) = self.loss {
+            parts.push(format!("loss={p}"));
+        }
+        if let Some(p) = self.duplicate {
+            parts.push(format!("duplicate={p}"));
+        }
+        if let Some(b) = self.bandwidth_bps {
+            parts.push(format!("bandwidth={b}bit/s"));
+        }
+        if let Some(r) = self.reorder {
+            parts.push(format!("reorder={r}"));
+        }
+        if let Some(u) = self.up {
+            parts.push(format!("up={u}"));
+        }
+        if parts.is_empty() {
+            return f.write_str("no change");
+        }
+        f.write_str(&parts.join(" "))
+    }
 }
 
 impl LinkPatch {
@@ -109,7 +145,7 @@ pub enum NetEvent {
         to: usize,
         reason: DropReason,
     },
-    Applied(String),
+    Applied(crate::trace::Note),
 }
 
 pub struct Network {
@@ -177,8 +213,13 @@ impl Network {
             if *at > now {
                 break;
             }
-            let description = self.apply(action.clone())?;
-            applied.push(NetEvent::Applied(description));
+            let action = action.clone();
+            let stable = stable_action(&action);
+            let description = self.apply(action)?;
+            applied.push(NetEvent::Applied(crate::trace::Note::new(
+                description,
+                stable,
+            )));
             self.next_action += 1;
         }
         Ok(applied)
@@ -232,7 +273,7 @@ impl Network {
                     self.switch
                         .set_link(id(*from), id(*to), patch.apply(current))
                 })
-                .map(|()| format!("link {}->{}: {patch:?}", id(*from), id(*to))),
+                .map(|()| format!("link {}->{}: {patch}", id(*from), id(*to))),
         };
         result.map_err(|e| Error::Network(e.to_string()))
     }
@@ -361,11 +402,41 @@ impl Network {
 }
 
 fn id(index: usize) -> MachineId {
-    MachineId(index as u16)
+    // The world has at most 64 machines (`Network::new` checks the count fits a u16).
+    MachineId(u16::try_from(index).unwrap_or(u16::MAX))
 }
 
 /// A 64-bit fingerprint of a frame's bytes, folded into the trace instead of the whole frame.
 pub fn fingerprint(data: &[u8]) -> u64 {
     let hash = blake3::hash(data);
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// The digest's bytes for a network action: its kind and every field, never its text.
+fn stable_action(action: &NetAction) -> crate::trace::Stable {
+    use crate::trace::Stable;
+    let list = |stable: Stable, ids: &[usize]| {
+        ids.iter()
+            .fold(stable.u64(ids.len() as u64), |s, &i| s.u64(i as u64))
+    };
+    match action {
+        NetAction::Partition { name, a, b, cut } => {
+            let stable = Stable::new(1).str(name);
+            let stable = list(list(stable, a), b);
+            stable.u64(u64::from(*cut == Cut::OneWay))
+        }
+        NetAction::Heal { name } => Stable::new(2)
+            .str(name.as_deref().unwrap_or(""))
+            .u64(u64::from(name.is_some())),
+        NetAction::PatchLink { from, to, patch } => Stable::new(3)
+            .u64(*from as u64)
+            .u64(*to as u64)
+            .opt_u64(patch.latency_ns)
+            .opt_u64(patch.jitter_ns)
+            .opt_u64(patch.loss.map(f64::to_bits))
+            .opt_u64(patch.duplicate.map(f64::to_bits))
+            .opt_u64(patch.bandwidth_bps)
+            .opt_u64(patch.reorder.map(u64::from))
+            .opt_u64(patch.up.map(u64::from)),
+    }
 }

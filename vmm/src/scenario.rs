@@ -90,14 +90,16 @@
 //!   each group from the others (machines in no group are unaffected). Partitions stack until
 //!   healed; a partition reusing a name replaces the earlier one.
 //! - The run ends when every machine expected to exit (`expect` is a status) has exited, or at
-//!   `until`. It succeeds when every machine meets its `expect`: that exit status, `"running"`
+//!   `until`. A scenario that expects no machine to exit needs `until`, in the file or from the
+//!   command line ([`Scenario::parse_with_until`]): nothing else would end it. It succeeds when every machine meets its `expect`: that exit status, `"running"`
 //!   (still running at the end) or `"any"` (anything).
 //!
 //! Errors name the file, line and column and say what was expected; unknown keys are errors.
+//! Durations and sizes are parsed exactly by [`crate::units`], which `simvm run` uses too.
 //! The model is plain data: times are nanoseconds, probabilities `f64` in `[0, 1]`, bandwidth
 //! bits per second, machines indices into [`Scenario::machines`], as the switch takes them.
 
-// Wired into `simvm run` separately; until then only the tests use parts of it.
+#![warn(clippy::cast_possible_truncation)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -110,6 +112,8 @@ use serde::Deserialize;
 use simvm_devices::disk::{CrashPolicy, Fault, Latency, UnknownCrashPolicy};
 use thiserror::Error;
 use toml::{Spanned, Table, Value};
+
+use crate::units::{self, format_bandwidth, format_ns, parse_scaled, BANDWIDTH_UNITS};
 
 /// The most machines one run can have (the CLI's `--machines` limit).
 pub const MAX_MACHINES: usize = 64;
@@ -371,13 +375,33 @@ pub enum ScenarioError {
 }
 
 impl Scenario {
-    /// Reads and checks a scenario file.
+    /// Reads and checks a scenario file. The file must bound the run: some machine is awaited
+    /// (expects an exit status) or it sets `until`.
     pub fn load(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        Self::load_with_until(path, None)
+    }
+
+    /// Like [`Scenario::load`], for a run that `until_ns` (the command line's `--until`) ends
+    /// if the file does not.
+    pub fn load_with_until(path: &Path, until_ns: Option<u64>) -> Result<Self, ScenarioError> {
+        let bytes = std::fs::read(path).map_err(|source| ScenarioError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut scenario = Self::parse(&text, &path.display().to_string())?;
+        let file = path.display().to_string();
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes());
+            Problem::at(
+                at..at,
+                format!(
+                    "this is not UTF-8 text (byte 0x{:02x}): a scenario is a TOML file",
+                    e.as_bytes()[at]
+                ),
+            )
+            .locate(&file, &text)
+        })?;
+        let mut scenario = Self::parse_with_until(&text, &file, until_ns)?;
         // Paths in a scenario are relative to the file.
         let base = path.parent().unwrap_or(Path::new("."));
         for disk in scenario.machines.iter_mut().flat_map(|m| &mut m.disks) {
@@ -393,15 +417,33 @@ impl Scenario {
         Ok(scenario)
     }
 
-    /// Parses and checks scenario text; `file` names it in errors.
+    /// Parses and checks scenario text; `file` names it in errors. Like [`Scenario::load`], the
+    /// text must bound the run.
     pub fn parse(text: &str, file: &str) -> Result<Self, ScenarioError> {
+        Self::parse_with_until(text, file, None)
+    }
+
+    /// Like [`Scenario::parse`], for a run that `until_ns` (the command line's `--until`) ends
+    /// if the text does not.
+    pub fn parse_with_until(
+        text: &str,
+        file: &str,
+        until_ns: Option<u64>,
+    ) -> Result<Self, ScenarioError> {
         toml::from_str::<RawScenario>(text)
             .map_err(|e| Problem {
                 span: e.span().unwrap_or(0..0),
-                message: e.message().trim_end().to_owned(),
+                message: toml_message(&e, text),
             })
-            .and_then(RawScenario::check)
+            .and_then(|raw| raw.check(until_ns.is_some()))
             .map_err(|problem| problem.locate(file, text))
+    }
+
+    /// Whether a run of this scenario ends without being told when: some machine is awaited
+    /// (expects an exit status), or the scenario has `until`. A run of a scenario that does not
+    /// needs an `until` from elsewhere, or it never ends.
+    pub fn ends_by_itself(&self) -> bool {
+        self.until_ns.is_some() || self.machines.iter().any(|m| m.expect.waits())
     }
 
     /// The built-in demo (`examples/demo.toml`): an HTTP server, two clients, a partition.
@@ -454,7 +496,7 @@ impl Problem {
 
     fn locate(self, file: &str, text: &str) -> ScenarioError {
         let (line, column) = line_column(text, self.span.start);
-        let source_line = text.lines().nth(line - 1).unwrap_or("");
+        let source_line = printable(text.split('\n').nth(line - 1).unwrap_or(""));
         let gutter = line.to_string().len();
         let excerpt = format!(
             "{:gutter$} |\n{line} | {source_line}\n{:gutter$} | {:>column$}",
@@ -464,10 +506,60 @@ impl Problem {
             file: file.to_owned(),
             line,
             column,
-            message: self.message,
+            // Messages quote values from the file: control characters there show escaped.
+            message: self
+                .message
+                .chars()
+                .flat_map(|c| {
+                    let escaped = c.is_control().then(|| c.escape_default());
+                    escaped
+                        .into_iter()
+                        .flatten()
+                        .chain((!c.is_control()).then_some(c))
+                })
+                .collect(),
             excerpt,
         }
     }
+}
+
+/// What the TOML parser found wrong, on one line (it puts what it expected on a line of its own,
+/// and says nothing at all about some characters).
+fn toml_message(error: &toml::de::Error, text: &str) -> String {
+    let message = (error.message().lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    if !message.is_empty() {
+        return message;
+    }
+    let found = (error.span())
+        .and_then(|span| text.get(span.start..))
+        .and_then(|rest| rest.chars().next());
+    match found {
+        Some('\r') => "invalid TOML: a carriage return must be followed by a newline".to_owned(),
+        Some(c) if c.is_control() => {
+            format!(
+                "invalid TOML: unexpected control character U+{:04X}",
+                u32::from(c)
+            )
+        }
+        Some(c) => format!("invalid TOML at `{c}`"),
+        None => "invalid TOML".to_owned(),
+    }
+}
+
+/// A source line as an excerpt shows it: one visible character per character, so the caret
+/// below stays in its column and no control character reaches the terminal.
+fn printable(line: &str) -> String {
+    line.chars()
+        .map(|c| match c {
+            '\t' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
 }
 
 /// One-based line and column (in characters) of a byte offset.
@@ -535,11 +627,10 @@ struct RawMachine {
     count: Option<Spanned<i64>>,
     command: Spanned<Command>,
     recipe: Option<String>,
-    memory: Option<ByteSize>,
+    memory: Option<Spanned<ByteSize>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
-    #[serde(default)]
-    expect: Expect,
+    expect: Option<Spanned<Expect>>,
     #[serde(default)]
     disks: Vec<Spanned<RawDisk>>,
 }
@@ -580,7 +671,13 @@ struct RawEvent {
 // Checks: from the file as written to the model
 
 impl RawScenario {
-    fn check(self) -> Result<Scenario, Problem> {
+    /// `until_given`: the command line ends the run if the file does not.
+    fn check(self, until_given: bool) -> Result<Scenario, Problem> {
+        // Where to point if nothing ends the run: the first machine's `expect`, or its table.
+        let first_machine = self
+            .machine
+            .first()
+            .map(|m| m.get_ref().expect.as_ref().map_or(m.span(), Spanned::span));
         let machines = check_machines(self.machine)?;
         let names = Names(machines.iter().map(|m| m.name.clone()).collect());
         if let Some(until) = &self.until {
@@ -597,14 +694,26 @@ impl RawScenario {
             .map(check_crash_policy)
             .transpose()?
             .unwrap_or_default();
-        Ok(Scenario {
+        let scenario = Scenario {
             description: self.description,
             machines,
             network,
             timeline,
             until_ns: self.until.map(|u| u.into_inner().0),
             crash_policy,
-        })
+        };
+        if !until_given && !scenario.ends_by_itself() {
+            return Err(Problem::at(
+                first_machine.unwrap_or(0..0),
+                format!(
+                    "nothing ends this run: no machine is awaited (every one expects \"running\" \
+                     or \"any\": {}) and there is no `until`. Add `until = \"60s\"` at the top \
+                     (or run with --until), or give a machine an exit status to expect",
+                    names.0.join(", ")
+                ),
+            ));
+        }
+        Ok(scenario)
     }
 }
 
@@ -669,20 +778,22 @@ fn machine_count(raw: &RawMachine) -> Result<usize, Problem> {
     let Some(count) = &raw.count else {
         return Ok(1);
     };
-    let n = *count.get_ref();
-    if !(1..=MAX_MACHINES as i64).contains(&n) {
-        return Err(Problem::at(
-            count.span(),
-            format!("`count` must be between 1 and {MAX_MACHINES}"),
-        ));
-    }
+    let n = usize::try_from(*count.get_ref())
+        .ok()
+        .filter(|n| (1..=MAX_MACHINES).contains(n))
+        .ok_or_else(|| {
+            Problem::at(
+                count.span(),
+                format!("`count` must be between 1 and {MAX_MACHINES}"),
+            )
+        })?;
     if let (Some(name), true) = (&raw.name, n > 1) {
         return Err(Problem::at(
             name.span(),
             "a table with `count` above 1 names its machines by position (m1, m2, ...): remove `name`",
         ));
     }
-    Ok(n as usize)
+    Ok(n)
 }
 
 impl RawMachine {
@@ -698,13 +809,16 @@ impl RawMachine {
             name,
             argv: self.command.get_ref().0.clone(),
             recipe: self.recipe.clone(),
-            memory: self.memory.map(|m| m.0),
+            memory: self.memory.as_ref().map(check_memory).transpose()?,
             env: self
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.get_ref().clone()))
                 .collect(),
-            expect: self.expect,
+            expect: self
+                .expect
+                .as_ref()
+                .map_or_else(Expect::default, |e| *e.get_ref()),
             disks: self.check_disks()?,
         })
     }
@@ -824,6 +938,18 @@ fn check_crash_policy(policy: &Spanned<String>) -> Result<CrashPolicy, Problem> 
         .get_ref()
         .parse()
         .map_err(|e: UnknownCrashPolicy| Problem::at(policy.span(), e.to_string()))
+}
+
+/// Guest RAM is mapped in whole pages.
+fn check_memory(memory: &Spanned<ByteSize>) -> Result<u64, Problem> {
+    let bytes = memory.get_ref().0;
+    if !bytes.is_multiple_of(4096) {
+        return Err(Problem::at(
+            memory.span(),
+            format!("a machine's `memory` must be a multiple of 4K, found {bytes} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Machine names are host names in `/etc/hosts`: a letter, then letters, digits or hyphens.
@@ -1327,24 +1453,11 @@ deserialize_quantity!(Nanos, Probability, Bandwidth, ByteSize, Expect);
 #[derive(Clone, Copy, Debug)]
 struct Nanos(u64);
 
-const DURATION_UNITS: &[(&str, u64)] = &[
-    ("ns", 1),
-    ("us", 1_000),
-    ("µs", 1_000),
-    ("ms", 1_000_000),
-    ("s", 1_000_000_000),
-    ("m", 60_000_000_000),
-    ("min", 60_000_000_000),
-    ("h", 3_600_000_000_000),
-];
-
 impl Quantity for Nanos {
-    const EXPECTING: &'static str = "a duration like \"500ms\" (units ns, us, ms, s, m, h)";
+    const EXPECTING: &'static str = units::DURATION_EXPECTING;
 
     fn from_text(text: &str) -> Result<Self, String> {
-        parse_scaled(text, DURATION_UNITS)
-            .map(Nanos)
-            .map_err(|e| e.describe(text, Self::EXPECTING, "a duration"))
+        units::parse_duration_ns(text).map(Nanos)
     }
 
     fn from_integer(value: i64) -> Result<Self, String> {
@@ -1369,7 +1482,7 @@ impl Quantity for Probability {
             .trim()
             .strip_suffix('%')
             .and_then(|n| n.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("expected {}, found \"{text}\"", Self::EXPECTING))?;
+            .ok_or_else(|| format!("expected {}, found {text:?}", Self::EXPECTING))?;
         Self::from_float(percent / 100.0)
     }
 
@@ -1393,17 +1506,6 @@ impl Quantity for Probability {
 #[derive(Clone, Copy, Debug)]
 struct Bandwidth(u64);
 
-const BANDWIDTH_UNITS: &[(&str, u64)] = &[
-    ("bit", 1),
-    ("kbit", 1_000),
-    ("mbit", 1_000_000),
-    ("gbit", 1_000_000_000),
-    ("bps", 1),
-    ("kbps", 1_000),
-    ("mbps", 1_000_000),
-    ("gbps", 1_000_000_000),
-];
-
 impl Quantity for Bandwidth {
     const EXPECTING: &'static str =
         "a bandwidth like \"100Mbit\" (units bit, kbit, Mbit, Gbit per second) or \"unlimited\"";
@@ -1424,23 +1526,11 @@ impl Quantity for Bandwidth {
 #[derive(Clone, Copy, Debug)]
 struct ByteSize(u64);
 
-const SIZE_UNITS: &[(&str, u64)] = &[
-    ("", 1),
-    ("k", 1 << 10),
-    ("kib", 1 << 10),
-    ("m", 1 << 20),
-    ("mib", 1 << 20),
-    ("g", 1 << 30),
-    ("gib", 1 << 30),
-];
-
 impl Quantity for ByteSize {
-    const EXPECTING: &'static str = "a size like \"256M\" (units K, M, G)";
+    const EXPECTING: &'static str = units::SIZE_EXPECTING;
 
     fn from_text(text: &str) -> Result<Self, String> {
-        parse_scaled(text, SIZE_UNITS)
-            .map(ByteSize)
-            .map_err(|e| e.describe(text, Self::EXPECTING, "a size"))
+        units::parse_size(text).map(ByteSize)
     }
 
     fn from_integer(value: i64) -> Result<Self, String> {
@@ -1457,7 +1547,7 @@ impl Quantity for Expect {
         match text {
             "running" => Ok(Expect::Running),
             "any" => Ok(Expect::Any),
-            _ => Err(format!("expected {}, found \"{text}\"", Self::EXPECTING)),
+            _ => Err(format!("expected {}, found {text:?}", Self::EXPECTING)),
         }
     }
 
@@ -1468,72 +1558,8 @@ impl Quantity for Expect {
     }
 }
 
-/// Why a number with a unit did not parse.
-#[derive(Debug, PartialEq)]
-enum ScaledError {
-    Negative,
-    Malformed,
-    UnknownUnit,
-    TooPrecise,
-    TooLarge,
-}
-
-impl ScaledError {
-    fn describe(self, text: &str, expecting: &str, what: &str) -> String {
-        match self {
-            ScaledError::Negative => format!("{what} cannot be negative, found \"{text}\""),
-            ScaledError::Malformed | ScaledError::UnknownUnit => {
-                format!("expected {expecting}, found \"{text}\"")
-            }
-            ScaledError::TooPrecise => format!("\"{text}\" is finer than the smallest unit"),
-            ScaledError::TooLarge => format!("\"{text}\" is too large"),
-        }
-    }
-}
-
-/// Parses a decimal number and a unit from `units` (case-insensitive) into an exact integer
-/// count of the smallest unit: floats would make "0.3s" one nanosecond short.
-fn parse_scaled(text: &str, units: &[(&str, u64)]) -> Result<u64, ScaledError> {
-    let text = text.trim();
-    if text.starts_with('-') {
-        return Err(ScaledError::Negative);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit = unit.trim().to_lowercase();
-    let scale = units
-        .iter()
-        .find(|(name, _)| *name == unit)
-        .map(|&(_, scale)| u128::from(scale))
-        .ok_or(ScaledError::UnknownUnit)?;
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') {
-        return Err(ScaledError::Malformed);
-    }
-    let fraction = fraction.trim_end_matches('0');
-    if fraction.len() > 18 {
-        return Err(ScaledError::TooPrecise);
-    }
-    let whole: u128 = match whole {
-        "" => 0,
-        digits => digits.parse().map_err(|_| ScaledError::TooLarge)?,
-    };
-    let denominator = 10u128.pow(fraction.len() as u32);
-    let fraction_scaled = match fraction {
-        "" => 0,
-        digits => digits.parse::<u128>().map_err(|_| ScaledError::Malformed)? * scale,
-    };
-    if !fraction_scaled.is_multiple_of(denominator) {
-        return Err(ScaledError::TooPrecise);
-    }
-    whole
-        .checked_mul(scale)
-        .and_then(|w| w.checked_add(fraction_scaled / denominator))
-        .and_then(|total| u64::try_from(total).ok())
-        .ok_or(ScaledError::TooLarge)
-}
+/// The guest receives its argument list NUL-separated.
+const NUL_IN_COMMAND: &str = "the command contains a NUL character, which no argument can hold";
 
 /// A command: a shell line (run with `sh -c`) or an argument list.
 #[derive(Clone, Debug)]
@@ -1558,6 +1584,9 @@ impl<'de> Visitor<'de> for CommandVisitor {
         if line.trim().is_empty() {
             return Err(E::custom("the command is empty"));
         }
+        if line.contains('\0') {
+            return Err(E::custom(NUL_IN_COMMAND));
+        }
         Ok(Command(vec!["sh".into(), "-c".into(), line.into()]))
     }
 
@@ -1565,6 +1594,9 @@ impl<'de> Visitor<'de> for CommandVisitor {
         let mut argv = Vec::new();
         while let Some(arg) = seq.next_element::<String>()? {
             argv.push(arg);
+        }
+        if argv.iter().any(|arg| arg.contains('\0')) {
+            return Err(de::Error::custom(NUL_IN_COMMAND));
         }
         match argv.first() {
             Some(program) if !program.is_empty() => Ok(Command(argv)),
@@ -1785,44 +1817,8 @@ fn settings_table(s: &LinkSettings) -> Table {
         .collect()
 }
 
-/// The largest unit that writes `ns` exactly, like "1500us" or "2m".
-fn format_ns(ns: u64) -> String {
-    format_exact(
-        ns,
-        &[
-            ("h", 3_600_000_000_000),
-            ("m", 60_000_000_000),
-            ("s", 1_000_000_000),
-            ("ms", 1_000_000),
-            ("us", 1_000),
-            ("ns", 1),
-        ],
-    )
-}
-
-fn format_bandwidth(bps: u64) -> String {
-    if bps == 0 {
-        return "unlimited".to_owned();
-    }
-    format_exact(
-        bps,
-        &[
-            ("Gbit", 1_000_000_000),
-            ("Mbit", 1_000_000),
-            ("kbit", 1_000),
-            ("bit", 1),
-        ],
-    )
-}
-
-/// `units` from the largest; the last must be 1.
-fn format_exact(value: u64, units: &[(&str, u64)]) -> String {
-    let (unit, scale) = units
-        .iter()
-        .find(|&&(_, scale)| value != 0 && value.is_multiple_of(scale))
-        .unwrap_or(&units[units.len() - 1]);
-    format!("{}{unit}", value / scale)
-}
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {
@@ -1946,28 +1942,28 @@ mod tests {
         assert_eq!(names, ["m1", "m2", "m3"]);
     }
 
+    /// Durations and sizes go through `units`, the parser `simvm run` also uses: exact.
     #[test]
-    fn durations() {
-        let cases: &[(&str, Result<u64, ScaledError>)] = &[
-            ("5s", Ok(5_000_000_000)),
-            ("100us", Ok(100_000)),
-            ("100µs", Ok(100_000)),
-            ("1.5ms", Ok(1_500_000)),
-            ("0.3s", Ok(300_000_000)),
-            (".5s", Ok(500_000_000)),
-            ("2m", Ok(120_000_000_000)),
-            ("1h", Ok(3_600_000_000_000)),
-            ("7 ns", Ok(7)),
-            ("1.5ns", Err(ScaledError::TooPrecise)),
-            ("-5s", Err(ScaledError::Negative)),
-            ("5", Err(ScaledError::UnknownUnit)),
-            ("5 seconds", Err(ScaledError::UnknownUnit)),
-            ("1.2.3s", Err(ScaledError::Malformed)),
-            ("s", Err(ScaledError::Malformed)),
-            ("99999999999h", Err(ScaledError::TooLarge)),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(&parse_scaled(text, DURATION_UNITS), expected, "{text}");
+    fn durations_and_sizes_are_exact() {
+        let s = parse(
+            "until = \"1500500us\"\n[network]\nlatency = \"0.3s\"\njitter = \"1.5ms\"\n\
+             [[machine]]\ncommand = \"x\"\nmemory = \"100000K\"\n",
+        )
+        .expect("parses");
+        assert_eq!(s.until_ns, Some(1_500_500_000));
+        assert_eq!(s.network.defaults.latency_ns, Some(300_000_000));
+        assert_eq!(s.network.defaults.jitter_ns, Some(1_500_000));
+        assert_eq!(s.machines[0].memory, Some(100_000 << 10));
+        assert_eq!(parse(&s.to_string()).expect("reparse"), s);
+        for (value, needle) in [
+            ("\"1.5ns\"", "finer than the smallest unit"),
+            ("\"5\"", "needs a unit: write \"5s\""),
+            ("\"99999999999h\"", "too large"),
+        ] {
+            let err = parse(&format!("until = {value}\n[[machine]]\ncommand = \"x\"\n"))
+                .expect_err(value)
+                .to_string();
+            assert!(err.contains(needle), "{value}: {err}");
         }
     }
 
@@ -2013,15 +2009,6 @@ mod tests {
         assert_eq!(ByteSize::from_text("1GiB").map(|s| s.0), Ok(1 << 30));
         assert_eq!(ByteSize::from_text("0.5k").map(|s| s.0), Ok(512));
         assert!(ByteSize::from_text("12X").is_err());
-    }
-
-    #[test]
-    fn formatting_picks_the_largest_exact_unit() {
-        assert_eq!(format_ns(0), "0ns");
-        assert_eq!(format_ns(1_500_000), "1500us");
-        assert_eq!(format_ns(120_000_000_000), "2m");
-        assert_eq!(format_bandwidth(100_000_000), "100Mbit");
-        assert_eq!(format_bandwidth(0), "unlimited");
     }
 
     #[test]
@@ -2151,6 +2138,12 @@ mod tests {
             (format!("{M}[[timeline]]\nat = \"5s\"\nlink = {{ lose = 0.5 }}\n"), (6, 10), "unknown field `lose`"),
             (format!("{M}[[timeline]]\nat = \"5s\"\npartition = [[\"m1\"]]\nname = \"all\"\n"), (7, 8), "reserved"),
             ("machines = 3\n".into(), (1, 1), "unknown field `machines`"),
+            ("[[machine]]\ncommand = \"x\"\nexpect = \"running\"\n".into(), (3, 10), "nothing ends this run: no machine is awaited"),
+            ("[[machine]]\ncount = 2\ncommand = \"x\"\nexpect = \"any\"\n".into(), (4, 10), "\"any\": m1, m2) and there is no `until`"),
+            ("[[machine]]\ncommand = \"x\"\nmemory = \"1000001\"\n".into(), (3, 10), "multiple of 4K"),
+            ("[[machine]]\ncommand = \"a\\u0000b\"\n".into(), (2, 11), "NUL character"),
+            ("[[machine]]\ncommand = [\"a\", \"\\u0000\"]\n".into(), (2, 11), "NUL character"),
+            ("[[machine]]\ncommand = \"x\"\nmemory = \"0.5M\"\nexpect = 2\nfoo = [\n".into(), (6, 1), "invalid array: expected `]`"),
         ];
         let mut wrong = Vec::new();
         for (text, position, needle) in cases {
@@ -2172,6 +2165,57 @@ mod tests {
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
+    /// A run must end: by an awaited machine, the file's `until` or the command line's.
+    #[test]
+    fn a_run_that_nothing_ends_is_rejected_unless_the_command_line_bounds_it() {
+        let servers = "[[machine]]\ncommand = \"x\"\nexpect = \"running\"\n\
+                       [[machine]]\ncommand = \"y\"\nexpect = \"any\"\n";
+        let err = parse(servers).expect_err("unbounded").to_string();
+        assert!(
+            err.starts_with("s.toml:3:10: nothing ends this run") && err.contains("--until"),
+            "{err}"
+        );
+        let s = Scenario::parse_with_until(servers, "s.toml", Some(5_000_000_000))
+            .expect("--until bounds it");
+        assert_eq!(
+            s.until_ns, None,
+            "the command line's until stays the command line's"
+        );
+        parse(&format!("until = \"1s\"\n{servers}")).expect("until bounds it");
+        let s = parse(&format!("{servers}[[machine]]\ncommand = \"z\"\n")).expect("m3 is awaited");
+        assert!(s.ends_by_itself());
+        let mut unbounded = s.clone();
+        unbounded.machines[2].expect = Expect::Any;
+        assert!(!unbounded.ends_by_itself());
+        // Other problems of the file come first.
+        let err = parse(&format!(
+            "{servers}[[timeline]]\nat = \"1s\"\nkill = \"m9\"\n"
+        ))
+        .expect_err("m9")
+        .to_string();
+        assert!(err.contains("unknown machine `m9`"), "{err}");
+        // No `expect` at all points at the machine's table.
+        let err = parse("[[machine]]\ncommand = \"x\"\nexpect = \"any\"\n[[machine]]\ncommand = \"y\"\nexpect = \"any\"\n")
+            .expect_err("unbounded")
+            .to_string();
+        assert!(err.starts_with("s.toml:3:10: "), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_located() {
+        let dir = std::env::temp_dir().join(format!("simvm-scenario-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("latin1.toml");
+        std::fs::write(&path, b"[[machine]]\ncommand = \"caf\xe9\"\n").expect("write");
+        let err = Scenario::load(&path).expect_err("not UTF-8").to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        let expected = format!(
+            "{}:2:15: this is not UTF-8 text (byte 0xe9)",
+            path.display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
+    }
+
     #[test]
     fn error_display_points_at_the_column() {
         let err = parse("until = \"-5s\"\n").expect_err("negative");
@@ -2183,6 +2227,30 @@ mod tests {
         assert!(
             shown.ends_with("1 | until = \"-5s\"\n  |         ^"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn toml_errors_without_a_message_get_one_and_excerpts_show_no_control_characters() {
+        for (text, expected) in [
+            (
+                "\r",
+                "s.toml:1:1: invalid TOML: a carriage return must be followed by a newline",
+            ),
+            ("a = 1\r", "s.toml:1:6: "),
+        ] {
+            let shown = parse(text).expect_err("invalid").to_string();
+            assert!(shown.starts_with(expected), "{shown:?}");
+            assert!(!shown.contains('\r'), "{shown:?}");
+        }
+        let shown = parse("until = \"\\u001b[2J\\n\"\t# x\n")
+            .expect_err("not a duration")
+            .to_string();
+        assert!(
+            shown.starts_with("s.toml:1:9: expected a duration like \"500ms\" (units ns, us, ms, s, m, h), found \"\\u{1b}[2J\\n\"\n")
+                && !shown.contains('\u{1b}')
+                && !shown.contains('\t'),
+            "{shown:?}"
         );
     }
 

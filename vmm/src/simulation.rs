@@ -82,6 +82,8 @@ pub enum SimulationError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("nothing would end this run: no machine is expected to exit and there is no `until`; set `until` (or `--until`)")]
+    Endless,
     #[error("the scenario has {machines} machines but {images} images were given")]
     Images { machines: usize, images: usize },
     #[error(transparent)]
@@ -107,13 +109,23 @@ pub struct DeterminismCheck {
 
 impl DeterminismCheck {
     pub fn deterministic(&self) -> bool {
-        self.first.digest == self.second.digest && self.divergence.is_none()
+        self.comparable() && self.first.digest == self.second.digest && self.divergence.is_none()
+    }
+
+    /// Whether both runs saw the same CPU model, without which their digests say nothing.
+    pub fn comparable(&self) -> bool {
+        self.first.cpu_template == self.second.cpu_template
     }
 
     /// One line: deterministic, or where the runs parted.
     pub fn verdict(&self) -> String {
         let at = self.divergence.map_or("?".to_string(), |s| s.to_string());
-        if self.deterministic() {
+        if !self.comparable() {
+            format!(
+                "NOT comparable: the runs saw different CPU models ({} and {})",
+                self.first.cpu_template, self.second.cpu_template
+            )
+        } else if self.deterministic() {
             format!("deterministic: both runs have digest {}", self.first.digest)
         } else if self.first.digest == self.second.digest {
             format!(
@@ -204,6 +216,9 @@ impl Simulation {
         trace: Option<PathBuf>,
     ) -> Result<WorldConfig, SimulationError> {
         let count = self.scenario.machines.len();
+        if self.until_ns.is_none() && !self.scenario.ends_by_itself() {
+            return Err(SimulationError::Endless);
+        }
         if self.images.len() != count {
             return Err(SimulationError::Images {
                 machines: count,
@@ -468,5 +483,32 @@ pub fn machine_met(m: &MachineOutcome, expect: Expect) -> bool {
         None => expect.is_met(None),
         // Crashed, killed, halted for good, or powered off without reporting a status.
         Some(_) => expect == Expect::Any,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_nothing_ends_is_refused_and_until_bounds_it() {
+        let mut scenario = Scenario::from_cli(2, vec!["sleep".into(), "1000".into()]);
+        for machine in &mut scenario.machines {
+            machine.expect = Expect::Running;
+        }
+        let simulation = Simulation::new(scenario, 1);
+        assert!(matches!(
+            simulation.world_config(false, None),
+            Err(SimulationError::Endless)
+        ));
+        let bounded = Simulation {
+            until_ns: Some(1_000_000_000),
+            ..simulation
+        };
+        // Bounded, it gets past the check (and stops at the missing images).
+        assert!(matches!(
+            bounded.world_config(false, None),
+            Err(SimulationError::Images { .. })
+        ));
     }
 }

@@ -8,7 +8,7 @@
 //! part is named. Hashing all of RAM after every exit costs tens of milliseconds per 128 MiB:
 //! this is a tool for chasing a divergence, not for every run.
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs};
 use serde::Serialize;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -18,6 +18,9 @@ pub struct StateFingerprint {
     pub rip: u64,
     /// Hash of the general-purpose, control and segment registers.
     pub registers: u64,
+    /// Hash of the x87/SSE state (the only FPU state simvm guests have: `noxsave`) and of the
+    /// MSRs system calls and segments depend on ([`STATE_MSRS`]).
+    pub fpu_msrs: u64,
     /// Hash of every byte of guest RAM.
     pub memory: u64,
 }
@@ -56,6 +59,46 @@ pub fn registers(regs: &kvm_regs, sregs: &kvm_sregs) -> u64 {
     }
     for segment in segments {
         hasher.update(&segment_bytes(segment));
+    }
+    first_u64(&hasher.finalize())
+}
+
+/// The MSRs whose values steer guest execution between exits: system call entry, segment
+/// bases, SYSENTER, PAT, EFER. (Time MSRs are answered from virtual time and never stored.)
+pub const STATE_MSRS: [u32; 12] = [
+    0xc000_0080, // EFER
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0100, // FS_BASE
+    0xc000_0101, // GS_BASE
+    0xc000_0102, // KERNEL_GS_BASE
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0x277,       // PAT
+];
+
+/// Hashes the FPU/SSE registers and the MSR values read (index and value of each).
+pub fn fpu_msrs(fpu: &kvm_fpu, msrs: &[kvm_msr_entry]) -> u64 {
+    let mut hasher = blake3::Hasher::new();
+    for register in &fpu.fpr {
+        hasher.update(register);
+    }
+    for register in &fpu.xmm {
+        hasher.update(register);
+    }
+    hasher.update(&fpu.fcw.to_le_bytes());
+    hasher.update(&fpu.fsw.to_le_bytes());
+    hasher.update(&[fpu.ftwx]);
+    hasher.update(&fpu.last_opcode.to_le_bytes());
+    hasher.update(&fpu.last_ip.to_le_bytes());
+    hasher.update(&fpu.last_dp.to_le_bytes());
+    hasher.update(&fpu.mxcsr.to_le_bytes());
+    for msr in msrs {
+        hasher.update(&msr.index.to_le_bytes());
+        hasher.update(&msr.data.to_le_bytes());
     }
     first_u64(&hasher.finalize())
 }

@@ -3,7 +3,11 @@
 //!
 //! The digest is BLAKE3 over a fixed binary encoding of each event in order, so two runs have the
 //! same digest only if the guests saw the same exits, values, interrupts, time jumps and console
-//! output at the same steps. For `--check-determinism` the trace can also keep a 64-bit
+//! output at the same steps. The encoding takes no message text that simvm or a dependency
+//! writes for people: such events carry a [`Note`], whose text goes to the JSON lines and whose
+//! stable bytes go to the digest, so rewording a message never changes a digest. The encoding
+//! has a version, [`DIGEST_FORMAT`], hashed first and printed with the digest
+//! (`v2-...`): digests of different formats are never equal. For `--check-determinism` the trace can also keep a 64-bit
 //! fingerprint per event, which locates the first step at which two runs diverge.
 
 use std::fs::File;
@@ -14,6 +18,56 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::state::StateFingerprint;
+
+/// Version of the digest's encoding; bumped whenever an event's bytes change.
+pub const DIGEST_FORMAT: u32 = 2;
+
+/// Text for people, with the stable bytes the digest takes in its place.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Note {
+    pub text: String,
+    #[serde(skip)]
+    pub stable: Vec<u8>,
+}
+
+impl Note {
+    pub fn new(text: impl Into<String>, stable: Stable) -> Self {
+        Self {
+            text: text.into(),
+            stable: stable.0,
+        }
+    }
+}
+
+/// Builds the stable bytes of a [`Note`]: fixed-width little-endian numbers, length-prefixed
+/// strings.
+#[derive(Clone, Debug, Default)]
+pub struct Stable(Vec<u8>);
+
+impl Stable {
+    pub fn new(tag: u8) -> Self {
+        Self(vec![tag])
+    }
+
+    pub fn u64(mut self, value: u64) -> Self {
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    pub fn opt_u64(self, value: Option<u64>) -> Self {
+        match value {
+            Some(v) => self.u64(1).u64(v),
+            None => self.u64(0),
+        }
+    }
+
+    pub fn str(self, text: &str) -> Self {
+        let mut this = self.u64(text.len() as u64);
+        this.0.extend_from_slice(text.as_bytes());
+        this
+    }
+}
 
 /// A guest-visible event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -60,8 +114,15 @@ pub enum Event {
     ClockKick {
         reads: u32,
     },
+    /// A message on the control channel: its event number and argument.
     Control {
-        message: String,
+        control: u8,
+        arg: u32,
+    },
+    /// The guest registered its clock page (refused if not in RAM).
+    ClockPage {
+        gpa: u64,
+        accepted: bool,
     },
     Console {
         line: String,
@@ -85,21 +146,21 @@ pub enum Event {
     /// The switch dropped a frame from this machine on its way to `to`.
     FrameDropped {
         to: u16,
-        reason: String,
+        reason: Note,
     },
     /// A timeline action changed the network.
     Network {
-        action: String,
+        action: Note,
     },
     /// A device rejected something the guest did (for example a malformed virtio chain).
     DeviceError {
-        message: String,
+        message: Note,
     },
     /// The guest's registers and memory after a step (`--trace-state`); never in the digest.
     State(StateFingerprint),
     /// A timeline action on a machine or a disk (kill, restart, disk fault).
     Fault {
-        action: String,
+        action: Note,
     },
     /// The guest submitted a disk request (`fingerprint` of the data written, or 0).
     DiskRequest {
@@ -149,10 +210,9 @@ impl Event {
             Self::TimerFired { deadline_ns } => put(10, &[*deadline_ns]),
             Self::TimeJump { to_ns } => put(11, &[*to_ns]),
             Self::ClockKick { reads } => put(12, &[(*reads).into()]),
-            Self::Control { message } => {
-                put(13, &[message.len() as u64]);
-                out.extend_from_slice(message.as_bytes());
-            }
+            // Tag 13 (control messages as text) is retired.
+            Self::Control { control, arg } => put(26, &[(*control).into(), (*arg).into()]),
+            Self::ClockPage { gpa, accepted } => put(27, &[*gpa, (*accepted).into()]),
             Self::Console { line } => {
                 put(14, &[line.len() as u64]);
                 out.extend_from_slice(line.as_bytes());
@@ -174,21 +234,24 @@ impl Event {
                 ],
             ),
             Self::FrameDropped { to, reason } => {
-                put(18, &[(*to).into(), reason.len() as u64]);
-                out.extend_from_slice(reason.as_bytes());
+                put(18, &[(*to).into(), reason.stable.len() as u64]);
+                out.extend_from_slice(&reason.stable);
             }
             Self::Network { action } => {
-                put(19, &[action.len() as u64]);
-                out.extend_from_slice(action.as_bytes());
+                put(19, &[action.stable.len() as u64]);
+                out.extend_from_slice(&action.stable);
             }
             Self::DeviceError { message } => {
-                put(20, &[message.len() as u64]);
-                out.extend_from_slice(message.as_bytes());
+                put(20, &[message.stable.len() as u64]);
+                out.extend_from_slice(&message.stable);
             }
-            Self::State(state) => put(21, &[state.rip, state.registers, state.memory]),
+            Self::State(state) => put(
+                21,
+                &[state.rip, state.registers, state.fpu_msrs, state.memory],
+            ),
             Self::Fault { action } => {
-                put(22, &[action.len() as u64]);
-                out.extend_from_slice(action.as_bytes());
+                put(22, &[action.stable.len() as u64]);
+                out.extend_from_slice(&action.stable);
             }
             Self::DiskRequest {
                 disk,
@@ -251,8 +314,10 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(machine_names: Vec<String>) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&DIGEST_FORMAT.to_le_bytes());
         Self {
-            hasher: blake3::Hasher::new(),
+            hasher,
             scratch: Vec::with_capacity(64),
             events: 0,
             fingerprints: None,
@@ -335,10 +400,11 @@ impl Trace {
         self.events
     }
 
-    /// The digest of everything so far, as 32 hex digits.
+    /// The digest of everything so far: the format version, then 32 hex digits
+    /// (`v2-7379187daeec9acde7670aa391da8bb4`).
     pub fn digest(&self) -> String {
         let hash = self.hasher.finalize();
-        hash.to_hex()[..32].to_string()
+        format!("v{DIGEST_FORMAT}-{}", &hash.to_hex()[..32])
     }
 
     /// Flushes the JSON output and returns the per-event fingerprints, if kept.
@@ -406,6 +472,18 @@ mod tests {
         assert_eq!(first_divergence(&a, &b), Some(2));
         assert_eq!(first_divergence(&a, &a), None);
         assert_eq!(first_divergence(&a, &a[..1]), Some(1));
+    }
+
+    #[test]
+    fn notes_digest_their_stable_bytes_not_their_text() {
+        let note = |text: &str, code: u64| Event::Network {
+            action: Note::new(text, Stable::new(1).u64(code)),
+        };
+        let a = run(&[note("heal all partitions", 7)]).digest();
+        assert_eq!(a, run(&[note("all partitions healed", 7)]).digest());
+        assert_ne!(a, run(&[note("heal all partitions", 8)]).digest());
+        assert!(a.starts_with(&format!("v{DIGEST_FORMAT}-")), "{a}");
+        assert_eq!(a.len(), "v2-".len() + 32);
     }
 
     #[test]

@@ -22,11 +22,15 @@ use crate::error::{Error, Result};
 struct Shared {
     progress: AtomicU64,
     kicks: AtomicU64,
+    /// Set just before a kick is sent, taken by the simulation thread: an `EINTR` with this
+    /// unset came from somebody else's signal.
+    kick_pending: AtomicBool,
     stop: AtomicBool,
 }
 
 /// A running watchdog for the calling thread.
 pub struct Watchdog {
+    limit: Duration,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
@@ -49,6 +53,7 @@ impl Watchdog {
         let shared = Arc::new(Shared {
             progress: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
+            kick_pending: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let watched = Arc::clone(&shared);
@@ -64,6 +69,7 @@ impl Watchdog {
                         last = (now, Instant::now());
                     } else if now % 2 == 1 && last.1.elapsed() >= limit {
                         watched.kicks.fetch_add(1, Ordering::Relaxed);
+                        watched.kick_pending.store(true, Ordering::SeqCst);
                         // SAFETY: `target` is the simulation thread, which outlives this thread
                         // (Drop joins us before the simulation thread can exit), and the signal
                         // has a handler installed above.
@@ -73,6 +79,7 @@ impl Watchdog {
             })
             .map_err(|e| Error::Watchdog(e.to_string()))?;
         Ok(Self {
+            limit,
             shared,
             thread: Some(thread),
         })
@@ -88,6 +95,17 @@ impl Watchdog {
     #[inline]
     pub fn leave(&self) {
         self.shared.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the watchdog kicked since the last call: an interrupted `KVM_RUN` is the
+    /// watchdog's doing only then.
+    pub fn take_kick(&self) -> bool {
+        self.shared.kick_pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// Real time a guest may go without an exit before it is kicked.
+    pub fn limit(&self) -> Duration {
+        self.limit
     }
 
     /// Number of kicks sent so far.

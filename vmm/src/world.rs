@@ -4,6 +4,9 @@
 //! the trace. A killed machine's next incarnation boots on the same disks, with the same name
 //! and addresses.
 
+// Values from guests (exit data, frames, requests) must not be truncated silently.
+#![warn(clippy::cast_possible_truncation)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,8 +24,7 @@ use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
-use crate::trace::Event;
-use crate::trace::Trace;
+use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
 
 /// Something the world does to a machine or a disk at a virtual time.
@@ -156,6 +158,9 @@ pub struct Outcome {
     pub vtime_ns: u64,
     pub wall: Duration,
     pub digest: String,
+    /// Hash of the CPU model the guests saw: digests of runs on different templates are not
+    /// comparable.
+    pub cpu_template: String,
     pub ending: Ending,
     pub machines: Vec<MachineOutcome>,
     /// Watchdog kicks: each made the run nondeterministic.
@@ -239,6 +244,7 @@ impl Node {
             past.clock_kicks += stats.clock_kicks;
             past.watchdog_kicks += stats.watchdog_kicks;
             past.benign_kicks += stats.benign_kicks;
+            past.foreign_signals += stats.foreign_signals;
             self.past_device_errors += machine.device_errors();
             self.last_now = machine.now();
             self.last_exit_status = machine.exit_status();
@@ -265,6 +271,7 @@ pub struct World {
     next_action: usize,
     crash_policy: CrashPolicy,
     keep_disks: Option<PathBuf>,
+    cpu_template: String,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -329,6 +336,10 @@ impl World {
                 ready_wall: None,
             });
         }
+        let cpu_template = nodes
+            .iter()
+            .find_map(|n| n.machine.as_ref().map(|m| m.cpu_template().to_string()))
+            .unwrap_or_default();
         let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
         let awaited = if config.awaited.is_empty() {
             vec![true; nodes.len()]
@@ -352,6 +363,7 @@ impl World {
             next_action: 0,
             crash_policy: config.crash_policy,
             keep_disks: config.keep_disks,
+            cpu_template,
         })
     }
 
@@ -362,8 +374,13 @@ impl World {
             host_cpu::pin_current_thread(cpu)?;
         }
         // Instant would read the TSC through the vDSO, which faults while the trap is armed.
-        let tsc_trap = TscTrap::arm();
-        let print = &mut |line: &str| tsc_trap.lifted(|| print(line));
+        let tsc_trap = TscTrap::arm()?;
+        let mut trap_error = None;
+        let print = &mut |line: &str| {
+            if let Err(e) = tsc_trap.lifted(|| print(line)) {
+                trap_error.get_or_insert(e);
+            }
+        };
         let started = host_tsc::monotonic();
         let ending = loop {
             if self.done() {
@@ -399,6 +416,9 @@ impl World {
             }
         };
         let wall = host_tsc::monotonic().saturating_sub(started);
+        if let Some(error) = trap_error {
+            return Err(error);
+        }
         self.finish(ending, wall)
     }
 
@@ -514,19 +534,19 @@ impl World {
                 break;
             }
             self.next_action += 1;
-            let lines = self.apply_machine_action(action, t)?;
+            let notes = self.apply_machine_action(action, t)?;
             let fault_id = self.nodes.len() + 1;
-            for line in lines {
-                print(&format_line(self.step, FAULT_SOURCE, t, &line));
+            for action in notes {
+                print(&format_line(self.step, FAULT_SOURCE, t, &action.text));
                 self.trace
-                    .record(self.step, fault_id, t, &Event::Fault { action: line })?;
+                    .record(self.step, fault_id, t, &Event::Fault { action })?;
             }
         }
         Ok(())
     }
 
-    /// Carries out one machine action; returns the lines that describe what happened.
-    fn apply_machine_action(&mut self, action: MachineAction, at: u64) -> Result<Vec<String>> {
+    /// Carries out one machine action; returns what happened, for the console and the trace.
+    fn apply_machine_action(&mut self, action: MachineAction, at: u64) -> Result<Vec<Note>> {
         match action {
             MachineAction::Kill { machine, policy } => {
                 let policy = policy.unwrap_or(self.crash_policy);
@@ -539,10 +559,15 @@ impl World {
                 }
                 self.power_on(machine, at)?;
                 let node = &self.nodes[machine];
-                lines.push(format!(
-                    "restart {}: incarnation {} boots",
-                    node.name(),
-                    node.incarnation()
+                lines.push(Note::new(
+                    format!(
+                        "restart {}: incarnation {} boots",
+                        node.name(),
+                        node.incarnation()
+                    ),
+                    Stable::new(4)
+                        .u64(machine as u64)
+                        .u64(node.incarnation().into()),
                 ));
                 Ok(lines)
             }
@@ -556,28 +581,50 @@ impl World {
                 if let Some(disk) = node.disks.get_mut(disk) {
                     disk.apply_fault(fault);
                 }
-                Ok(vec![line])
+                let stable =
+                    stable_fault(Stable::new(5).u64(machine as u64).u64(disk as u64), fault);
+                Ok(vec![Note::new(line, stable)])
             }
         }
     }
 
     /// Power loss on machine `index`: the VM is discarded, frames on their way to it are
     /// lost, and each disk keeps what `policy` says of its unflushed writes.
-    fn kill(&mut self, index: usize, policy: CrashPolicy, at: u64) -> Vec<String> {
+    fn kill(&mut self, index: usize, policy: CrashPolicy, at: u64) -> Vec<Note> {
         let seed = self.seed;
         let node = &mut self.nodes[index];
         let name = node.config.name.clone();
         if node.machine.is_none() {
-            return vec![format!("kill {name}: already stopped")];
+            return vec![Note::new(
+                format!("kill {name}: already stopped"),
+                Stable::new(2).u64(index as u64),
+            )];
         }
         let incarnation = node.incarnation();
         node.retire(Stop::Killed);
         node.last_now = node.last_now.max(at);
         let label = node.label();
-        let mut lines = vec![format!("kill {label}: power lost")];
+        let mut lines = vec![Note::new(
+            format!("kill {label}: power lost"),
+            Stable::new(1).u64(index as u64).u64(incarnation.into()),
+        )];
         for disk in &mut node.disks {
             let outcome = disk.crash(seed, &name, incarnation, policy);
-            lines.push(format!("kill {label}: {}: {outcome}", disk.name));
+            let policy_code = CrashPolicy::ALL.iter().position(|p| *p == outcome.policy);
+            let stable = Stable::new(3)
+                .u64(index as u64)
+                .str(&disk.name)
+                .opt_u64(policy_code.map(|p| p as u64))
+                .u64(outcome.unflushed_writes)
+                .u64(outcome.in_flight_writes)
+                .u64(outcome.writes_lost)
+                .u64(outcome.sectors_lost)
+                .u64(outcome.writes_torn)
+                .u64(outcome.dropped_requests);
+            lines.push(Note::new(
+                format!("kill {label}: {}: {outcome}", disk.name),
+                stable,
+            ));
         }
         if let Some(network) = &mut self.network {
             for delivery in network.take_due(index, u64::MAX) {
@@ -641,7 +688,7 @@ impl World {
         let net_id = self.nodes.len();
         for event in network.apply_timeline(now)? {
             if let NetEvent::Applied(action) = event {
-                print(&format_line(self.step, NET_SOURCE, now, &action));
+                print(&format_line(self.step, NET_SOURCE, now, &action.text));
                 self.trace
                     .record(self.step, net_id, now, &Event::Network { action })?;
             }
@@ -661,7 +708,7 @@ impl World {
             network.delivered(&delivery, accepted)?;
             let event = Event::FrameDelivered {
                 from: delivery.from.0,
-                len: delivery.frame.data.len() as u32,
+                len: u32::try_from(delivery.frame.data.len()).unwrap_or(u32::MAX),
                 fingerprint: crate::network::fingerprint(&delivery.frame.data),
                 accepted,
             };
@@ -672,9 +719,13 @@ impl World {
 
     /// Switches the frames `index` sent during its last step.
     fn send_frames(&mut self, index: usize) -> Result<()> {
-        let (Some(network), Some(machine)) =
-            (&mut self.network, self.nodes[index].machine.as_mut())
-        else {
+        let Some(machine) = self.nodes[index].machine.as_mut() else {
+            return Ok(());
+        };
+        let Some(network) = &mut self.network else {
+            // A NIC with no network attached: its frames go nowhere, as on an unplugged cable,
+            // instead of piling up.
+            drop(machine.take_outbox());
             return Ok(());
         };
         let now = machine.now();
@@ -684,12 +735,15 @@ impl World {
                     NetEvent::Sent {
                         len, fingerprint, ..
                     } => Event::FrameSent {
-                        len: len as u32,
+                        len: u32::try_from(len).unwrap_or(u32::MAX),
                         fingerprint,
                     },
                     NetEvent::Dropped { to, reason, .. } => Event::FrameDropped {
-                        to: to as u16,
-                        reason: reason.to_string(),
+                        to: u16::try_from(to).unwrap_or(u16::MAX),
+                        reason: Note::new(
+                            reason.to_string(),
+                            Stable::new(1).u64(drop_code(reason)),
+                        ),
                     },
                     NetEvent::Applied(action) => Event::Network { action },
                 };
@@ -777,6 +831,7 @@ impl World {
                         stats.clock_kicks += s.clock_kicks;
                         stats.watchdog_kicks += s.watchdog_kicks;
                         stats.benign_kicks += s.benign_kicks;
+                        stats.foreign_signals += s.foreign_signals;
                         (
                             stats,
                             node.past_device_errors + m.device_errors(),
@@ -822,11 +877,36 @@ impl World {
             vtime_ns,
             wall,
             digest,
+            cpu_template: self.cpu_template,
             ending,
             machines,
             watchdog_kicks: self.watchdog_kicks,
             fingerprints,
         })
+    }
+}
+
+/// The digest's code of a switch drop reason.
+fn drop_code(reason: simvm_devices::net::switch::DropReason) -> u64 {
+    use simvm_devices::net::switch::DropReason;
+    match reason {
+        DropReason::Loss => 1,
+        DropReason::Partition => 2,
+        DropReason::LinkDown => 3,
+        DropReason::QueueFull => 4,
+        DropReason::NotRunning => 5,
+        DropReason::TooBig => 6,
+    }
+}
+
+/// The digest's bytes of a disk fault, after `stable`'s.
+fn stable_fault(stable: Stable, fault: Fault) -> Stable {
+    match fault {
+        Fault::LatentErrors { start, count } => stable.u64(1).u64(start).u64(count),
+        Fault::WriteErrors { start, count } => stable.u64(2).u64(start).u64(count),
+        Fault::Stall { until_ns } => stable.u64(3).u64(until_ns),
+        Fault::Slow { extra_ns } => stable.u64(4).u64(extra_ns),
+        Fault::Clear => stable.u64(5),
     }
 }
 

@@ -67,9 +67,11 @@ pub(crate) fn exponential_ns(mean_ns: u64, random: u64) -> u64 {
         return 0;
     }
     let means = neg_ln_uniform(random).clamp(0.0, MAX_DRAW_IN_MEANS as f64);
-    // `as` saturates and truncates: defined, identical everywhere. The `min` keeps the cap exact
-    // where `mean_ns` does not fit an `f64` exactly.
-    ((mean_ns as f64 * means) as u64).min(mean_ns.saturating_mul(MAX_DRAW_IN_MEANS))
+    // `as` saturates and truncates: defined, identical everywhere, and meant. The `min` keeps
+    // the cap exact where `mean_ns` does not fit an `f64` exactly.
+    #[allow(clippy::cast_possible_truncation)]
+    let draw = (mean_ns as f64 * means) as u64;
+    draw.min(mean_ns.saturating_mul(MAX_DRAW_IN_MEANS))
 }
 
 /// `-ln(u)` for `u = k / 2^53`, `k = (random >> 11) + 1` in `[1, 2^53]`: a uniform `u` in

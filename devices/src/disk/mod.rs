@@ -23,8 +23,12 @@ mod faults;
 mod image;
 mod latency;
 #[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
 mod proptests;
 #[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
 mod tests;
 
 use std::collections::VecDeque;
@@ -54,7 +58,8 @@ const SECTOR_BYTES: u64 = SECTOR_SIZE as u64;
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// [`MAX_REQUEST_BYTES`] in sectors.
-pub const MAX_REQUEST_SECTORS: u32 = (MAX_REQUEST_BYTES / SECTOR_SIZE) as u32;
+pub const MAX_REQUEST_SECTORS: u32 = 16 << 10;
+const _: () = assert!(MAX_REQUEST_SECTORS as usize * SECTOR_SIZE == MAX_REQUEST_BYTES);
 
 /// Default bound on unflushed data held in the write cache before the oldest is written back.
 pub const DEFAULT_WRITE_CACHE_BYTES: u64 = 64 << 20;

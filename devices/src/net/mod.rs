@@ -7,6 +7,8 @@ pub mod tso;
 
 use std::fmt;
 
+use thiserror::Error;
+
 /// A machine on the network, by its 0-based index in the world. It is named `m{index + 1}`,
 /// matching the 1-based `index` the guest receives in its boot data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +60,22 @@ impl fmt::Display for MacAddr {
 
 /// Length of an Ethernet header (destination, source, EtherType).
 pub const ETH_HEADER_LEN: usize = 14;
+
+/// Why a receiving NIC did not take a frame. Each reason is counted apart, by the NIC
+/// (`NetStats`), the switch ([`switch::LinkCounters`]) and in the capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum RxDrop {
+    /// No driver has the NIC running: not started yet, needing a reset after a broken ring,
+    /// or the machine has no NIC (or no longer exists).
+    #[error("the driver has not started the device, or it needs a reset")]
+    NotRunning,
+    /// The receive queue is full: the driver has posted no buffer.
+    #[error("no receive buffers posted")]
+    NoBuffers,
+    /// The next posted buffer is too small for the frame.
+    #[error("frame of {len} bytes does not fit the next receive buffer of {room} bytes")]
+    TooBig { len: usize, room: usize },
+}
 
 /// An Ethernet frame in flight, without preamble or FCS.
 #[derive(Clone, Debug, PartialEq, Eq)]

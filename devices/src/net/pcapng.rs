@@ -100,8 +100,10 @@ impl<W: Write> PcapngWriter<W> {
         options.bytes(EPB_FLAGS, &direction.to_le_bytes());
         let mut body = Vec::with_capacity(20 + packet.data.len() + 3);
         body.extend_from_slice(&u32::from(packet.machine.0).to_le_bytes());
-        body.extend_from_slice(&((packet.timestamp_ns >> 32) as u32).to_le_bytes());
-        body.extend_from_slice(&(packet.timestamp_ns as u32).to_le_bytes());
+        // High word first, each little-endian.
+        let timestamp = packet.timestamp_ns.to_le_bytes();
+        body.extend_from_slice(&timestamp[4..]);
+        body.extend_from_slice(&timestamp[..4]);
         body.extend_from_slice(&len.to_le_bytes()); // captured
         body.extend_from_slice(&len.to_le_bytes()); // original
         body.extend_from_slice(packet.data);
@@ -125,10 +127,10 @@ struct Options(Vec<u8>);
 impl Options {
     fn bytes(&mut self, code: u16, value: &[u8]) {
         // Option values are at most 65535 bytes; ours are short strings and integers.
-        let value = &value[..value.len().min(usize::from(u16::MAX))];
+        let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+        let value = &value[..usize::from(len)];
         self.0.extend_from_slice(&code.to_le_bytes());
-        self.0
-            .extend_from_slice(&(value.len() as u16).to_le_bytes());
+        self.0.extend_from_slice(&len.to_le_bytes());
         self.0.extend_from_slice(value);
         pad(&mut self.0);
     }

@@ -24,7 +24,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 
-use super::{Frame, MacAddr, MachineId, ETH_HEADER_LEN};
+use super::{Frame, MacAddr, MachineId, RxDrop, ETH_HEADER_LEN};
 
 /// Preamble and start delimiter (8), FCS (4) and inter-frame gap (12): wire bytes per frame
 /// beyond the frame itself.
@@ -84,8 +84,25 @@ pub enum DropReason {
     Partition,
     #[error("link down")]
     LinkDown,
+    /// The receiving NIC had no buffer posted ([`RxDrop::NoBuffers`]).
     #[error("receive queue full")]
     QueueFull,
+    /// The receiving NIC was not running ([`RxDrop::NotRunning`]).
+    #[error("receiver not running")]
+    NotRunning,
+    /// The receiving NIC's next buffer was too small ([`RxDrop::TooBig`]).
+    #[error("too big for the receive buffer")]
+    TooBig,
+}
+
+impl From<RxDrop> for DropReason {
+    fn from(drop: RxDrop) -> Self {
+        match drop {
+            RxDrop::NotRunning => Self::NotRunning,
+            RxDrop::NoBuffers => Self::QueueFull,
+            RxDrop::TooBig { .. } => Self::TooBig,
+        }
+    }
 }
 
 /// A frame the switch will hand to `to` at `at_ns`.
@@ -129,6 +146,10 @@ pub struct LinkCounters {
     pub delivered: u64,
     /// Deliveries the receiving NIC had no buffer for (reported by the world).
     pub dropped_queue_full: u64,
+    /// Deliveries to a NIC that was not running, or to no NIC (reported by the world).
+    pub dropped_not_running: u64,
+    /// Deliveries too big for the receiving NIC's next buffer (reported by the world).
+    pub dropped_too_big: u64,
 }
 
 impl AddAssign for LinkCounters {
@@ -141,6 +162,8 @@ impl AddAssign for LinkCounters {
         self.dropped_link_down += o.dropped_link_down;
         self.delivered += o.delivered;
         self.dropped_queue_full += o.dropped_queue_full;
+        self.dropped_not_running += o.dropped_not_running;
+        self.dropped_too_big += o.dropped_too_big;
     }
 }
 
@@ -433,10 +456,22 @@ impl Switch {
         Ok(())
     }
 
-    /// The destination NIC had no receive buffer for `delivery`; it was dropped.
+    /// The destination NIC had no receive buffer for `delivery`; it was dropped. The same as
+    /// [`Switch::report_dropped`] with [`RxDrop::NoBuffers`].
     pub fn report_queue_full(&mut self, delivery: &Delivery) -> Result<(), SwitchError> {
+        self.report_dropped(delivery, RxDrop::NoBuffers)
+    }
+
+    /// The world handed `delivery` to the destination, whose NIC refused it for `why` (or which
+    /// has no NIC: [`RxDrop::NotRunning`]); each reason has its own counter.
+    pub fn report_dropped(&mut self, delivery: &Delivery, why: RxDrop) -> Result<(), SwitchError> {
         let i = self.link_index(delivery.from, delivery.to)?;
-        self.links[i].counters.dropped_queue_full += 1;
+        let counters = &mut self.links[i].counters;
+        match why {
+            RxDrop::NotRunning => counters.dropped_not_running += 1,
+            RxDrop::NoBuffers => counters.dropped_queue_full += 1,
+            RxDrop::TooBig { .. } => counters.dropped_too_big += 1,
+        }
         Ok(())
     }
 
@@ -899,6 +934,62 @@ mod tests {
         );
         assert_eq!(sw.link_counters(M3, M2).unwrap().forwarded, 1);
         assert!(sw.machine_counters(MachineId(9)).is_err());
+    }
+
+    /// Every receive drop used to be counted and captured as "receive queue full".
+    #[test]
+    fn receive_drops_are_counted_by_reason() {
+        let mut sw = switch(quiet(), 1);
+        let reasons = [
+            RxDrop::NotRunning,
+            RxDrop::NoBuffers,
+            RxDrop::TooBig {
+                len: 1514,
+                room: 100,
+            },
+            RxDrop::TooBig {
+                len: 9000,
+                room: 1514,
+            },
+        ];
+        for why in reasons {
+            let d = sw
+                .send(M1, frame(M1, M2.mac(), 60), 0)
+                .unwrap()
+                .deliveries
+                .remove(0);
+            sw.report_dropped(&d, why).unwrap();
+        }
+        let c = sw.link_counters(M1, M2).unwrap();
+        assert_eq!(
+            (
+                c.dropped_not_running,
+                c.dropped_queue_full,
+                c.dropped_too_big
+            ),
+            (1, 1, 2)
+        );
+        assert_eq!(sw.machine_counters(M2).unwrap().rx.dropped_too_big, 2);
+        let named: Vec<String> = reasons[..3]
+            .iter()
+            .map(|&why| DropReason::from(why).to_string())
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "receiver not running",
+                "receive queue full",
+                "too big for the receive buffer"
+            ]
+        );
+        let stray = Delivery {
+            from: M1,
+            to: M1,
+            at_ns: 0,
+            frame: frame(M1, M1.mac(), 60),
+            duplicate: false,
+        };
+        assert!(sw.report_dropped(&stray, RxDrop::NoBuffers).is_err());
     }
 
     #[test]

@@ -34,7 +34,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use super::chain::{self, Buffer, ChainError};
 use super::{
-    has_feature, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    byte, has_feature, used_len, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 pub const REQUEST_QUEUE: u16 = 0;
@@ -307,7 +308,7 @@ impl VirtioBlock {
         let (code, written) = match (result, request.kind) {
             (BlockResult::Ok { data }, Pending::Read { into, len }) => match data {
                 Some(data) if data.len() == len => match chain::scatter(mem, &into, &data) {
-                    Ok(n) => (VIRTIO_BLK_S_OK, n as u32),
+                    Ok(n) => (VIRTIO_BLK_S_OK, used_len(n)),
                     Err(source) => {
                         keep(&mut self.errors, BlockError::Completion { head, source });
                         (VIRTIO_BLK_S_IOERR, 0)
@@ -617,7 +618,7 @@ fn parse<M: GuestMemory>(
                 chain::scatter(mem, &data_in, &serial[..n]).map_err(|e| reject(e.into()))?;
             Ok(Parsed::Answered {
                 status,
-                written: written as u32,
+                written: used_len(written),
             })
         }
         other => Err(reject(RequestError::Unsupported(other))),
@@ -635,22 +636,25 @@ fn check_range(len: usize, sector: u64, capacity: u64) -> Result<u32, RequestErr
     if len > MAX_DATA_LEN {
         return Err(RequestError::TooLarge(len));
     }
-    let sectors = len / SECTOR_SIZE as usize;
+    // At most MAX_DATA_LEN / 512 sectors.
+    let sectors =
+        u32::try_from(len / SECTOR_SIZE as usize).map_err(|_| RequestError::TooLarge(len))?;
     sector
-        .checked_add(sectors as u64)
+        .checked_add(u64::from(sectors))
         .filter(|&end| end <= capacity)
         .ok_or(RequestError::OutOfRange {
             sector,
-            sectors: sectors as u64,
+            sectors: u64::from(sectors),
             capacity,
         })?;
-    // At most MAX_DATA_LEN / 512 sectors.
-    Ok(sectors as u32)
+    Ok(sectors)
 }
 
 /// Writes status `code` at `status`; returns the bytes written (1, or 0 if memory refused).
 fn write_status<M: GuestMemory>(mem: &M, status: GuestAddress, code: u32) -> u32 {
-    mem.write_obj(code as u8, status).map_or(0, |()| 1)
+    // The status codes are 0 to 2; anything else would be a bug here, reported as IOERR.
+    let code = u8::try_from(code).unwrap_or(byte(VIRTIO_BLK_S_IOERR));
+    mem.write_obj(code, status).map_or(0, |()| 1)
 }
 
 fn new_queue() -> Queue {
@@ -688,6 +692,13 @@ fn keep(errors: &mut Vec<BlockError>, error: BlockError) {
 }
 
 #[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
+mod fuzz;
+
+#[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::virtio::testing::{Desc, Driver, DriverQueue, BUFFERS_BASE, IRQ, MEM_SIZE};

@@ -14,7 +14,7 @@ use virtio_bindings::virtio_mmio as reg;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap};
 
-use super::{has_feature, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{halves, has_feature, DeviceError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::{BusAccess, BusDevice};
 use crate::irq::IrqLines;
 
@@ -162,11 +162,13 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             reg::VIRTIO_MMIO_VERSION => VERSION,
             reg::VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
             reg::VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
-            reg::VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device.features() as u32,
-                1 => (self.device.features() >> 32) as u32,
-                _ => 0,
-            },
+            reg::VIRTIO_MMIO_DEVICE_FEATURES => {
+                let sel = usize::try_from(self.device_features_sel).unwrap_or(usize::MAX);
+                halves(self.device.features())
+                    .get(sel)
+                    .copied()
+                    .unwrap_or(0)
+            }
             reg::VIRTIO_MMIO_QUEUE_NUM_MAX => {
                 self.selected_queue().map_or(0, |q| q.max_size().into())
             }
@@ -286,7 +288,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             Err(source) => {
                 self.queue_bad[index] = true;
                 self.record(TransportError::QueueSetup {
-                    queue: index as u16,
+                    queue: queue_number(index),
                     source,
                 });
             }
@@ -314,7 +316,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         queue.set_ready(true);
         if bad || !queue.is_valid(mem) {
             queue.set_ready(false);
-            self.record(TransportError::QueueOutsideMemory(index as u16));
+            self.record(TransportError::QueueOutsideMemory(queue_number(index)));
         }
     }
 
@@ -379,7 +381,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
     fn activate(&mut self, mem: &impl GuestMemory) -> Result<(), TransportError> {
         for (index, queue) in self.device.queues().iter().enumerate() {
             if !queue.ready() || !queue.is_valid(mem) {
-                return Err(TransportError::QueueOutsideMemory(index as u16));
+                return Err(TransportError::QueueOutsideMemory(queue_number(index)));
             }
         }
         self.device
@@ -434,6 +436,12 @@ enum Target {
     Register(u32),
 }
 
+/// A queue index for an error report. Indexes come from the device's queue list (two at
+/// most), so this never saturates.
+fn queue_number(index: usize) -> u16 {
+    u16::try_from(index).unwrap_or(u16::MAX)
+}
+
 fn register_offset(offset: u64, len: usize) -> Option<u32> {
     (len == 4 && offset & 3 == 0)
         .then(|| u32::try_from(offset).ok())
@@ -450,6 +458,13 @@ fn config_access_ok(offset: u64, len: usize) -> bool {
 }
 
 #[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
+mod fuzz;
+
+#[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::net::MachineId;

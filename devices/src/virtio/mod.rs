@@ -12,6 +12,8 @@ pub mod chain;
 pub mod mmio;
 pub mod net;
 #[cfg(test)]
+// Tests narrow small values they chose themselves; no guest controls them.
+#[allow(clippy::cast_possible_truncation)]
 mod testing;
 
 use std::cell::Cell;
@@ -156,4 +158,35 @@ pub trait VirtioDevice {
 /// Returns whether `bit` is set in `features`.
 pub(crate) fn has_feature(features: u64, bit: u32) -> bool {
     bit < 64 && features & (1u64 << bit) != 0
+}
+
+/// A one-byte constant that virtio-bindings declares as `u32`; a larger one fails to compile.
+pub(crate) const fn byte(value: u32) -> u8 {
+    let [low, 0, 0, 0] = value.to_le_bytes() else {
+        panic!("not a one-byte constant");
+    };
+    low
+}
+
+/// A two-byte constant that virtio-bindings declares as `u32`; a larger one fails to compile.
+pub(crate) const fn word(value: u32) -> u16 {
+    let [low, high, 0, 0] = value.to_le_bytes() else {
+        panic!("not a two-byte constant");
+    };
+    u16::from_le_bytes([low, high])
+}
+
+/// The low and high halves of a 64-bit value, for the transport's 32-bit registers.
+pub(crate) fn halves(value: u64) -> [u32; 2] {
+    let [a, b, c, d, e, f, g, h] = value.to_le_bytes();
+    [
+        u32::from_le_bytes([a, b, c, d]),
+        u32::from_le_bytes([e, f, g, h]),
+    ]
+}
+
+/// A used-ring length for `bytes` written into one chain. A chain holds at most `u32::MAX`
+/// bytes (the walk checks), so this never saturates; saturating beats a wrapped length.
+pub(crate) fn used_len(bytes: usize) -> u32 {
+    u32::try_from(bytes).unwrap_or(u32::MAX)
 }

@@ -16,9 +16,9 @@ use crate::irq::IrqLines;
 pub const MEM_SIZE: usize = 4 << 20;
 pub const IRQ: u8 = 5;
 /// Where the test driver places queue `q`'s rings.
-const RINGS_BASE: u64 = 0x10_0000;
+pub const RINGS_BASE: u64 = 0x10_0000;
 /// Bytes of guest memory each queue's rings take (descriptor table, available and used ring).
-const RINGS_SIZE: usize = 0x8000;
+pub const RINGS_SIZE: usize = 0x8000;
 /// Where the test driver allocates buffers.
 pub const BUFFERS_BASE: u64 = 0x20_0000;
 
