@@ -640,14 +640,26 @@ impl Machine {
     }
 
     /// Hands a frame to the machine's NIC; the interrupt reaches the guest at its next entry.
-    pub fn deliver_frame(&mut self, frame: &Frame) -> std::result::Result<(), RxDrop> {
+    /// A malformed receive chain the NIC found on the way is reported now, at this step.
+    pub fn deliver_frame(
+        &mut self,
+        step: u64,
+        frame: &Frame,
+        trace: &mut Trace,
+    ) -> Result<std::result::Result<(), RxDrop>> {
         let net = self
             .net
             .and_then(|id| self.mmio.get_mut::<VirtioMmio<VirtioNet>>(id));
-        match net {
-            Some(net) => net.device_mut().deliver(&self.mem, frame),
-            None => Err(RxDrop::NotRunning),
+        let Some(net) = net else {
+            return Ok(Err(RxDrop::NotRunning));
+        };
+        let result = net.device_mut().deliver(&self.mem, frame);
+        let errors = net.device_mut().take_errors();
+        for e in errors {
+            let stable = Stable::new(1).str("net").u64(DeviceLayer::Device as u64);
+            self.device_error(step, Note::new(format!("net: {e}"), stable), trace)?;
         }
+        Ok(result)
     }
 
     /// Device errors the guest caused (malformed virtio chains and the like).

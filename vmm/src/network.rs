@@ -19,6 +19,7 @@ use simvm_devices::net::switch::{
     link_seed_from_master, Cut, Delivery, DropReason, LinkConfig, MachineCounters, Switch,
 };
 use simvm_devices::net::{Frame, MachineId};
+use simvm_devices::virtio::net::RxDrop;
 
 use crate::error::{Error, Result};
 use crate::seed::Seed;
@@ -347,9 +348,14 @@ impl Network {
     }
 
     /// Records what the receiving NIC did with a delivery.
-    pub fn delivered(&mut self, delivery: &Delivery, accepted: bool) -> Result<()> {
+    /// Records what the receiving NIC did with a delivery: took it, or dropped it and why.
+    pub fn delivered(
+        &mut self,
+        delivery: &Delivery,
+        result: std::result::Result<(), RxDrop>,
+    ) -> Result<()> {
         let to = delivery.to.index();
-        let dropped = (!accepted).then_some(DropReason::QueueFull);
+        let dropped = result.err().map(DropReason::from);
         self.capture(
             to,
             delivery.at_ns,
@@ -357,12 +363,11 @@ impl Network {
             dropped,
             &delivery.frame.data,
         )?;
-        let result = if accepted {
-            self.switch.report_delivered(delivery)
-        } else {
-            self.switch.report_queue_full(delivery)
+        let report = match result {
+            Ok(()) => self.switch.report_delivered(delivery),
+            Err(why) => self.switch.report_dropped(delivery, why),
         };
-        result.map_err(|e| Error::Network(e.to_string()))
+        report.map_err(|e| Error::Network(e.to_string()))
     }
 
     pub fn counters(&self, machine: usize) -> Option<MachineCounters> {

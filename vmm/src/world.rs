@@ -14,6 +14,7 @@ use kvm_ioctls::Kvm;
 use simvm_devices::disk::{CrashPolicy, Fault};
 use simvm_devices::net::switch::MachineCounters;
 use simvm_devices::virtio::block::BlockOp;
+use simvm_devices::virtio::net::RxDrop;
 
 use crate::console::format_line;
 use crate::crash::CrashReport;
@@ -629,7 +630,7 @@ impl World {
         if let Some(network) = &mut self.network {
             for delivery in network.take_due(index, u64::MAX) {
                 // The NIC is gone: counted as dropped at the receiver.
-                let _ = network.delivered(&delivery, false);
+                let _ = network.delivered(&delivery, Err(RxDrop::NotRunning));
             }
         }
         lines
@@ -704,8 +705,9 @@ impl World {
             return Ok(());
         };
         for delivery in network.take_due(index, machine.now()) {
-            let accepted = machine.deliver_frame(&delivery.frame).is_ok();
-            network.delivered(&delivery, accepted)?;
+            let result = machine.deliver_frame(self.step, &delivery.frame, &mut self.trace)?;
+            let accepted = result.is_ok();
+            network.delivered(&delivery, result)?;
             let event = Event::FrameDelivered {
                 from: delivery.from.0,
                 len: u32::try_from(delivery.frame.data.len()).unwrap_or(u32::MAX),
