@@ -212,7 +212,7 @@ impl Overlay {
         let mut at = 0;
         for &(addr, len, _) in buffers {
             for (&a, &b) in self.0.range(addr..addr + u64::from(len)) {
-                bytes[at + (a - addr) as usize] = b;
+                bytes[at + usize::try_from(a - addr).expect("inside the buffer")] = b;
             }
             at += len as usize;
         }
