@@ -235,6 +235,27 @@ mod tests {
     }
 
     #[test]
+    fn the_template_hash_changes_with_any_field_the_host_still_decides() {
+        let guest = guest_cpuid(&host_with_everything()).unwrap();
+        let hash = template_hash(&guest);
+        assert_eq!(
+            hash,
+            template_hash(&guest_cpuid(&host_with_everything()).unwrap())
+        );
+        assert_eq!(hash.len(), 8);
+        // A host without an optional feature (leaf 7 EBX) gives another template.
+        let mut host = host_with_everything();
+        for e in host.as_mut_slice() {
+            if e.function == 7 {
+                e.ebx = 0;
+            }
+        }
+        let other = guest_cpuid(&host).unwrap();
+        assert_ne!(find(&other, 7).ebx, find(&guest, 7).ebx);
+        assert_ne!(template_hash(&other), hash);
+    }
+
+    #[test]
     fn forbidden_features_are_hidden_even_when_the_host_has_them() {
         let guest = guest_cpuid(&host_with_everything()).unwrap();
         let leaf1 = find(&guest, 1);

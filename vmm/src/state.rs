@@ -155,6 +155,34 @@ mod tests {
     }
 
     #[test]
+    fn sse_x87_and_msr_state_count() {
+        let fpu = kvm_fpu::default();
+        let msrs = [kvm_msr_entry {
+            index: 0xc000_0082,
+            data: 0xffff_ffff_8100_0000,
+            ..Default::default()
+        }];
+        let base = fpu_msrs(&fpu, &msrs);
+        assert_eq!(fpu_msrs(&fpu, &msrs), base);
+        let mut xmm = fpu;
+        xmm.xmm[7][3] = 1;
+        assert_ne!(fpu_msrs(&xmm, &msrs), base);
+        let mut x87 = fpu;
+        x87.fpr[0][9] = 0x40;
+        assert_ne!(fpu_msrs(&x87, &msrs), base);
+        let mxcsr = kvm_fpu {
+            mxcsr: 0x1f80,
+            ..fpu
+        };
+        assert_ne!(fpu_msrs(&mxcsr, &msrs), base);
+        let lstar = [kvm_msr_entry {
+            data: 0xffff_ffff_8100_0010,
+            ..msrs[0]
+        }];
+        assert_ne!(fpu_msrs(&fpu, &lstar), base);
+    }
+
+    #[test]
     fn each_register_class_counts() {
         let (regs, sregs) = (kvm_regs::default(), kvm_sregs::default());
         let base = registers(&regs, &sregs);
