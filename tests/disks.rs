@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use simvm_tests::{image, kvm_or_skip, side_by_side, simvm, temp_dir, Run};
+use simvm_tests::{image, kvm_or_skip, side_by_side, simvm, temp_dir, Image, Run};
 
 const SECTOR: usize = 512;
 /// Where the unflushed record of iteration `k` goes: sector `UNSYNCED_BASE + k`.
@@ -40,6 +40,25 @@ fn policy_scenario(kill_at_ms: u64) -> String {
         ));
     }
     text
+}
+
+/// `simvm run SCENARIO --seed SEED` on `image`, keeping the final disk images in `disks`.
+fn run_keeping_disks(image: &Image, scenario: &Path, seed: u64, disks: &Path) -> Run {
+    simvm(
+        &[
+            "run",
+            &scenario.to_string_lossy(),
+            "--seed",
+            &seed.to_string(),
+            "--kernel",
+            &image.kernel.to_string_lossy(),
+            "--initramfs",
+            &image.initramfs.to_string_lossy(),
+            "--keep-disks",
+            &disks.to_string_lossy(),
+        ],
+        &[],
+    )
 }
 
 /// The last `word N` a machine printed.
@@ -115,10 +134,6 @@ fn killed_disks_keep_what_their_crash_policy_says() {
         return;
     }
     let image = image(None);
-    let (kernel, initramfs) = (
-        image.kernel.to_string_lossy().into_owned(),
-        image.initramfs.to_string_lossy().into_owned(),
-    );
     // Two seeds by default (eight boots); SIMVM_CRASH_SEEDS=10 checks ten.
     let seeds = simvm_tests::env_u64("SIMVM_CRASH_SEEDS", 2) as usize;
     let dir = temp_dir("crash-policies");
@@ -131,22 +146,7 @@ fn killed_disks_keep_what_their_crash_policy_says() {
             let scenario = dir.join(format!("seed{seed}.toml"));
             std::fs::write(&scenario, policy_scenario(kill_at_ms)).expect("write the scenario");
             let disks = dir.join(format!("seed{seed}"));
-            let run = simvm(
-                &[
-                    "run",
-                    &scenario.to_string_lossy(),
-                    "--seed",
-                    &seed.to_string(),
-                    "--kernel",
-                    &kernel,
-                    "--initramfs",
-                    &initramfs,
-                    "--keep-disks",
-                    &disks.to_string_lossy(),
-                ],
-                &[],
-            );
-            (run, disks)
+            (run_keeping_disks(&image, &scenario, seed, &disks), disks)
         });
         for (run, disks) in &runs {
             assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
@@ -206,33 +206,14 @@ fn ext4_recovers_its_journal_after_a_kill_and_a_seed_replays_the_disk() {
         return;
     }
     let image = image(None);
-    let (kernel, initramfs) = (
-        image.kernel.to_string_lossy().into_owned(),
-        image.initramfs.to_string_lossy().into_owned(),
-    );
     let dir = temp_dir("journal");
     let scenario = dir.join("journal.toml");
     std::fs::write(&scenario, JOURNAL_SCENARIO).expect("write the scenario");
     // Seed 3 twice and seed 4 once, side by side.
     let runs = side_by_side(3, |i| {
-        let seed = if i < 2 { "3" } else { "4" };
+        let seed = if i < 2 { 3 } else { 4 };
         let disks = dir.join(format!("run{i}"));
-        let run = simvm(
-            &[
-                "run",
-                &scenario.to_string_lossy(),
-                "--seed",
-                seed,
-                "--kernel",
-                &kernel,
-                "--initramfs",
-                &initramfs,
-                "--keep-disks",
-                &disks.to_string_lossy(),
-            ],
-            &[],
-        );
-        (run, disks)
+        (run_keeping_disks(&image, &scenario, seed, &disks), disks)
     });
     for (run, disks) in &runs {
         assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());

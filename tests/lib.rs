@@ -306,3 +306,60 @@ mod tests {
         kvm_or_skip_with("t3", false, Path::new("/nonexistent/kvm"), &mut Vec::new());
     }
 }
+
+/// The release `simvm` binary beside a benchmark (`target/release/deps/BENCH-*` ->
+/// `target/release/simvm`), or `SIMVM_BIN`.
+pub fn release_simvm_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SIMVM_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the benchmark knows its own path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the benchmark lives in target/<profile>/deps")
+        .join("simvm");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first with `cargo build --release -p simvm` \
+         (same CARGO_TARGET_DIR), or set SIMVM_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// One annotated console line, `<step> <source> HH:MM:SS.uuuuuu > <text>`, with the wall time
+/// at which it was read.
+#[derive(Clone, Debug)]
+pub struct ConsoleLine {
+    /// When it was read, from the start of the simvm process.
+    pub wall: Duration,
+    /// `m1`, `m1#2` (a second incarnation), `net`, `fault`.
+    pub source: String,
+    pub vtime: Duration,
+    pub text: String,
+}
+
+impl ConsoleLine {
+    pub fn parse(raw: &str, wall: Duration) -> Option<Self> {
+        let (head, text) = raw.split_once(" > ")?;
+        let mut words = head.split_whitespace();
+        words.next()?.parse::<u64>().ok()?;
+        let source = words.next()?.to_string();
+        let vtime = parse_vtime(words.next()?)?;
+        Some(Self {
+            wall,
+            source,
+            vtime,
+            text: text.to_string(),
+        })
+    }
+}
+
+/// `HH:MM:SS.uuuuuu`, as `simvm_vmm::console::format_vtime` writes it.
+pub fn parse_vtime(s: &str) -> Option<Duration> {
+    let (hms, micros) = s.split_once('.')?;
+    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(Duration::from_secs(h * 3600 + m * 60 + sec) + Duration::from_micros(micros.parse().ok()?))
+}

@@ -28,12 +28,15 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use simvm_tests::{env_u64, image, stamped_lines, temp_dir, Image};
+use simvm_tests::{
+    env_u64, image, release_simvm_bin as simvm_bin, stamped_lines, temp_dir, ConsoleLine as Line,
+    Image,
+};
 
 const MB: f64 = 1e6;
 const SEED: &str = "1";
@@ -44,61 +47,6 @@ const RUNS: [(&str, &str); 4] = [
     ("/tmp", "seq"),
     ("/tmp", "rand"),
 ];
-
-/// The release `simvm` binary: `target/release/deps/disk-*` -> `target/release/simvm`.
-fn simvm_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("SIMVM_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().expect("the benchmark knows its own path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the benchmark lives in target/<profile>/deps")
-        .join("simvm");
-    assert!(
-        bin.is_file(),
-        "{} does not exist: build it first with `cargo build --release -p simvm` \
-         (same CARGO_TARGET_DIR), or set SIMVM_BIN",
-        bin.display()
-    );
-    bin
-}
-
-/// One annotated console line: `<step> <source> HH:MM:SS.uuuuuu > <text>`.
-#[derive(Clone, Debug)]
-struct Line {
-    /// When the benchmark read it, from the start of the simvm process.
-    wall: Duration,
-    /// `m1`, `m1#2` (second incarnation), `fault`, `net`.
-    source: String,
-    vtime: Duration,
-    text: String,
-}
-
-impl Line {
-    fn parse(raw: &str, wall: Duration) -> Option<Self> {
-        let (head, text) = raw.split_once(" > ")?;
-        let mut words = head.split_whitespace();
-        words.next()?.parse::<u64>().ok()?;
-        let source = words.next()?.to_string();
-        let vtime = parse_vtime(words.next()?)?;
-        Some(Self {
-            wall,
-            source,
-            vtime,
-            text: text.to_string(),
-        })
-    }
-}
-
-/// `HH:MM:SS.uuuuuu`, as `simvm_vmm::console::format_vtime` writes it.
-fn parse_vtime(s: &str) -> Option<Duration> {
-    let (hms, micros) = s.split_once('.')?;
-    let mut parts = hms.split(':').map(|p| p.parse::<u64>().ok());
-    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
-    Some(Duration::from_secs(h * 3600 + m * 60 + sec) + Duration::from_micros(micros.parse().ok()?))
-}
 
 /// A finished `simvm run`.
 struct Run {
