@@ -115,13 +115,15 @@ fn machine_summary(m: &MachineOutcome) -> String {
     }
     if let Some(net) = &m.net {
         out.push_str(&format!(
-            "[tx={} rx={} lost={} partitioned={} down={} full={}]",
+            "[tx={} rx={} lost={} partitioned={} down={} full={} off={} big={}]",
             net.frames_sent,
             net.rx.delivered,
             net.tx.dropped_loss,
             net.tx.dropped_partition,
             net.tx.dropped_link_down,
-            net.rx.dropped_queue_full
+            net.rx.dropped_queue_full,
+            net.rx.dropped_not_running,
+            net.rx.dropped_too_big
         ));
     }
     if m.device_errors > 0 {

@@ -176,7 +176,7 @@ fn fuzz_pic() {
     );
     fuzz::run(
         "pic",
-        1500,
+        800,
         case,
         &["out", "in", "nothing", "master", "slave"],
         check,

@@ -311,5 +311,5 @@ fn fuzz_pvclock_ports() {
         "read",
         "published",
     ];
-    fuzz::run("pvclock_ports", 1500, case(), &expected, check);
+    fuzz::run("pvclock_ports", 1000, case(), &expected, check);
 }

@@ -233,5 +233,5 @@ fn fuzz_chain_walk() {
         "direction",
         "too_long",
     ];
-    fuzz::run("chain_walk", 3000, case(), &expected, check);
+    fuzz::run("chain_walk", 2000, case(), &expected, check);
 }
