@@ -133,3 +133,41 @@ fn timeline_actions_happen_while_every_guest_sleeps() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A machine with a NIC in a world without a network: what it sends is dropped and counted, as
+/// on an unplugged cable, instead of piling up in simvm's memory for the whole run.
+#[test]
+fn a_nic_without_a_network_drops_what_it_sends() {
+    if !kvm_or_skip("a_nic_without_a_network_drops_what_it_sends") {
+        return;
+    }
+    let command = "ping -c 3 -W 1 10.0.0.2; true";
+    let scenario = Scenario::from_cli(1, vec!["sh".into(), "-c".into(), command.into()]);
+    let built = image(None);
+    let simulation = Simulation::new(scenario, 4).with_image(GuestImage {
+        kernel: built.kernel,
+        initramfs: built.initramfs,
+    });
+    let mut config = simulation
+        .world_config(false, None)
+        .expect("the world's configuration");
+    assert!(config.network.is_none());
+    let machine = &mut config.machines[0];
+    machine.mac = Some(simvm_devices::net::MachineId(0).mac());
+    if let Some(boot) = &mut machine.boot {
+        boot.ip = Some("10.0.0.1/24".into());
+    }
+    let mut lines = Vec::new();
+    let outcome = simvm_vmm::world::World::new(config)
+        .expect("build the world")
+        .run(&mut |line| lines.push(line.to_string()))
+        .expect("run the world");
+    let m1 = &outcome.machines[0];
+    assert_eq!(m1.exit_status, Some(0), "{lines:#?}");
+    // Three pings' worth of ARP requests, at least, went nowhere.
+    assert!(
+        m1.frames_unplugged >= 3,
+        "{} frames: {lines:#?}",
+        m1.frames_unplugged
+    );
+}

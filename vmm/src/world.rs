@@ -136,6 +136,8 @@ pub struct MachineOutcome {
     pub incarnations: u32,
     /// What each crash did to each disk, in order: `vda: crash policy=...`.
     pub disk_crashes: Vec<String>,
+    /// Frames its NIC sent into a world without a network (dropped, as by an unplugged cable).
+    pub frames_unplugged: u64,
 }
 
 /// Why the run ended.
@@ -201,6 +203,7 @@ struct Node {
     last_exit_status: Option<u8>,
     ready_at: Option<u64>,
     ready_wall: Option<Duration>,
+    frames_unplugged: u64,
 }
 
 impl Node {
@@ -335,6 +338,7 @@ impl World {
                 last_exit_status: None,
                 ready_at: None,
                 ready_wall: None,
+                frames_unplugged: 0,
             });
         }
         let cpu_template = nodes
@@ -721,13 +725,14 @@ impl World {
 
     /// Switches the frames `index` sent during its last step.
     fn send_frames(&mut self, index: usize) -> Result<()> {
-        let Some(machine) = self.nodes[index].machine.as_mut() else {
+        let node = &mut self.nodes[index];
+        let Some(machine) = node.machine.as_mut() else {
             return Ok(());
         };
         let Some(network) = &mut self.network else {
             // A NIC with no network attached: its frames go nowhere, as on an unplugged cable,
             // instead of piling up.
-            drop(machine.take_outbox());
+            node.frames_unplugged += machine.take_outbox().len() as u64;
             return Ok(());
         };
         let now = machine.now();
@@ -869,6 +874,7 @@ impl World {
                     device_errors,
                     incarnations: node.config.incarnation,
                     disk_crashes,
+                    frames_unplugged: node.frames_unplugged,
                 }
             })
             .collect();
