@@ -73,7 +73,6 @@ fn a_rust_test_runs_a_simulation_and_a_reboot_keeps_the_disk() {
 /// sleeps with no timer armed still happen (the run used to end as idle at time zero).
 #[test]
 fn timeline_actions_happen_while_every_guest_sleeps() {
-    use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
     use simvm_vmm::machine::MachineConfig;
     use simvm_vmm::seed::Seed;
     use simvm_vmm::world::{Ending, MachineAction, World, WorldConfig};
@@ -88,24 +87,7 @@ fn timeline_actions_happen_while_every_guest_sleeps() {
         simvm_vmm::test_elf::kernel(simvm_vmm::test_elf::SLEEP_FOREVER),
     )
     .expect("write the test kernel");
-    let machine = MachineConfig {
-        name: "m1".into(),
-        index: 0,
-        mem_size: 64 << 20,
-        kernel,
-        initramfs: vec![vec![0u8; 4096].into()],
-        boot: None,
-        cmdline_extra: String::new(),
-        rng_seed: [0; 32],
-        wall_base_ns: DEFAULT_WALL_BASE_NS,
-        stall_limit: DEFAULT_STALL_LIMIT,
-        costs: ExitCosts::default(),
-        mac: None,
-        offloads: Default::default(),
-        disks: Vec::new(),
-        incarnation: 1,
-        epoch_ns: 0,
-    };
+    let machine = MachineConfig::new("m1", kernel, vec![vec![0u8; 4096].into()], 64 << 20);
     let config = WorldConfig {
         timeline: vec![
             (

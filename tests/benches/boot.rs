@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use simvm_tests::{env_u64, stamped_lines};
 use simvm_vmm::boot_data::BootData;
-use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::cmdline::kernel_cmdline;
 use simvm_vmm::machine::{MachineConfig, Stop};
 use simvm_vmm::seed::Seed;
@@ -162,22 +161,9 @@ fn run_simvm(image: &GuestImage, mem: u64, argv: Vec<String>) -> SimvmFigures {
     let base = std::fs::read(&image.initramfs).expect("read the guest initramfs");
     let seed = Seed(SEED);
     let machine = MachineConfig {
-        name: "m1".into(),
-        index: 0,
-        mem_size: mem,
-        kernel: image.kernel.clone(),
-        initramfs: vec![base.into()],
         boot: Some(boot_data(argv)),
-        cmdline_extra: String::new(),
         rng_seed: seed.key("machine/m1/kernel-rng"),
-        wall_base_ns: DEFAULT_WALL_BASE_NS,
-        stall_limit: DEFAULT_STALL_LIMIT,
-        costs: ExitCosts::default(),
-        mac: None,
-        offloads: Default::default(),
-        disks: Vec::new(),
-        incarnation: 1,
-        epoch_ns: 0,
+        ..MachineConfig::new("m1", image.kernel.clone(), vec![base.into()], mem)
     };
     let config = WorldConfig::new(seed, vec![machine]);
     let world = World::new(config).expect("build the simvm world");

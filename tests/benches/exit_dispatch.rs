@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use simvm_tests::env_u64;
 use simvm_vmm::boot::{self, BootImage};
-use simvm_vmm::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use simvm_vmm::machine::{Machine, MachineConfig, Status};
 use simvm_vmm::test_elf;
 use simvm_vmm::trace::Trace;
@@ -105,25 +104,8 @@ struct SimvmSide {
 
 impl SimvmSide {
     fn new(kvm: &Kvm, kernel: &Path) -> Self {
-        let config = MachineConfig {
-            name: "bench".into(),
-            index: 0,
-            mem_size: MEM_SIZE,
-            kernel: kernel.to_owned(),
-            initramfs: dummy_initramfs(),
-            boot: None,
-            cmdline_extra: String::new(),
-            rng_seed: [0; 32],
-            wall_base_ns: DEFAULT_WALL_BASE_NS,
-            stall_limit: DEFAULT_STALL_LIMIT,
-            costs: ExitCosts::default(),
-            // No network: the guest only touches the serial port.
-            mac: None,
-            offloads: Default::default(),
-            disks: Vec::new(),
-            incarnation: 1,
-            epoch_ns: 0,
-        };
+        // No network: the guest only touches the serial port.
+        let config = MachineConfig::new("bench", kernel.to_owned(), dummy_initramfs(), MEM_SIZE);
         Self {
             machine: Machine::new(kvm, config).expect("build the simvm machine"),
             trace: Trace::new(vec!["bench".into()]),

@@ -81,6 +81,32 @@ pub struct MachineConfig {
     pub epoch_ns: u64,
 }
 
+impl MachineConfig {
+    /// Machine 0, `name`, booting `kernel` with `initramfs` in `mem_size` bytes: no boot data,
+    /// network or disks, a zero RNG seed, the default clock and costs, first incarnation. Set
+    /// the rest with struct update syntax.
+    pub fn new(name: &str, kernel: PathBuf, initramfs: Vec<Arc<[u8]>>, mem_size: u64) -> Self {
+        Self {
+            name: name.to_string(),
+            index: 0,
+            mem_size,
+            kernel,
+            initramfs,
+            boot: None,
+            cmdline_extra: String::new(),
+            rng_seed: [0; 32],
+            wall_base_ns: crate::clock::DEFAULT_WALL_BASE_NS,
+            stall_limit: crate::clock::DEFAULT_STALL_LIMIT,
+            costs: ExitCosts::default(),
+            mac: None,
+            offloads: Offloads::default(),
+            disks: Vec::new(),
+            incarnation: 1,
+            epoch_ns: 0,
+        }
+    }
+}
+
 /// Where a machine stands after a step.
 #[derive(Debug)]
 pub enum Status {

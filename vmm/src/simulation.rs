@@ -26,7 +26,6 @@ use simvm_devices::net::MachineId;
 use simvm_devices::virtio::net::Offloads;
 
 use crate::boot_data::{BootData, Mount};
-use crate::clock::{ExitCosts, DEFAULT_STALL_LIMIT, DEFAULT_WALL_BASE_NS};
 use crate::disk_image::ext4_image;
 use crate::disks::{DiskBase, DiskSetup};
 use crate::image::{self, GuestImage};
@@ -272,22 +271,18 @@ impl Simulation {
                 }
             };
             machines.push(MachineConfig {
-                name: machine.name.clone(),
                 index: i,
-                mem_size: machine.memory.unwrap_or(self.default_mem),
-                kernel: image.kernel.clone(),
-                initramfs: vec![base],
                 boot: Some(boot),
                 cmdline_extra: self.kernel_args.clone(),
                 rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
-                wall_base_ns: DEFAULT_WALL_BASE_NS,
-                stall_limit: DEFAULT_STALL_LIMIT,
-                costs: ExitCosts::default(),
                 mac,
                 offloads: self.offloads,
-                disks: Vec::new(),
-                incarnation: 1,
-                epoch_ns: 0,
+                ..MachineConfig::new(
+                    &machine.name,
+                    image.kernel.clone(),
+                    vec![base],
+                    machine.memory.unwrap_or(self.default_mem),
+                )
             });
             disks.push(setups);
         }
