@@ -190,6 +190,19 @@ impl ExitStats {
     pub fn total(&self) -> u64 {
         self.pio + self.mmio + self.msr + self.hlt + self.watchdog_kicks
     }
+
+    /// Adds `other`'s counts (another incarnation's) to these.
+    pub fn add(&mut self, other: &ExitStats) {
+        self.pio += other.pio;
+        self.mmio += other.mmio;
+        self.msr += other.msr;
+        self.hlt += other.hlt;
+        self.interrupts += other.interrupts;
+        self.clock_kicks += other.clock_kicks;
+        self.watchdog_kicks += other.watchdog_kicks;
+        self.benign_kicks += other.benign_kicks;
+        self.foreign_signals += other.foreign_signals;
+    }
 }
 
 pub struct Machine {
@@ -615,14 +628,24 @@ impl Machine {
             }
         }
         for (device, layer, message) in errors {
-            let stable = Stable::new(1).str(&device).u64(layer as u64);
-            self.device_error(
-                step,
-                Note::new(format!("{device}: {message}"), stable),
-                trace,
-            )?;
+            self.guest_error(step, &device, layer, &message, trace)?;
         }
         Ok(())
+    }
+
+    /// Reports an error `device` found in what the guest did, at `layer`; the digest takes
+    /// the device and the layer, never the message.
+    fn guest_error(
+        &mut self,
+        step: u64,
+        device: &str,
+        layer: DeviceLayer,
+        message: &dyn std::fmt::Display,
+        trace: &mut Trace,
+    ) -> Result<()> {
+        let stable = Stable::new(1).str(device).u64(layer as u64);
+        let note = Note::new(format!("{device}: {message}"), stable);
+        self.device_error(step, note, trace)
     }
 
     /// Counts, traces and (up to a limit) prints an error a device found in what the guest did.
@@ -682,8 +705,7 @@ impl Machine {
         let result = net.device_mut().deliver(&self.mem, frame);
         let errors = net.device_mut().take_errors();
         for e in errors {
-            let stable = Stable::new(1).str("net").u64(DeviceLayer::Device as u64);
-            self.device_error(step, Note::new(format!("net: {e}"), stable), trace)?;
+            self.guest_error(step, "net", DeviceLayer::Device, &e, trace)?;
         }
         Ok(result)
     }

@@ -235,25 +235,21 @@ impl Node {
             .min()
     }
 
-    /// Retires the running incarnation, keeping its counters.
+    /// Retires the running incarnation with `stop`, keeping its counters.
     fn retire(&mut self, stop: Stop) {
+        self.fold_machine();
+        self.slot = Slot::Stopped(stop);
+    }
+
+    /// Drops the running incarnation, if any, adding its counters, clock and status to what
+    /// the node keeps.
+    fn fold_machine(&mut self) {
         if let Some(machine) = self.machine.take() {
-            let stats = machine.stats();
-            let past = &mut self.past_stats;
-            past.pio += stats.pio;
-            past.mmio += stats.mmio;
-            past.msr += stats.msr;
-            past.hlt += stats.hlt;
-            past.interrupts += stats.interrupts;
-            past.clock_kicks += stats.clock_kicks;
-            past.watchdog_kicks += stats.watchdog_kicks;
-            past.benign_kicks += stats.benign_kicks;
-            past.foreign_signals += stats.foreign_signals;
+            self.past_stats.add(machine.stats());
             self.past_device_errors += machine.device_errors();
             self.last_now = machine.now();
             self.last_exit_status = machine.exit_status();
         }
-        self.slot = Slot::Stopped(stop);
     }
 }
 
@@ -825,38 +821,18 @@ impl World {
             .into_iter()
             .enumerate()
             .map(|(i, mut node)| {
-                let running = node.machine.is_some();
-                let (stats, device_errors, now, exit_status) = match &node.machine {
-                    Some(m) => {
-                        let mut stats = node.past_stats;
-                        let s = m.stats();
-                        stats.pio += s.pio;
-                        stats.mmio += s.mmio;
-                        stats.msr += s.msr;
-                        stats.hlt += s.hlt;
-                        stats.interrupts += s.interrupts;
-                        stats.clock_kicks += s.clock_kicks;
-                        stats.watchdog_kicks += s.watchdog_kicks;
-                        stats.benign_kicks += s.benign_kicks;
-                        stats.foreign_signals += s.foreign_signals;
-                        (
-                            stats,
-                            node.past_device_errors + m.device_errors(),
-                            m.now(),
-                            m.exit_status(),
-                        )
-                    }
-                    None => (
-                        node.past_stats,
-                        node.past_device_errors,
-                        node.last_now,
-                        node.last_exit_status,
-                    ),
-                };
-                let stop = match std::mem::replace(&mut node.slot, Slot::Runnable) {
-                    Slot::Stopped(stop) if !running => Some(stop),
+                // A machine still running ends as running: its counters are folded in, but
+                // it has no stop.
+                let stop = match (
+                    &node.machine,
+                    std::mem::replace(&mut node.slot, Slot::Runnable),
+                ) {
+                    (None, Slot::Stopped(stop)) => Some(stop),
                     _ => None,
                 };
+                node.fold_machine();
+                let (stats, device_errors) = (node.past_stats, node.past_device_errors);
+                let (now, exit_status) = (node.last_now, node.last_exit_status);
                 let disk_crashes = node
                     .disks
                     .iter()
