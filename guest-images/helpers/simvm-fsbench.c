@@ -42,29 +42,15 @@
 
 static char block[BLOCK];
 
-static void put_fd(int fd, const char *s)
-{
-	syscall3(SYS_write, fd, (s64)s, (s64)str_len(s));
-}
-
 /* "simvm-fsbench: WHAT FILE: errno N" on stderr, then exit 1. */
 static void die_errno(const char *what, const char *path, s64 err)
 {
-	char num[21];
-	int i = 20;
-	u64 v = (u64)-err;
-
-	num[i] = '\0';
-	do {
-		num[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
 	put_fd(2, "simvm-fsbench: ");
 	put_fd(2, what);
 	put_fd(2, " ");
 	put_fd(2, path);
 	put_fd(2, ": errno ");
-	put_fd(2, num + i);
+	put_u64_fd(2, (u64)-err);
 	put_fd(2, "\n");
 	sys_exit(1);
 }

@@ -52,11 +52,6 @@
 #define SECTOR 512
 #define MAX_RECORD 9999999999ul /* ten digits */
 
-static void put_fd(int fd, const char *s)
-{
-	syscall3(SYS_write, fd, (s64)s, (s64)str_len(s));
-}
-
 /* "simvm-records: WHAT PATH: errno N (NAME)" on stderr, then exit 1. */
 static void die_errno(const char *what, const char *path, s64 err)
 {
@@ -69,21 +64,12 @@ static void die_errno(const char *what, const char *path, s64 err)
 		{ 22, "EINVAL" }, { 27, "EFBIG" },   { 28, "ENOSPC" },
 		{ 30, "EROFS" },  { 122, "EDQUOT" },
 	};
-	char num[21];
-	int i = 20;
-	u64 v = (u64)-err;
-
-	num[i] = '\0';
-	do {
-		num[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
 	put_fd(2, "simvm-records: ");
 	put_fd(2, what);
 	put_fd(2, " ");
 	put_fd(2, path);
 	put_fd(2, ": errno ");
-	put_fd(2, num + i);
+	put_u64_fd(2, (u64)-err);
 	for (unsigned k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
 		if (names[k].no == -err) {
 			put_fd(2, " (");

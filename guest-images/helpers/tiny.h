@@ -55,12 +55,17 @@ static inline u64 str_len(const char *s)
 	return n;
 }
 
-static inline void put(const char *s)
+static inline void put_fd(int fd, const char *s)
 {
-	syscall3(SYS_write, 1, (s64)s, (s64)str_len(s));
+	syscall3(SYS_write, fd, (s64)s, (s64)str_len(s));
 }
 
-static inline void put_u64(u64 v)
+static inline void put(const char *s)
+{
+	put_fd(1, s);
+}
+
+static inline void put_u64_fd(int fd, u64 v)
 {
 	char buf[21];
 	int i = 20;
@@ -70,7 +75,12 @@ static inline void put_u64(u64 v)
 		buf[--i] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v);
-	put(buf + i);
+	put_fd(fd, buf + i);
+}
+
+static inline void put_u64(u64 v)
+{
+	put_u64_fd(1, v);
 }
 
 /* Parses a decimal argument; returns def when absent or malformed. */
