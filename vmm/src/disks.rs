@@ -115,17 +115,23 @@ impl WorldDisk {
 
     /// Submits a request of `incarnation` at virtual time `now`; returns its trace event.
     pub fn submit(&mut self, now: u64, incarnation: u32, request: BlockRequest) -> Event {
-        let (kind, sector, len, data_print) = match &request.op {
-            BlockOp::Read { sector, sectors } => ("read", *sector, u64::from(*sectors) * 512, 0),
-            BlockOp::Write { sector, data } => {
-                ("write", *sector, data.len() as u64, fingerprint(data))
-            }
-            BlockOp::Flush => ("flush", 0, 0, 0),
-        };
-        let op = match request.op {
-            BlockOp::Read { sector, sectors } => Request::Read { sector, sectors },
-            BlockOp::Write { sector, data } => Request::Write { sector, data },
-            BlockOp::Flush => Request::Flush,
+        // What the trace records of the request, and the request as the disk model takes it.
+        let (kind, sector, len, data_print, op) = match request.op {
+            BlockOp::Read { sector, sectors } => (
+                "read",
+                sector,
+                u64::from(sectors) * 512,
+                0,
+                Request::Read { sector, sectors },
+            ),
+            BlockOp::Write { sector, data } => (
+                "write",
+                sector,
+                data.len() as u64,
+                fingerprint(&data),
+                Request::Write { sector, data },
+            ),
+            BlockOp::Flush => ("flush", 0, 0, 0, Request::Flush),
         };
         let submitted = self.disk.submit(now, op);
         self.in_flight
