@@ -120,6 +120,10 @@ struct RunArgs {
     /// Write each disk's final contents to DIR/MACHINE-DISK.img.
     #[arg(long, value_name = "DIR")]
     keep_disks: Option<PathBuf>,
+    /// Boot every machine from scratch instead of starting it from the machine template
+    /// (which is built on first use and cached; see docs/templates.md).
+    #[arg(long)]
+    cold: bool,
     /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
@@ -248,6 +252,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
         },
         crash_policy: args.crash_policy,
         keep_disks: args.keep_disks.clone(),
+        cold: args.cold,
         ..Simulation::new(scenario, args.seed)
     };
     let simulation = match (&args.kernel, &args.initramfs) {
@@ -325,6 +330,9 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if args.no_tso {
         line.push_str(" --no-tso");
+    }
+    if args.cold {
+        line.push_str(" --cold");
     }
     for disk in &args.disks {
         line.push_str(&format!(" --disk {}", shell_quote(&disk.text)));

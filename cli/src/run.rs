@@ -3,6 +3,7 @@
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::Stop;
 use simvm_vmm::simulation::{Simulation, SimulationError};
+use simvm_vmm::template::Origin;
 use simvm_vmm::world::{Ending, MachineOutcome, Outcome};
 
 use crate::progress::Progress;
@@ -48,6 +49,25 @@ impl RunPlan {
     }
 
     fn report(&self, outcome: &Outcome, extra: Option<&str>) -> i32 {
+        for template in &outcome.templates {
+            match &template.origin {
+                Ok(Origin::Built { wall, replaced }) => {
+                    if let Some(why) = replaced {
+                        eprintln!("simvm: the cached machine template was unusable: {why}");
+                    }
+                    eprintln!(
+                        "simvm: built machine template {} in {:.1}s (cached in {})",
+                        template.key,
+                        wall.as_secs_f64(),
+                        template.dir.display()
+                    );
+                }
+                Ok(Origin::Cached) => {}
+                Err(reason) => eprintln!(
+                    "simvm: no machine template for these machines, so they booted: {reason}"
+                ),
+            }
+        }
         if let Some(report) = outcome.crash() {
             eprintln!("{report}");
         }
@@ -61,13 +81,14 @@ impl RunPlan {
         let success = self.simulation.passed(outcome);
         let machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
         println!(
-            "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} result={} {}{}",
+            "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} start={} result={} {}{}",
             outcome.seed.0,
             outcome.steps,
             format_vtime(outcome.vtime_ns),
             outcome.wall.as_secs_f64(),
             outcome.digest,
             outcome.cpu_template,
+            start_summary(outcome),
             if success { "ok" } else { "FAIL" },
             machines.join(" "),
             if outcome.watchdog_kicks.is_empty() {
@@ -95,6 +116,21 @@ impl RunPlan {
             (false, _) => 1,
         }
     }
+}
+
+/// How the machines started: `cold` (booted) or `template-KEY8` (the first 8 digits of each
+/// template's key).
+fn start_summary(outcome: &Outcome) -> String {
+    let keys: Vec<String> = outcome
+        .templates
+        .iter()
+        .filter(|t| t.origin.is_ok())
+        .map(|t| format!("template-{}", &t.key[..t.key.len().min(8)]))
+        .collect();
+    if keys.is_empty() {
+        return "cold".into();
+    }
+    keys.join(",")
 }
 
 fn machine_summary(m: &MachineOutcome) -> String {

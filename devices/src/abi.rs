@@ -41,6 +41,24 @@ pub mod control {
     pub const PANIC: u8 = 3;
     pub const POWEROFF: u8 = 4;
     pub const RESTART: u8 = 5;
+    /// Init asks for its identity; the argument is the frame of the kernel's identity buffer.
+    pub const IDENTITY: u8 = 6;
+}
+
+/// The identity buffer the guest kernel hands over with [`control::IDENTITY`].
+pub mod identity {
+    /// Its size: 64 KiB, page aligned and contiguous in guest memory.
+    pub const BUFFER_SIZE: u64 = 0x1_0000;
+    /// "SID1" as little-endian bytes, at offset 0.
+    pub const MAGIC: u32 = 0x3144_4953;
+    /// Header size; the archive follows it.
+    pub const HEADER_SIZE: u64 = 64;
+    /// Offset of the archive's length (u32).
+    pub const LENGTH: u64 = 4;
+    /// Offset of the 32-byte RNG seed.
+    pub const SEED: u64 = 8;
+    /// The largest archive that fits.
+    pub const MAX_ARCHIVE: u64 = BUFFER_SIZE - HEADER_SIZE;
 }
 
 /// Interrupt lines.

@@ -17,6 +17,7 @@ pub mod net;
 pub mod pic;
 pub mod pvclock;
 pub mod serial;
+pub mod snapshot;
 pub mod virtio;
 
 #[cfg(test)]

@@ -392,6 +392,9 @@ impl Pic {
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
 
+mod state;
+pub use state::{ChipState, InitStep, PicState};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,6 +83,8 @@ pub enum ControlEvent {
     PowerOff,
     /// The guest asked for a reboot.
     Restart,
+    /// Init asks for its identity, to be written into the buffer at this guest frame number.
+    Identity(u32),
     /// An event number this VMM does not know.
     Unknown(u32),
 }
@@ -97,6 +99,7 @@ impl ControlEvent {
             abi::control::PANIC => Self::Panic,
             abi::control::POWEROFF => Self::PowerOff,
             abi::control::RESTART => Self::Restart,
+            abi::control::IDENTITY => Self::Identity(value >> 8),
             _ => Self::Unknown(value),
         }
     }
@@ -111,8 +114,9 @@ pub struct SimvmPorts {
     deadline: Option<u64>,
     /// `now_ns` as last written to the page, to skip identical writes.
     published: Option<u64>,
-    /// `irq_pending` as last written to the page.
-    published_irq: bool,
+    /// `irq_pending` as last written to the page; `None` after a restore, so the next publish
+    /// writes it whatever the page holds.
+    published_irq: Option<bool>,
     wall_base_ns: u64,
     stall_limit: u32,
 }
@@ -125,7 +129,7 @@ impl SimvmPorts {
             page: None,
             deadline: None,
             published: None,
-            published_irq: false,
+            published_irq: None,
             wall_base_ns,
             stall_limit: stall_limit.max(1),
         }
@@ -229,10 +233,10 @@ impl SimvmPorts {
             let _ = mem.write_obj(now, page.unchecked_add(clock_page::NOW_NS));
             self.published = Some(now);
         }
-        if self.published_irq != irq_pending {
+        if self.published_irq != Some(irq_pending) {
             let flag = u32::from(irq_pending);
             let _ = mem.write_obj(flag, page.unchecked_add(clock_page::IRQ_PENDING));
-            self.published_irq = irq_pending;
+            self.published_irq = Some(irq_pending);
         }
     }
 
@@ -259,7 +263,7 @@ impl SimvmPorts {
             (clock_page::IRQ_PENDING, 0u32.to_le_bytes().to_vec()),
         ];
         // Check the whole page before writing any of it, so a bad address changes nothing.
-        if gpa.checked_add(4096).is_none() || !mem.check_range(page, 4096, Permissions::ReadWrite) {
+        if !page_fits(mem, gpa) {
             return PortEvent::ClockPageRejected(gpa);
         }
         for (offset, bytes) in fields {
@@ -269,7 +273,7 @@ impl SimvmPorts {
         }
         self.page = Some(page);
         self.published = Some(now);
-        self.published_irq = false;
+        self.published_irq = Some(false);
         PortEvent::ClockPageRegistered(gpa)
     }
 
@@ -280,10 +284,19 @@ impl SimvmPorts {
     }
 }
 
+/// Whether a clock page at `gpa` lies wholly in guest RAM.
+fn page_fits<M: GuestMemory>(mem: &M, gpa: u64) -> bool {
+    gpa.checked_add(4096).is_some()
+        && mem.check_range(GuestAddress(gpa), 4096, Permissions::ReadWrite)
+}
+
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
+
+mod state;
+pub use state::PortsState;
 
 #[cfg(test)]
 mod tests {
@@ -470,6 +483,10 @@ mod tests {
         assert_eq!(control(3), PortEvent::Control(ControlEvent::Panic));
         assert_eq!(control(4), PortEvent::Control(ControlEvent::PowerOff));
         assert_eq!(control(5), PortEvent::Control(ControlEvent::Restart));
+        assert_eq!(
+            control(6 | 0x12345 << 8),
+            PortEvent::Control(ControlEvent::Identity(0x12345))
+        );
         assert_eq!(
             control(0x99),
             PortEvent::Control(ControlEvent::Unknown(0x99))

@@ -4,6 +4,7 @@
 //! IRQ 4 through [`IrqLines`]. There is no input yet: reads of RBR return 0 and LSR never reports
 //! data ready.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 
 use vm_memory::GuestMemoryMmap;
@@ -24,13 +25,28 @@ pub const COM1_PORTS: u16 = 8;
 struct IrqTrigger {
     lines: IrqLines,
     irq: u8,
+    /// Set while restoring: vm-superio re-raises a pending interrupt then, but the saved machine
+    /// had already raised it (its PIC holds it).
+    muted: Cell<bool>,
+}
+
+impl IrqTrigger {
+    fn new(lines: IrqLines) -> Self {
+        Self {
+            lines,
+            irq: IRQ_SERIAL,
+            muted: Cell::new(false),
+        }
+    }
 }
 
 impl Trigger for IrqTrigger {
     type E = Infallible;
 
     fn trigger(&self) -> Result<(), Infallible> {
-        self.lines.raise(self.irq);
+        if !self.muted.get() {
+            self.lines.raise(self.irq);
+        }
         Ok(())
     }
 }
@@ -43,12 +59,8 @@ pub struct Console {
 impl Console {
     /// A UART in its reset state that raises IRQ 4 on `lines`.
     pub fn new(lines: IrqLines) -> Self {
-        let trigger = IrqTrigger {
-            lines,
-            irq: IRQ_SERIAL,
-        };
         Console {
-            serial: Serial::new(trigger, Vec::new()),
+            serial: Serial::new(IrqTrigger::new(lines), Vec::new()),
         }
     }
 
@@ -109,6 +121,9 @@ impl std::fmt::Debug for Console {
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
+
+mod state;
+pub use state::ConsoleState;
 
 #[cfg(test)]
 mod tests {

@@ -2,13 +2,20 @@
 /*
  * /init of the simvm guest image.
  *
- * Implements the guest side of "Per-machine boot data" in docs/guest-abi.md:
- * mount the pseudo filesystems, set the hostname, configure lo and eth0,
- * mount the disks of /simvm/disks, report READY, run the command from
- * /simvm/argv (default /bin/sh) on /dev/console, report its exit status and
- * power off. `reboot`, `poweroff` and `halt` (busybox, without -f) signal
- * init, which then shuts the machine down the same way, restarting it for
- * `reboot`.
+ * Implements the guest side of "Machine identity" and "Per-machine boot data"
+ * in docs/guest-abi.md: mount the pseudo filesystems, fetch the machine's
+ * boot data from /sys/kernel/simvm/identity and unpack it into /, set the
+ * hostname, configure lo and eth0 (with the machine's MAC), mount the disks
+ * of /simvm/disks, report READY, run the command from /simvm/argv (default
+ * /bin/sh) on /dev/console, report its exit status and power off. `reboot`,
+ * `poweroff` and `halt` (busybox, without -f) signal init, which then shuts
+ * the machine down the same way, restarting it for `reboot`.
+ *
+ * The identity fetch is where a machine template is snapshotted: every
+ * machine restored from it resumes inside that read. So nothing before it
+ * may depend on the machine, and everything after it must assume that the
+ * kernel booted as another machine: the driver holds the template's MAC and
+ * the block layer may cache blocks of the template's disks.
  *
  * Everything is done with system calls from this one process: fork+exec
  * costs about 0.4 s of wall time in an emulated guest kernel, so no shell
@@ -18,7 +25,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -43,6 +52,7 @@
 #define READY_FILE "/sys/kernel/simvm/ready"
 #define APPLET_LIST "/etc/busybox.applets"
 #define EXIT_STATUS_FILE "/sys/kernel/simvm/exit_status"
+#define IDENTITY_FILE "/sys/kernel/simvm/identity"
 
 /*
  * The guest kernel runs with `noxsave`, so only the FXSAVE state (x87/SSE)
@@ -147,6 +157,7 @@ struct machine {
 	char machines[16];
 	char incarnation[16];
 	char ip[32];
+	char mac[32];
 };
 
 static void copy_value(char *dst, size_t cap, const char *src)
@@ -183,6 +194,8 @@ static void parse_machine(struct machine *m)
 			copy_value(m->incarnation, sizeof(m->incarnation), eq + 1);
 		else if (strcmp(line, "ip") == 0)
 			copy_value(m->ip, sizeof(m->ip), eq + 1);
+		else if (strcmp(line, "mac") == 0)
+			copy_value(m->mac, sizeof(m->mac), eq + 1);
 	}
 	free(text);
 }
@@ -231,7 +244,57 @@ static int if_set_addr(int sock, const char *ifname, unsigned long req,
 	return ioctl(sock, req, &ifr);
 }
 
-/* lo always; eth0 with "ip=A.B.C.D/N" when given. lo gets 127.0.0.1/8 from the kernel. */
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Parses "aa:bb:cc:dd:ee:ff"; 0 if well formed. */
+static int parse_mac(const char *text, unsigned char mac[6])
+{
+	for (int i = 0; i < 6; i++, text += 3) {
+		int hi = hex_digit(text[0]);
+		int lo = hi < 0 ? -1 : hex_digit(text[1]);
+
+		if (lo < 0 || text[2] != (i == 5 ? '\0' : ':'))
+			return -1;
+		mac[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+/*
+ * The virtio-net driver read its MAC from the device at probe, which for a
+ * machine restored from a template was the template's: set the machine's own
+ * before the interface comes up, so no frame ever leaves with the template's.
+ */
+static void if_set_mac(int sock, const char *ifname, const char *text)
+{
+	struct ifreq ifr;
+	unsigned char mac[6];
+
+	if (parse_mac(text, mac) != 0) {
+		msg("bad mac %s", text);
+		return;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	copy_value(ifr.ifr_name, IFNAMSIZ, ifname);
+	ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr.ifr_hwaddr.sa_data, mac, sizeof(mac));
+	if (ioctl(sock, SIOCSIFHWADDR, &ifr) != 0)
+		msg("%s mac %s: %s", ifname, text, strerror(errno));
+}
+
+/*
+ * lo always; eth0 with "ip=A.B.C.D/N" when given, with the MAC of "mac=".
+ * lo gets 127.0.0.1/8 from the kernel.
+ */
 static void setup_network(const struct machine *m)
 {
 	int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -247,6 +310,8 @@ static void setup_network(const struct machine *m)
 	}
 	if (if_up(sock, "lo") != 0)
 		msg("lo up: %s", strerror(errno));
+	if (m->mac[0] != '\0')
+		if_set_mac(sock, "eth0", m->mac);
 	if (m->ip[0] == '\0')
 		goto out;
 	copy_value(addr, sizeof(addr), m->ip);
@@ -352,10 +417,10 @@ static int parse_disk(char *line, struct disk *d)
 	return 0;
 }
 
-/* mkdir -p with mode 0755; errors show up at mount time. */
-static void make_dirs(const char *path)
+/* Creates the missing parent directories of an absolute path, mode 0755; errors show up later. */
+static void make_parents(const char *path)
 {
-	char buf[MOUNTPOINT_MAX];
+	char buf[PATH_MAX];
 
 	copy_value(buf, sizeof(buf), path);
 	for (char *p = buf + 1; *p; p++) {
@@ -365,7 +430,28 @@ static void make_dirs(const char *path)
 		mkdir(buf, 0755);
 		*p = '/';
 	}
-	mkdir(buf, 0755);
+}
+
+/* mkdir -p with mode 0755; errors show up at mount time. */
+static void make_dirs(const char *path)
+{
+	make_parents(path);
+	mkdir(path, 0755);
+}
+
+/*
+ * Drops the block device's page cache. A machine restored from a template
+ * inherits the cache its kernel filled at boot (the partition scan reads the
+ * first blocks), which holds the template's disk, not this machine's.
+ */
+static void flush_block_cache(const char *devpath)
+{
+	int fd = open(devpath, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || ioctl(fd, BLKFLSBUF, 0) != 0)
+		msg("flush %s: %s", devpath, strerror(errno));
+	if (fd >= 0)
+		close(fd);
 }
 
 static void mount_disks(void)
@@ -411,6 +497,7 @@ static void mount_disks(void)
 			continue;
 		}
 		snprintf(devpath, sizeof(devpath), "/dev/%s", d->device);
+		flush_block_cache(devpath);
 		make_dirs(d->mountpoint);
 		if (mount(devpath, d->mountpoint, d->fstype, 0, NULL) != 0) {
 			msg("mount %s on %s (%s): %s", devpath, d->mountpoint,
@@ -436,6 +523,196 @@ static void unmount_disks(void)
 		if (mount(NULL, mnt, NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
 			msg("umount %s: %s", mnt, strerror(errno));
 	}
+}
+
+/*
+ * The machine's identity (docs/guest-abi.md, "Machine identity"): the kernel
+ * fetches the per-machine boot data from the VMM at the first read of
+ * IDENTITY_FILE, as a newc cpio archive of at most 64 KiB - 64 bytes, which
+ * is unpacked into / here: directories and regular files only. Its names
+ * come without a leading '/'; one is accepted too.
+ */
+#define IDENTITY_MAX 65536
+#define CPIO_HEADER_LEN 110 /* "070701" and 13 fields of 8 hex digits */
+
+/* Reads the whole identity archive; its length, or -1 with errno set. */
+static ssize_t read_identity(char *buf, size_t cap)
+{
+	size_t len = 0;
+	int fd = open(IDENTITY_FILE, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	for (;;) {
+		ssize_t n;
+
+		if (len == cap) {
+			close(fd);
+			errno = EFBIG;
+			return -1;
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int err = errno;
+
+			close(fd);
+			errno = err;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	close(fd);
+	return (ssize_t)len;
+}
+
+/* Field i (0-12) of a newc header, 8 hex digits; -1 if malformed. */
+static long cpio_field(const char *hdr, int i)
+{
+	long value = 0;
+
+	for (int k = 0; k < 8; k++) {
+		int d = hex_digit(hdr[6 + 8 * i + k]);
+
+		if (d < 0)
+			return -1;
+		value = value << 4 | d;
+	}
+	return value;
+}
+
+/* "/" + name without its leading '/'s; -1 if empty, too long or with a ".." component. */
+static int entry_path(char *path, size_t cap, const char *name)
+{
+	while (*name == '/')
+		name++;
+	if (*name == '\0')
+		return -1;
+	for (const char *p = name; *p != '\0';) {
+		size_t n = strcspn(p, "/");
+
+		if (n == 2 && p[0] == '.' && p[1] == '.')
+			return -1;
+		p += n;
+		p += strspn(p, "/");
+	}
+	return snprintf(path, cap, "/%s", name) < (int)cap ? 0 : -1;
+}
+
+/* Creates or truncates path and writes data; 0, or -1 with errno set. */
+static int write_whole(const char *path, const char *data, size_t len,
+		       mode_t perm)
+{
+	/* O_NOFOLLOW: a file lands where the archive names it, never elsewhere. */
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+		      perm);
+
+	if (fd < 0)
+		return -1;
+	while (len > 0) {
+		ssize_t n = write(fd, data, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			close(fd);
+			return -1;
+		}
+		data += n;
+		len -= (size_t)n;
+	}
+	/* open() applied the umask, or kept the mode of an existing file. */
+	if (fchmod(fd, perm) != 0) {
+		close(fd);
+		return -1;
+	}
+	return close(fd);
+}
+
+static void unpack_entry(const char *name, long mode, const char *data,
+			 size_t size)
+{
+	char path[PATH_MAX];
+	mode_t perm = (mode_t)mode & 07777;
+
+	if (entry_path(path, sizeof(path), name) != 0) {
+		msg("%s: bad name \"%s\", skipped", IDENTITY_FILE, name);
+		return;
+	}
+	make_parents(path);
+	if (S_ISDIR(mode)) {
+		if (mkdir(path, perm) != 0 && errno != EEXIST)
+			msg("mkdir %s: %s", path, strerror(errno));
+	} else if (S_ISREG(mode)) {
+		if (write_whole(path, data, size, perm) != 0)
+			msg("%s: %s", path, strerror(errno));
+	} else {
+		msg("%s: %s is not a directory or regular file, skipped",
+		    IDENTITY_FILE, path);
+	}
+}
+
+/* Unpacks a newc archive into / up to its TRAILER!!!; stops at the first malformed entry. */
+static void unpack_cpio(const char *buf, size_t len)
+{
+	size_t pos = 0;
+
+	for (;;) {
+		const char *hdr, *name;
+		long mode, size, namesize;
+		size_t data;
+
+		if (pos > len || len - pos < CPIO_HEADER_LEN) {
+			msg("%s: archive ends without TRAILER!!!", IDENTITY_FILE);
+			return;
+		}
+		hdr = buf + pos;
+		name = hdr + CPIO_HEADER_LEN;
+		mode = cpio_field(hdr, 1);
+		size = cpio_field(hdr, 6);
+		namesize = cpio_field(hdr, 11);
+		if ((memcmp(hdr, "070701", 6) != 0 && memcmp(hdr, "070702", 6) != 0) ||
+		    mode < 0 || size < 0 || namesize < 1 ||
+		    (size_t)namesize > len - pos - CPIO_HEADER_LEN ||
+		    name[namesize - 1] != '\0') {
+			msg("%s: bad cpio header at byte %zu", IDENTITY_FILE, pos);
+			return;
+		}
+		/* Name and data are each padded to a multiple of 4 bytes. */
+		data = (pos + CPIO_HEADER_LEN + (size_t)namesize + 3) & ~(size_t)3;
+		if (data > len || (size_t)size > len - data) {
+			msg("%s: cpio entry at byte %zu runs past the end",
+			    IDENTITY_FILE, pos);
+			return;
+		}
+		if (strcmp(name, "TRAILER!!!") == 0)
+			return;
+		unpack_entry(name, mode, buf + data, (size_t)size);
+		pos = (data + (size_t)size + 3) & ~(size_t)3;
+	}
+}
+
+/*
+ * Fetches and unpacks the identity. Without simvm the file does not exist and
+ * the boot data, if any, came with the initramfs. Any error costs a message
+ * and whatever did not get unpacked: the rest of the boot goes on.
+ */
+static void fetch_identity(void)
+{
+	static char archive[IDENTITY_MAX];
+	ssize_t len = read_identity(archive, sizeof(archive));
+
+	if (len < 0) {
+		if (errno != ENOENT)
+			msg("%s: %s", IDENTITY_FILE, strerror(errno));
+		return;
+	}
+	unpack_cpio(archive, (size_t)len);
 }
 
 /* Splits a buffer of NUL-terminated strings into a NULL-terminated vector. */
@@ -698,6 +975,8 @@ int main(void)
 	mkdir("/root", 0700);
 	link_busybox_applets();
 
+	/* A template snapshot resumes in here as each restored machine. */
+	fetch_identity();
 	parse_machine(&m);
 	set_hostname(&m);
 	setup_network(&m);

@@ -1,7 +1,10 @@
 //! The per-machine boot archive: who the machine is and what it runs (`docs/guest-abi.md`,
 //! "Per-machine boot data"). Kept out of the base image so one image serves every machine.
 
+use simvm_devices::abi::identity;
+
 use crate::cpio::CpioWriter;
+use crate::error::{Error, Result};
 
 /// What one machine is told at boot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,6 +101,37 @@ impl BootData {
     }
 }
 
+/// Refuses boot data too big for the guest's identity buffer.
+pub fn check_size(boot: &BootData) -> Result<()> {
+    let len = boot.archive().len() as u64;
+    if len > identity::MAX_ARCHIVE {
+        return Err(Error::Devices(format!(
+            "machine {}: its boot data (command, environment, hosts, mounts) takes {len} bytes; \
+             at most {} fit",
+            boot.name,
+            identity::MAX_ARCHIVE
+        )));
+    }
+    Ok(())
+}
+
+/// What the VMM writes into the guest's identity buffer (docs/guest-abi.md, "Identity"):
+/// the header with the archive's length and the RNG seed, then the archive.
+pub fn identity_buffer(boot: &BootData, rng_seed: &[u8; 32]) -> Vec<u8> {
+    let archive = boot.archive();
+    let header = identity::HEADER_SIZE as usize;
+    let mut out = vec![0u8; header];
+    out[..4].copy_from_slice(&identity::MAGIC.to_le_bytes());
+    // `check_size` bounds the archive far below u32::MAX.
+    let len = u32::try_from(archive.len()).unwrap_or(u32::MAX);
+    let at = identity::LENGTH as usize;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    let at = identity::SEED as usize;
+    out[at..at + 32].copy_from_slice(rng_seed);
+    out.extend_from_slice(&archive);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +166,29 @@ mod tests {
         assert!(text.contains("incarnation=3\n"));
         assert!(text.contains("simvm/disks"));
         assert!(text.contains("vda /data ext4\n"));
+    }
+
+    #[test]
+    fn identity_buffer_has_magic_length_seed_then_archive() {
+        let data = BootData {
+            name: "m1".into(),
+            ..Default::default()
+        };
+        let buffer = identity_buffer(&data, &[7; 32]);
+        let archive = data.archive();
+        assert_eq!(&buffer[..4], b"SID1");
+        assert_eq!(
+            u32::from_le_bytes(buffer[4..8].try_into().unwrap()) as usize,
+            archive.len()
+        );
+        assert_eq!(&buffer[8..40], &[7; 32]);
+        assert_eq!(&buffer[40..64], &[0; 24]);
+        assert_eq!(&buffer[64..], &archive[..]);
+        check_size(&data).unwrap();
+        let huge = BootData {
+            environ: vec![("BIG".into(), "x".repeat(70_000))],
+            ..data
+        };
+        assert!(matches!(check_size(&huge), Err(Error::Devices(m)) if m.contains("at most 65472")));
     }
 }

@@ -92,6 +92,19 @@ pub enum Error {
 
     #[error("cannot keep the disk image {}: {source}", path.display())]
     KeepDisk { path: PathBuf, source: io::Error },
+
+    /// Saving or restoring a machine's state failed (KVM refused part of it, or the saved
+    /// state does not fit the machine).
+    #[error("machine state: {0}")]
+    Snapshot(String),
+
+    /// A template or snapshot file that cannot be used.
+    #[error("{}: {reason}", path.display())]
+    SnapshotFile { path: PathBuf, reason: String },
+
+    /// The guest did not reach the point a template is taken at.
+    #[error("building the machine template failed: {0}")]
+    TemplateBoot(String),
 }
 
 impl Error {

@@ -31,9 +31,11 @@ pub mod scenario;
 pub mod seed;
 pub mod simulation;
 pub mod state;
+pub mod template;
 pub mod test_elf;
 pub mod trace;
 pub mod units;
+pub mod vcpu_state;
 pub mod watchdog;
 pub mod world;
 

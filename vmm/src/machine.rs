@@ -28,10 +28,10 @@ use simvm_devices::serial::Console;
 use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
 use simvm_devices::virtio::mmio::VirtioMmio;
 use simvm_devices::virtio::net::{Offloads, RxDrop, VirtioNet};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::{self, BootImage};
-use crate::boot_data::BootData;
+use crate::boot_data::{self, BootData};
 use crate::clock::ExitCosts;
 use crate::cmdline::kernel_cmdline;
 use crate::console::LineBuffer;
@@ -40,8 +40,12 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::state::{self, StateFingerprint};
+use crate::template::Template;
 use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
+
+mod snapshot;
+pub use snapshot::MachineState;
 
 const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
 const COM1: u16 = 0x3f8;
@@ -77,8 +81,11 @@ pub struct MachineConfig {
     /// 1 for a machine's first boot, then one more for each restart.
     pub incarnation: u32,
     /// World virtual time at which this incarnation powers on: its guest's monotonic clock
-    /// starts at zero there, its wall clock goes on from the world's.
+    /// starts at zero there (at the template's clock, when started from one), its wall clock
+    /// goes on from the world's.
     pub epoch_ns: u64,
+    /// Start from this template instead of booting (`None`: boot).
+    pub template: Option<Arc<Template>>,
 }
 
 impl MachineConfig {
@@ -103,6 +110,7 @@ impl MachineConfig {
             disks: Vec::new(),
             incarnation: 1,
             epoch_ns: 0,
+            template: None,
         }
     }
 }
@@ -116,6 +124,9 @@ pub enum Status {
     Halted { wake_at: Option<u64> },
     /// Done for good.
     Stopped(Stop),
+    /// Init asked for its identity on a machine that has none to give: the point a template
+    /// is saved at. The identity buffer is at this guest frame.
+    TemplatePoint { identity_frame: u32 },
 }
 
 /// Why a machine stopped.
@@ -235,6 +246,8 @@ pub struct Machine {
     user_mode_since: Option<std::time::Duration>,
     /// World time at power-on; the guest's clock counts from here.
     epoch: u64,
+    /// The guest's clock at power-on: zero after a boot, the template's clock after a restore.
+    clock_offset: u64,
     /// World virtual time.
     now: u64,
     console_lines: LineBuffer,
@@ -245,26 +258,47 @@ pub struct Machine {
     stats: ExitStats,
     device_errors: u64,
     device_error_lines: u32,
+    /// What the machine was built from; its boot data answers the guest's identity request.
+    config: MachineConfig,
 }
 
 /// Device errors printed per machine; the rest are only counted (and all are traced).
 const MAX_DEVICE_ERROR_LINES: u32 = 10;
 
 impl Machine {
+    /// Powers on the machine `config` describes: from its template if it has one, else by
+    /// booting.
+    pub fn power_on(kvm: &Kvm, config: MachineConfig) -> Result<Self> {
+        match config.template.clone() {
+            Some(template) => template.start(kvm, config),
+            None => Self::new(kvm, config),
+        }
+    }
+
     /// Creates the VM, loads the guest and puts the vCPU at the kernel's entry point.
     pub fn new(kvm: &Kvm, config: MachineConfig) -> Result<Self> {
-        if config.mem_size > MAX_RAM {
-            return Err(Error::MemoryTooLarge {
-                mem_size: config.mem_size,
-                max: MAX_RAM,
-            });
-        }
-        if config.mem_size < MIN_RAM {
-            return Err(Error::MemoryTooSmall {
-                mem_size: config.mem_size,
-                needed: MIN_RAM,
-            });
-        }
+        check_memory_size(config.mem_size)?;
+        let mem = anonymous_memory(config.mem_size)?;
+        let (machine, windows) = Self::assemble(kvm, config, mem)?;
+        let cmdline = kernel_cmdline(&windows, &machine.config.cmdline_extra);
+        let image = BootImage {
+            kernel: &machine.config.kernel,
+            initramfs: &machine.config.initramfs,
+            cmdline: &cmdline,
+            rng_seed: machine.config.rng_seed,
+        };
+        let entry = boot::load(&machine.mem, machine.config.mem_size, &image)?;
+        boot::setup_vcpu(&machine.vcpu, entry)?;
+        Ok(machine)
+    }
+
+    /// Creates the VM with `mem` as its RAM, the vCPU with simvm's CPU model, and the devices;
+    /// returns the machine and its virtio windows (`(address, irq)`). Nothing is loaded yet.
+    fn assemble(
+        kvm: &Kvm,
+        config: MachineConfig,
+        mem: GuestMemoryMmap,
+    ) -> Result<(Self, Vec<(u64, u8)>)> {
         for (cap, name) in [
             (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
             (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -275,9 +309,12 @@ impl Machine {
                 return Err(Error::KvmCapability(name));
             }
         }
+        if let Some(boot) = &config.boot {
+            boot_data::check_size(boot)?;
+        }
         let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
         // SAFETY: the machine keeps `mem` until after the VM is dropped (field order).
-        let mem = unsafe { guest_memory(&vm, config.mem_size) }?;
+        unsafe { register_memory(&vm, &mem) }?;
 
         let mut cap = kvm_enable_cap {
             cap: KVM_CAP_X86_USER_SPACE_MSR,
@@ -318,28 +355,14 @@ impl Machine {
             None => (None, ids),
         };
 
-        let mut archives = config.initramfs.clone();
-        if let Some(boot) = &config.boot {
-            archives.push(boot.archive().into());
-        }
-        let cmdline = kernel_cmdline(&windows, &config.cmdline_extra);
-        let image = BootImage {
-            kernel: &config.kernel,
-            initramfs: &archives,
-            cmdline: &cmdline,
-            rng_seed: config.rng_seed,
-        };
-        let entry = boot::load(&mem, config.mem_size, &image)?;
-        boot::setup_vcpu(&vcpu, entry)?;
-
         let mut pio = Bus::new();
         let console = pio
             .insert(Box::new(Console::new(irq.clone())), COM1.into(), 8)
             .map_err(|e| Error::Devices(e.to_string()))?;
         // The guest's wall clock goes on across incarnations: it reads base + epoch + its own time.
         let wall_base_ns = config.wall_base_ns.saturating_add(config.epoch_ns);
-        Ok(Self {
-            name: config.name,
+        let machine = Self {
+            name: config.name.clone(),
             index: config.index,
             vcpu,
             _vm: vm,
@@ -359,6 +382,7 @@ impl Machine {
             cpu_template,
             user_mode_since: None,
             epoch: config.epoch_ns,
+            clock_offset: 0,
             now: config.epoch_ns,
             console_lines: LineBuffer::default(),
             pending_lines: Vec::new(),
@@ -368,11 +392,18 @@ impl Machine {
             stats: ExitStats::default(),
             device_errors: 0,
             device_error_lines: 0,
-        })
+            config,
+        };
+        Ok((machine, windows))
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
     }
 
     /// Hash of the CPU model the guest sees.
@@ -385,14 +416,20 @@ impl Machine {
         self.incarnation
     }
 
-    /// The guest's own clock: virtual time since this incarnation powered on.
+    /// The guest's own clock: virtual time since this incarnation powered on, plus the
+    /// template's time for a restored machine.
     fn guest_now(&self) -> u64 {
-        self.now.saturating_sub(self.epoch)
+        self.now
+            .saturating_sub(self.epoch)
+            .saturating_add(self.clock_offset)
     }
 
-    /// The armed timer's deadline in world time.
+    /// The armed timer's deadline in world time (a deadline from before power-on is due now).
     pub fn timer_deadline(&self) -> Option<u64> {
-        self.ports.deadline().map(|d| d.saturating_add(self.epoch))
+        self.ports.deadline().map(|d| {
+            d.saturating_sub(self.clock_offset)
+                .saturating_add(self.epoch)
+        })
     }
 
     /// Virtual time of this machine.
@@ -848,6 +885,9 @@ impl Machine {
                 let (code, arg) = control_code(&control);
                 let event = Event::Control { control: code, arg };
                 trace.record(step, self.index, self.now, &event)?;
+                if let ControlEvent::Identity(frame) = control {
+                    return self.identity_requested(step, frame, trace);
+                }
                 return Ok(self.control(step, control));
             }
             PortEvent::ClockPageRegistered(gpa) => Event::ClockPage {
@@ -879,6 +919,40 @@ impl Machine {
         self.now = self.now.saturating_add(ns);
     }
 
+    /// Init asks who its machine is: answer in the buffer at guest frame `frame`, or, for a
+    /// machine without boot data (the one a template is built from), pause there.
+    fn identity_requested(&mut self, step: u64, frame: u32, trace: &mut Trace) -> Result<Status> {
+        if self.config.boot.is_none() {
+            return Ok(Status::TemplatePoint {
+                identity_frame: frame,
+            });
+        }
+        if let Err(addr) = self.write_identity(frame) {
+            let stable = Stable::new(2).str("identity").u64(addr);
+            let text = format!(
+                "the guest asked for the absurd: an identity buffer at {addr:#x}, outside RAM"
+            );
+            self.device_error(step, Note::new(text, stable), trace)?;
+        }
+        Ok(Status::Running)
+    }
+
+    /// Writes the machine's boot data and RNG seed into the guest's identity buffer at `frame`
+    /// (nothing without boot data); `Err(address)` if the buffer is not in RAM.
+    fn write_identity(&self, frame: u32) -> std::result::Result<(), u64> {
+        let addr = u64::from(frame) << 12;
+        let Some(boot) = &self.config.boot else {
+            return Ok(());
+        };
+        if addr.saturating_add(abi::identity::BUFFER_SIZE) > self.config.mem_size {
+            return Err(addr);
+        }
+        let buffer = boot_data::identity_buffer(boot, &self.config.rng_seed);
+        self.mem
+            .write_slice(&buffer, GuestAddress(addr))
+            .map_err(|_| addr)
+    }
+
     fn control(&mut self, step: u64, event: ControlEvent) -> Status {
         match event {
             ControlEvent::Ready => {
@@ -899,7 +973,7 @@ impl Machine {
                 let report = self.crash_report(step, CrashKind::KernelPanic);
                 Status::Stopped(Stop::Crashed(Box::new(report)))
             }
-            ControlEvent::Unknown(_) => Status::Running,
+            ControlEvent::Identity(_) | ControlEvent::Unknown(_) => Status::Running,
         }
     }
 
@@ -972,22 +1046,53 @@ impl Machine {
     }
 }
 
+/// Refuses memory sizes simvm machines cannot have.
+fn check_memory_size(mem_size: u64) -> Result<()> {
+    if mem_size > MAX_RAM {
+        return Err(Error::MemoryTooLarge {
+            mem_size,
+            max: MAX_RAM,
+        });
+    }
+    if mem_size < MIN_RAM {
+        return Err(Error::MemoryTooSmall {
+            mem_size,
+            needed: MIN_RAM,
+        });
+    }
+    Ok(())
+}
+
 /// Allocates `mem_size` bytes of guest RAM at guest-physical 0 and registers it with `vm`.
 ///
 /// # Safety
 ///
 /// The returned memory must outlive `vm`: KVM keeps using the mapping until the VM is gone.
 pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> {
+    let mem = anonymous_memory(mem_size)?;
+    // SAFETY: the caller keeps the memory alive as long as the VM (this function's contract).
+    unsafe { register_memory(vm, &mem) }?;
+    Ok(mem)
+}
+
+/// `mem_size` bytes of zeroed guest RAM at guest-physical 0.
+fn anonymous_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
     let bytes = usize::try_from(mem_size).map_err(|_| Error::MemoryTooLarge {
         mem_size,
         max: MAX_RAM,
     })?;
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).map_err(|e| {
-        Error::MemoryAlloc {
-            mem_size,
-            reason: e.to_string(),
-        }
-    })?;
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes)]).map_err(|e| Error::MemoryAlloc {
+        mem_size,
+        reason: e.to_string(),
+    })
+}
+
+/// Registers every region of `mem` with `vm` as guest RAM.
+///
+/// # Safety
+///
+/// `mem` must outlive `vm`: KVM keeps using the mappings until the VM is gone.
+pub unsafe fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let region_desc = kvm_bindings::kvm_userspace_memory_region {
             slot: u32::try_from(slot)
@@ -1002,7 +1107,7 @@ pub unsafe fn guest_memory(vm: &VmFd, mem_size: u64) -> Result<GuestMemoryMmap> 
         unsafe { vm.set_user_memory_region(region_desc) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 /// Where a device error was found: in the virtio transport or in the device behind it.
@@ -1020,6 +1125,7 @@ fn control_code(event: &ControlEvent) -> (u8, u32) {
         ControlEvent::Panic => (abi::control::PANIC, 0),
         ControlEvent::PowerOff => (abi::control::POWEROFF, 0),
         ControlEvent::Restart => (abi::control::RESTART, 0),
+        ControlEvent::Identity(frame) => (abi::control::IDENTITY, *frame),
         // The raw value, whatever the guest wrote.
         ControlEvent::Unknown(value) => (0, *value),
     }

@@ -72,6 +72,8 @@ pub struct Simulation {
     pub cache_dir: PathBuf,
     /// The KVM device.
     pub kvm_device: PathBuf,
+    /// Boot every machine instead of starting it from its template (`--cold`).
+    pub cold: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +164,7 @@ impl Simulation {
             cache_dir: image::cache_dir(),
             kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
                 .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
+            cold: false,
         }
     }
 
@@ -300,6 +303,7 @@ impl Simulation {
             kvm_device: self.kvm_device.clone(),
             network: networked.then(|| network_config(&self.scenario)),
             pcap: self.pcap.clone(),
+            templates: (!self.cold).then(|| self.cache_dir.clone()),
             awaited: self
                 .scenario
                 .machines

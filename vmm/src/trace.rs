@@ -182,6 +182,12 @@ pub enum Event {
     PowerOn {
         incarnation: u32,
     },
+    /// The machine started from a template (its key) instead of booting: a run from another
+    /// template is not comparable, so the key is in the digest.
+    Template {
+        key: String,
+        guest_now_ns: u64,
+    },
 }
 
 impl Event {
@@ -289,6 +295,10 @@ impl Event {
                 out.extend_from_slice(status.as_bytes());
             }
             Self::PowerOn { incarnation } => put(25, &[(*incarnation).into()]),
+            Self::Template { key, guest_now_ns } => {
+                put(28, &[*guest_now_ns, key.len() as u64]);
+                out.extend_from_slice(key.as_bytes());
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
+use crate::template::{TemplateUse, Templates};
 use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
 
@@ -79,6 +80,9 @@ pub struct WorldConfig {
     /// Which machines the run waits for (by index); the run is done when they have all
     /// stopped. Empty: all of them.
     pub awaited: Vec<bool>,
+    /// Start machines from templates cached in this directory (built there on first use);
+    /// `None` boots every machine (machines whose config names a template still use it).
+    pub templates: Option<PathBuf>,
 }
 
 impl WorldConfig {
@@ -103,6 +107,7 @@ impl WorldConfig {
             network: None,
             pcap: None,
             awaited: Vec::new(),
+            templates: None,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct Outcome {
     /// Watchdog kicks: each made the run nondeterministic.
     pub watchdog_kicks: Vec<String>,
     pub fingerprints: Option<Vec<(u64, u64)>>,
+    /// The templates machines started from, or could not (none with `--cold`).
+    pub templates: Vec<TemplateUse>,
 }
 
 impl Outcome {
@@ -272,6 +279,7 @@ pub struct World {
     crash_policy: CrashPolicy,
     keep_disks: Option<PathBuf>,
     cpu_template: String,
+    templates: Vec<TemplateUse>,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -311,6 +319,7 @@ impl World {
             trace = trace.with_fingerprints();
         }
         let mut nodes = Vec::with_capacity(config.machines.len());
+        let mut templates = Templates::default();
         for (i, mut machine_config) in config.machines.into_iter().enumerate() {
             let setups = config.disks.get(i).map_or(&[][..], Vec::as_slice);
             let disks = setups
@@ -322,7 +331,13 @@ impl World {
                 .collect::<Result<Vec<_>>>()?;
             machine_config.disks = disks.iter().map(WorldDisk::sectors).collect();
             machine_config.incarnation = machine_config.incarnation.max(1);
-            let machine = Machine::new(&kvm, machine_config.clone())?;
+            if let Some(cache) = &config.templates {
+                machine_config.template = templates.for_machine(&kvm, &machine_config, cache)?;
+            }
+            let machine = Machine::power_on(&kvm, machine_config.clone())?;
+            if let Some(template) = &machine_config.template {
+                trace.record(0, i, 0, &template_event(template))?;
+            }
             nodes.push(Node {
                 config: machine_config,
                 machine: Some(machine),
@@ -365,6 +380,7 @@ impl World {
             crash_policy: config.crash_policy,
             keep_disks: config.keep_disks,
             cpu_template,
+            templates: templates.uses(),
         })
     }
 
@@ -476,7 +492,9 @@ impl World {
         self.submit_disk_requests(index)?;
         let node = &mut self.nodes[index];
         node.slot = match status {
-            Status::Running => Slot::Runnable,
+            // Only a machine without boot data pauses for its identity; one in a world carries
+            // on (its init finds no identity and says so).
+            Status::Running | Status::TemplatePoint { .. } => Slot::Runnable,
             Status::Halted { wake_at } => Slot::Halted(wake_at),
             Status::Stopped(Stop::Restart { .. }) => {
                 // A reboot is not a power loss: the disks keep their caches.
@@ -508,12 +526,16 @@ impl World {
         if let Some(boot) = &mut config.boot {
             boot.incarnation = incarnation;
         }
-        let machine = Machine::new(&self.kvm, config.clone())?;
+        let machine = Machine::power_on(&self.kvm, config.clone())?;
         node.config = config;
         node.machine = Some(machine);
         node.slot = Slot::Runnable;
         self.trace
             .record(self.step, index, at, &Event::PowerOn { incarnation })?;
+        if let Some(template) = &node.config.template {
+            self.trace
+                .record(self.step, index, at, &template_event(template))?;
+        }
         Ok(())
     }
 
@@ -866,7 +888,16 @@ impl World {
             machines,
             watchdog_kicks: self.watchdog_kicks,
             fingerprints,
+            templates: self.templates,
         })
+    }
+}
+
+/// The trace's record of a start from `template`.
+fn template_event(template: &crate::template::Template) -> Event {
+    Event::Template {
+        key: template.key().to_string(),
+        guest_now_ns: template.guest_now_ns(),
     }
 }
 

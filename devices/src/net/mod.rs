@@ -78,7 +78,8 @@ pub enum RxDrop {
 }
 
 /// An Ethernet frame in flight, without preamble or FCS.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Frame {
     pub data: Vec<u8>,
     /// simvm itself computed the frame's TCP/UDP checksum (checksum offload), so a receiving

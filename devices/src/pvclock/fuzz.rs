@@ -256,6 +256,7 @@ fn out_event(
                 abi::control::PANIC => ControlEvent::Panic,
                 abi::control::POWEROFF => ControlEvent::PowerOff,
                 abi::control::RESTART => ControlEvent::Restart,
+                abi::control::IDENTITY => ControlEvent::Identity(value >> 8),
                 _ => ControlEvent::Unknown(value),
             };
             assert_eq!(control, expected);

@@ -22,6 +22,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
@@ -66,15 +67,17 @@ const _: () = assert!(SEG_MAX + 2 <= QUEUE_SIZE as u32);
 ///
 /// Every request a device hands out gets a new number, so a token never matches a later request
 /// that reuses the same descriptor chain, nor any request after a reset. Tokens are meaningful
-/// only to the device that issued them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// only to the device that issued them, or to the device its state was restored into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequestToken {
     id: u64,
     head: u16,
 }
 
 /// A request for the disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlockRequest {
     pub token: RequestToken,
     pub op: BlockOp,
@@ -82,7 +85,8 @@ pub struct BlockRequest {
 
 /// What the guest asks of the disk. Sector ranges are checked against the capacity; a read or
 /// write covers at least one sector.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum BlockOp {
     /// Read `sectors` sectors starting at `sector`.
     Read { sector: u64, sectors: u32 },
@@ -276,6 +280,11 @@ impl VirtioBlock {
     /// Requests handed out (or about to be) and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Whether requests are in flight, taken or not; a machine template should have none.
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     /// Forgets every request in flight, including those not yet taken, without touching guest
@@ -695,6 +704,9 @@ fn keep(errors: &mut Vec<BlockError>, error: BlockError) {
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
+
+mod state;
+pub use state::{BlockState, BufferState, InFlightState, PendingState};
 
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.

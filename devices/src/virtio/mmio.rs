@@ -462,6 +462,9 @@ fn config_access_ok(offset: u64, len: usize) -> bool {
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
 
+mod state;
+pub use state::MmioState;
+
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]

@@ -11,10 +11,11 @@ pub mod block;
 pub mod chain;
 pub mod mmio;
 pub mod net;
+pub mod state;
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
-mod testing;
+pub(crate) mod testing;
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -119,7 +119,8 @@ pub struct VirtioNet {
 }
 
 /// Which offloads the device offers. All on by default; off only to measure what they save.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Offloads {
     /// `CSUM` and `GUEST_CSUM`.
     pub checksum: bool,
@@ -171,6 +172,12 @@ impl VirtioNet {
     /// Frames the guest transmitted since the last call, in transmit order.
     pub fn take_tx_frames(&mut self) -> Vec<Frame> {
         std::mem::take(&mut self.tx_out)
+    }
+
+    /// Whether transmitted frames wait in the outbox ([`VirtioNet::take_tx_frames`]); a machine
+    /// template should have none.
+    pub fn has_pending_tx(&self) -> bool {
+        !self.tx_out.is_empty()
     }
 
     /// Writes `frame` into the next receive buffer and interrupts the guest.
@@ -477,6 +484,9 @@ fn keep(errors: &mut Vec<NetError>, error: NetError) {
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz;
+
+mod state;
+pub use state::NetState;
 
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.

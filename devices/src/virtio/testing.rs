@@ -26,7 +26,30 @@ pub fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("test memory")
 }
 
+/// A copy of test memory that shares nothing with `mem`, for running two devices side by side.
+pub fn copy_memory(mem: &GuestMemoryMmap) -> GuestMemoryMmap {
+    let mut bytes = vec![0u8; MEM_SIZE];
+    mem.read_slice(&mut bytes, GuestAddress(0))
+        .expect("test memory");
+    let copy = memory();
+    copy.write_slice(&bytes, GuestAddress(0))
+        .expect("test memory");
+    copy
+}
+
+/// Whether two test memories hold the same bytes.
+pub fn same_memory(a: &GuestMemoryMmap, b: &GuestMemoryMmap) -> bool {
+    let read = |mem: &GuestMemoryMmap| {
+        let mut bytes = vec![0u8; MEM_SIZE];
+        mem.read_slice(&mut bytes, GuestAddress(0))
+            .expect("test memory");
+        bytes
+    };
+    read(a) == read(b)
+}
+
 /// Driver side of one split virtqueue.
+#[derive(Clone)]
 pub struct DriverQueue {
     pub size: u16,
     pub desc: GuestAddress,
