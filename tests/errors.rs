@@ -1,6 +1,6 @@
 //! Bad input gets a clear error, never a panic: a missing KVM device, a missing, misplaced or
 //! broken image, a broken scenario, too little memory, a guest that triple-faults or whose
-//! kernel panics.
+//! kernel panics, a guest that hands its NIC a broken receive chain.
 
 use simvm_tests::{image, kvm_or_skip, run_guest, simvm, temp_dir};
 
@@ -248,4 +248,177 @@ fn guest_kernel_panic_is_reported_with_the_console() {
         "{}",
         run.all()
     );
+}
+
+/// virtio-mmio registers (virtio 1.2, 4.2.2) of the first window, and the status bits.
+mod mmio {
+    pub const BASE: u64 = 0xd000_0000;
+    pub const DRIVER_FEATURES: u64 = BASE + 0x020;
+    pub const DRIVER_FEATURES_SEL: u64 = BASE + 0x024;
+    pub const QUEUE_SEL: u64 = BASE + 0x030;
+    pub const QUEUE_NUM: u64 = BASE + 0x038;
+    pub const QUEUE_READY: u64 = BASE + 0x044;
+    pub const QUEUE_NOTIFY: u64 = BASE + 0x050;
+    pub const STATUS: u64 = BASE + 0x070;
+    pub const QUEUE_DESC_LOW: u64 = BASE + 0x080;
+    pub const QUEUE_DESC_HIGH: u64 = BASE + 0x084;
+    pub const QUEUE_DRIVER_LOW: u64 = BASE + 0x090;
+    pub const QUEUE_DRIVER_HIGH: u64 = BASE + 0x094;
+    pub const QUEUE_DEVICE_LOW: u64 = BASE + 0x0a0;
+    pub const QUEUE_DEVICE_HIGH: u64 = BASE + 0x0a4;
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+}
+
+/// A test guest that brings up its virtio-net (VERSION_1 only) with both queues of 8 entries;
+/// queue `queue` has one descriptor, `desc` (address 0: `buffer`'s), made available, and
+/// `notify` kicks it. The rings and `buffer` are laid out in the guest's data page.
+fn virtio_net_guest(queue: u32, desc: (u64, u32, u16), buffer: &[u8], notify: bool) -> Vec<u8> {
+    use simvm_vmm::test_elf::{kernel, mmio_writer, DATA_OFFSET, LOAD_ADDR};
+    // Queue q's rings at q * RINGS: descriptors, then avail at +0x100, used at +0x200.
+    const RINGS: usize = 0x400;
+    const BUFFER: usize = 0x800;
+    let data_gpa = LOAD_ADDR + DATA_OFFSET;
+    let mut data = vec![0u8; BUFFER + buffer.len()];
+    let (addr, len, flags) = desc;
+    let addr = if addr == 0 {
+        data_gpa + BUFFER as u64
+    } else {
+        addr
+    };
+    let at = queue as usize * RINGS;
+    data[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+    data[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+    data[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+    // avail: flags 0, idx 1, ring[0] = descriptor 0.
+    data[at + 0x102..at + 0x104].copy_from_slice(&1u16.to_le_bytes());
+    data[BUFFER..].copy_from_slice(buffer);
+    let gpa = |off: usize| data_gpa + off as u64;
+    let mut writes = vec![
+        (mmio::STATUS, 0),
+        (mmio::STATUS, mmio::ACKNOWLEDGE),
+        (mmio::STATUS, mmio::ACKNOWLEDGE | mmio::DRIVER),
+        (mmio::DRIVER_FEATURES_SEL, 1),
+        (mmio::DRIVER_FEATURES, 1), // VIRTIO_F_VERSION_1 (bit 32)
+        (
+            mmio::STATUS,
+            mmio::ACKNOWLEDGE | mmio::DRIVER | mmio::FEATURES_OK,
+        ),
+    ];
+    for q in 0..2u32 {
+        let base = q as usize * RINGS;
+        for (low, high, addr) in [
+            (mmio::QUEUE_DESC_LOW, mmio::QUEUE_DESC_HIGH, gpa(base)),
+            (
+                mmio::QUEUE_DRIVER_LOW,
+                mmio::QUEUE_DRIVER_HIGH,
+                gpa(base + 0x100),
+            ),
+            (
+                mmio::QUEUE_DEVICE_LOW,
+                mmio::QUEUE_DEVICE_HIGH,
+                gpa(base + 0x200),
+            ),
+        ] {
+            writes.push((low, addr as u32));
+            writes.push((high, (addr >> 32) as u32));
+        }
+        writes.splice(
+            writes.len() - 6..writes.len() - 6,
+            [(mmio::QUEUE_SEL, q), (mmio::QUEUE_NUM, 8)],
+        );
+        writes.push((mmio::QUEUE_READY, 1));
+    }
+    writes.push((
+        mmio::STATUS,
+        mmio::ACKNOWLEDGE | mmio::DRIVER | mmio::FEATURES_OK | mmio::DRIVER_OK,
+    ));
+    if notify {
+        writes.push((mmio::QUEUE_NOTIFY, queue));
+    }
+    kernel(&mmio_writer(&writes, &data).expect("the writes fit in a page"))
+}
+
+/// A receive chain the guest broke is reported at the step that delivers a frame into it,
+/// even when the guest never touches its device again (it used to wait for the guest's next
+/// MMIO write, here: forever).
+#[test]
+fn receive_chain_errors_are_reported_at_delivery() {
+    use simvm_devices::net::switch::LinkConfig;
+    use simvm_vmm::machine::MachineConfig;
+    use simvm_vmm::network::NetworkConfig;
+    use simvm_vmm::seed::Seed;
+    use simvm_vmm::world::{World, WorldConfig};
+
+    if !kvm_or_skip("receive_chain_errors_are_reported_at_delivery") {
+        return;
+    }
+    let dir = temp_dir("rx-chain");
+    // m1 offers one receive buffer at an address far outside its 64 MiB of RAM.
+    let receiver = virtio_net_guest(0, (0x7f_0000_0000, 1526, 2 /* WRITE */), &[], false);
+    // m2 sends one broadcast frame: a zero virtio-net header (12 bytes), then Ethernet.
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&[0x52, 0x54, 0, 0, 0, 2]);
+    frame.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    frame.resize(12 + 60, 0x5a);
+    let sender = virtio_net_guest(1, (0, frame.len() as u32, 0), &frame, true);
+    let machines = [("m1", receiver), ("m2", sender)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, elf))| {
+            let path = dir.join(format!("{name}.elf"));
+            std::fs::write(&path, elf).expect("write the test kernel");
+            MachineConfig {
+                index: i,
+                mac: Some(simvm_devices::net::MachineId(i as u16).mac()),
+                ..MachineConfig::new(name, path, vec![vec![0u8; 4096].into()], 64 << 20)
+            }
+        })
+        .collect();
+    let trace = dir.join("trace.jsonl");
+    let config = WorldConfig {
+        network: Some(NetworkConfig {
+            defaults: LinkConfig::default(),
+            links: Vec::new(),
+            timeline: Vec::new(),
+        }),
+        until_ns: Some(10_000_000),
+        trace_json: Some(trace.clone()),
+        ..WorldConfig::new(Seed(1), machines)
+    };
+    let mut lines = Vec::new();
+    let outcome = World::new(config)
+        .expect("build the world")
+        .run(&mut |line| lines.push(line.to_string()))
+        .expect("run the world");
+    assert_eq!(outcome.machines[0].device_errors, 1, "{lines:#?}");
+    assert_eq!(outcome.machines[1].device_errors, 0, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("simvm: m1: net: virtio-net rx chain at descriptor 0")),
+        "{lines:#?}"
+    );
+    // The error is traced at the very step that delivered the frame.
+    let events: Vec<String> = std::fs::read_to_string(&trace)
+        .expect("read the trace")
+        .lines()
+        .filter(|l| l.contains("\"machine\":\"m1\""))
+        .map(str::to_string)
+        .collect();
+    let step_of = |kind: &str| -> u64 {
+        let line = events
+            .iter()
+            .find(|l| l.contains(&format!("\"event\":\"{kind}\"")))
+            .unwrap_or_else(|| panic!("no {kind} event for m1 in the trace"));
+        let rest = &line[line.find("\"step\":").expect("a step") + 7..];
+        rest[..rest.find(',').expect("a field after the step")]
+            .parse()
+            .expect("a step number")
+    };
+    assert_eq!(step_of("device_error"), step_of("frame_delivered"));
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -197,7 +197,7 @@ fn bad_template_files_are_refused_with_a_clear_error() {
     let other_version = scratch.join("other-version");
     copy_template(&good, &other_version);
     let json = String::from_utf8(json).unwrap();
-    let version = format!("\"simvm\":\"{}\"", env!("CARGO_PKG_VERSION"));
+    let version = format!("\"simvm\":\"{}\"", simvm_vmm::template::SIMVM_BUILD);
     assert!(json.contains(&version), "no version in template.json");
     std::fs::write(
         other_version.join("template.json"),

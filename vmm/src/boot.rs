@@ -146,7 +146,9 @@ fn write_zero_page(
         .map_err(|e| Error::GuestMemory(e.to_string()))
 }
 
-/// Identity-maps the first 1 GiB with 2 MiB pages: enough for the kernel to reach its own tables.
+/// Identity-maps the first 1 GiB with 2 MiB pages, enough for the kernel to reach its own
+/// tables, and the fourth GiB, so that code without tables of its own (test guests) can reach
+/// the virtio-mmio windows.
 fn write_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     let write = |value: u64, addr: u64| {
         mem.write_obj(value, GuestAddress(addr))
@@ -154,9 +156,12 @@ fn write_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
     };
     write(PDPT | 0x03, PML4)?;
     write(PD | 0x03, PDPT)?;
+    write(PD_DEVICES | 0x03, PDPT + 3 * 8)?;
     for i in 0..512u64 {
         // Present, writable, 2 MiB page.
         write((i << 21) | 0x83, PD + i * 8)?;
+        // The same, uncached (PCD | PWT): device memory.
+        write((3 << 30) | (i << 21) | 0x9b, PD_DEVICES + i * 8)?;
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ pub const BOOT_STACK_TOP: u64 = 0x8ff0;
 pub const PML4: u64 = 0x9000;
 pub const PDPT: u64 = 0xa000;
 pub const PD: u64 = 0xb000;
+/// Page directory of the fourth GiB, where the virtio-mmio windows are.
+pub const PD_DEVICES: u64 = 0xc000;
 /// Kernel command line and its capacity.
 pub const CMDLINE: u64 = 0x20000;
 pub const CMDLINE_MAX: usize = 4096;

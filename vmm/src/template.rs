@@ -34,6 +34,9 @@ use crate::watchdog::Watchdog;
 
 /// Version of the template files; a change in their shape or meaning bumps it.
 pub const TEMPLATE_FORMAT: u32 = 1;
+/// The simvm that makes and reads templates: its version and a fingerprint of its source
+/// (`build.rs`), since device state and boots are only reproducible by the same code.
+pub const SIMVM_BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("SIMVM_SOURCE_HASH"));
 const STATE_FILE: &str = "template.json";
 const MEMORY_FILE: &str = "memory";
 /// A template whose guest has not asked for its identity after this much virtual time never
@@ -138,7 +141,7 @@ pub fn template_key(kvm: &Kvm, config: &MachineConfig) -> Result<String> {
     let mut h = blake3::Hasher::new();
     h.update(b"simvm template\0");
     h.update(&TEMPLATE_FORMAT.to_le_bytes());
-    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(SIMVM_BUILD.as_bytes());
     h.update(b"\0");
     let kernel = std::fs::read(&config.kernel).map_err(|source| Error::KernelOpen {
         path: config.kernel.clone(),
@@ -257,13 +260,10 @@ impl Template {
         }
         let version: Version = serde_json::from_slice(&text)
             .map_err(|e| refuse(format!("not a simvm template (damaged or truncated?): {e}")))?;
-        if version.format != TEMPLATE_FORMAT || version.simvm != env!("CARGO_PKG_VERSION") {
+        if version.format != TEMPLATE_FORMAT || version.simvm != SIMVM_BUILD {
             return Err(refuse(format!(
                 "made by simvm {} (template format {}); this is simvm {} (format {})",
-                version.simvm,
-                version.format,
-                env!("CARGO_PKG_VERSION"),
-                TEMPLATE_FORMAT
+                version.simvm, version.format, SIMVM_BUILD, TEMPLATE_FORMAT
             )));
         }
         let header: TemplateHeader = serde_json::from_slice(&text)
@@ -341,7 +341,7 @@ fn build(
     let mem = machine.memory().clone();
     let header = TemplateHeader {
         format: TEMPLATE_FORMAT,
-        simvm: env!("CARGO_PKG_VERSION").into(),
+        simvm: SIMVM_BUILD.into(),
         key: key.into(),
         mem_size: config.mem_size,
         memory_blake3: memory_hash(&mem, config.mem_size)?,

@@ -43,6 +43,31 @@ pub const SLEEP_FOREVER: &[u8] = &[0xfb, 0xf4, 0xeb, 0xfc];
 /// `cli; hlt`: halts with interrupts disabled, so nothing can ever wake the guest.
 pub const HALT_FOREVER: &[u8] = &[0xfa, 0xf4];
 
+/// Where [`mmio_writer`] puts its data: the page after the code, at `LOAD_ADDR + DATA_OFFSET`.
+pub const DATA_OFFSET: u64 = 0x1000;
+
+/// Code for a guest that stores each `(address, value)` as a 32-bit write, in order (device
+/// registers: the boot page tables map the virtio-mmio windows), then sleeps like
+/// [`SLEEP_FOREVER`]. `data` follows at [`DATA_OFFSET`]: virtqueues and buffers a test lays out
+/// in advance, so that no guest code has to build them. `None` if the code would not fit below
+/// the data.
+pub fn mmio_writer(writes: &[(u64, u32)], data: &[u8]) -> Option<Vec<u8>> {
+    let mut code = Vec::new();
+    for &(addr, value) in writes {
+        code.push(0xb8); // mov eax, imm32
+        code.extend_from_slice(&value.to_le_bytes());
+        code.push(0xa3); // mov [moffs64], eax
+        code.extend_from_slice(&addr.to_le_bytes());
+    }
+    code.extend_from_slice(SLEEP_FOREVER);
+    if code.len() as u64 > DATA_OFFSET {
+        return None;
+    }
+    code.resize(DATA_OFFSET as usize, 0);
+    code.extend_from_slice(data);
+    Some(code)
+}
+
 /// Builds an ELF64 executable whose single `PT_LOAD` segment holds `code` at [`LOAD_ADDR`]
 /// (physical and virtual), with the entry point at its first byte.
 pub fn kernel(code: &[u8]) -> Vec<u8> {
@@ -99,6 +124,20 @@ mod tests {
     }
     fn u64_at(b: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn mmio_writer_stores_in_order_then_sleeps_with_its_data_a_page_later() {
+        let code = mmio_writer(&[(0xd000_0070, 0x0f), (0x1234, 7)], b"data").unwrap();
+        assert_eq!(&code[..5], &[0xb8, 0x0f, 0, 0, 0]);
+        assert_eq!(code[5], 0xa3);
+        assert_eq!(u64_at(&code, 6), 0xd000_0070);
+        assert_eq!(&code[14..19], &[0xb8, 7, 0, 0, 0]);
+        assert_eq!(u64_at(&code, 20), 0x1234);
+        assert_eq!(&code[28..32], SLEEP_FOREVER);
+        assert_eq!(&code[DATA_OFFSET as usize..], b"data");
+        let too_many = vec![(0u64, 0u32); 300];
+        assert!(mmio_writer(&too_many, &[]).is_none());
     }
 
     #[test]
