@@ -213,3 +213,143 @@ fn bad_template_files_are_refused_with_a_clear_error() {
 
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// What the snapshot tests' machines run: "ready" (the snapshot condition), then, after the
+/// snapshot, randomness, a ping between the machines and the clocks.
+const AFTER_READY: &str = "echo ready $(hostname); sleep 1; \
+                           echo uuid $(cat /proc/sys/kernel/random/uuid); \
+                           echo pings $(ping -c 2 -i 0.3 m1 | grep -c bytes); \
+                           echo date $(date +%s)";
+
+fn world_run(args: &[&str]) -> Run {
+    let mut all = vec!["--machines", "2"];
+    all.extend_from_slice(args);
+    run_guest(&all, &["sh", "-c", AFTER_READY])
+}
+
+/// A world saved when every machine is ready, continued with seeds 1 to 5: each seed replays
+/// exactly from the snapshot, the seeds differ after it, and the continuation keeps the saved
+/// clocks and consoles' history (steps go on from the snapshot's).
+#[test]
+fn world_snapshot_continues_with_new_seeds() {
+    if !kvm_or_skip("world_snapshot_continues_with_new_seeds") {
+        return;
+    }
+    let _ = image(None);
+    let scratch = temp_dir("world-snapshot");
+    let dir = scratch.join("ready");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let taken = world_run(&[
+        "--seed",
+        "5",
+        "--snapshot-at",
+        "console=ready",
+        "--snapshot",
+        &dir_s,
+    ]);
+    assert_eq!(taken.code, Some(0), "{}", taken.all());
+    assert!(
+        taken.stderr.contains("saved the world as snapshot"),
+        "{}",
+        taken.all()
+    );
+    assert!(dir.join("snapshot.json").is_file() && dir.join("m2.memory").is_file());
+
+    // The same directory again is refused before anything runs.
+    let again = world_run(&[
+        "--seed",
+        "5",
+        "--snapshot-at",
+        "console=ready",
+        "--snapshot",
+        &dir_s,
+    ]);
+    assert_eq!(again.code, Some(2), "{}", again.all());
+    assert!(
+        again.stderr.contains("exists and is not empty"),
+        "{}",
+        again.all()
+    );
+
+    let seeds = [1, 2, 3, 4, 5, 1, 2];
+    let runs = side_by_side(seeds.len(), |i| {
+        let seed = seeds[i].to_string();
+        world_run(&["--seed", &seed, "--from", &dir_s])
+    });
+    for (run, seed) in runs.iter().zip(seeds) {
+        assert_eq!(run.code, Some(0), "seed {seed}:\n{}", run.all());
+        assert!(run.stderr.contains("continued snapshot"), "{}", run.all());
+        // Nothing before the snapshot runs again: "ready" was printed before it.
+        assert!(
+            !run.console("m1").iter().any(|l| l.starts_with("ready")),
+            "{}",
+            run.all()
+        );
+        assert_eq!(value(run, "m2", "pings"), "2");
+        let date: u64 = value(run, "m1", "date").parse().expect("date");
+        assert!((1_767_225_600..1_767_225_660).contains(&date), "{date}");
+    }
+    // Each seed replays exactly.
+    assert_eq!(runs[5].field("digest"), runs[0].field("digest"));
+    assert_eq!(runs[5].console("m1"), runs[0].console("m1"));
+    assert_eq!(runs[6].field("digest"), runs[1].field("digest"));
+    // The seeds diverge after the snapshot, in the guests' randomness too.
+    let uuids: std::collections::BTreeSet<String> =
+        runs[..5].iter().map(|r| value(r, "m1", "uuid")).collect();
+    assert_eq!(
+        uuids.len(),
+        5,
+        "the guests' randomness did not change with the seed"
+    );
+    let digests: std::collections::BTreeSet<String> =
+        runs[..5].iter().map(|r| r.field("digest")).collect();
+    assert_eq!(digests.len(), 5);
+    // The continuation's steps go on from the snapshot's.
+    let first_step = |run: &Run| -> u64 {
+        run.stdout
+            .lines()
+            .find(|l| l.contains(" m1 ") && l.contains(" > "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .expect("a console line")
+    };
+    assert!(
+        first_step(&runs[0]) > first_step(&taken),
+        "{}",
+        runs[0].all()
+    );
+
+    // Another world (another command) and a damaged snapshot are refused.
+    let other = run_guest(
+        &["--machines", "2", "--seed", "1", "--from", &dir_s],
+        &["true"],
+    );
+    assert_eq!(other.code, Some(2), "{}", other.all());
+    assert!(
+        other.stderr.contains("belongs to another world"),
+        "{}",
+        other.all()
+    );
+    let damaged = scratch.join("damaged");
+    std::fs::create_dir_all(&damaged).unwrap();
+    for name in ["snapshot.json", "world.bin", "m1.memory", "m2.memory"] {
+        std::fs::copy(dir.join(name), damaged.join(name)).unwrap();
+    }
+    let body = std::fs::read(damaged.join("world.bin")).unwrap();
+    std::fs::write(damaged.join("world.bin"), &body[..body.len() / 2]).unwrap();
+    let damaged_s = damaged.to_string_lossy().into_owned();
+    let run = world_run(&["--seed", "1", "--from", &damaged_s]);
+    assert_eq!(run.code, Some(2), "{}", run.all());
+    assert!(run.stderr.contains("damaged or truncated"), "{}", run.all());
+    std::fs::write(damaged.join("world.bin"), &body).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(damaged.join("m2.memory"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let run = world_run(&["--seed", "1", "--from", &damaged_s]);
+    assert_eq!(run.code, Some(2), "{}", run.all());
+    assert!(run.stderr.contains("truncated"), "{}", run.all());
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -14,6 +14,7 @@ use simvm_vmm::image;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
 use simvm_vmm::units::{format_ns, format_size, parse_duration_ns, parse_size};
+use simvm_vmm::world::{SnapshotCondition, SnapshotRequest};
 
 use crate::run::RunPlan;
 
@@ -124,6 +125,18 @@ struct RunArgs {
     /// (which is built on first use and cached; see docs/templates.md).
     #[arg(long)]
     cold: bool,
+    /// Save the whole world (every machine, its disks, the network's state, virtual time)
+    /// once CONDITION holds: `time=DURATION` or `console=TEXT` (every machine has printed a
+    /// line containing TEXT). The run goes on to its end. Needs --snapshot DIR.
+    #[arg(long, value_name = "CONDITION", requires = "snapshot", value_parser = SnapshotCondition::parse)]
+    snapshot_at: Option<SnapshotCondition>,
+    /// Where --snapshot-at saves the world: a new directory.
+    #[arg(long, value_name = "DIR", requires = "snapshot_at")]
+    snapshot: Option<PathBuf>,
+    /// Continue the world saved in DIR (by a run of the same scenario and options) with this
+    /// run's --seed for everything after the snapshot.
+    #[arg(long, value_name = "DIR", conflicts_with = "snapshot_at")]
+    from: Option<PathBuf>,
     /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
@@ -253,6 +266,12 @@ fn run(args: RunArgs) -> Result<i32, String> {
         crash_policy: args.crash_policy,
         keep_disks: args.keep_disks.clone(),
         cold: args.cold,
+        snapshot: args
+            .snapshot_at
+            .clone()
+            .zip(args.snapshot.clone())
+            .map(|(condition, dir)| SnapshotRequest { condition, dir }),
+        from: args.from.clone(),
         ..Simulation::new(scenario, args.seed)
     };
     let simulation = match (&args.kernel, &args.initramfs) {
@@ -333,6 +352,9 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if args.cold {
         line.push_str(" --cold");
+    }
+    if let Some(dir) = &args.from {
+        line.push_str(&format!(" --from {}", shell_quote(&dir.to_string_lossy())));
     }
     for disk in &args.disks {
         line.push_str(&format!(" --disk {}", shell_quote(&disk.text)));

@@ -68,6 +68,38 @@ impl RunPlan {
                 ),
             }
         }
+        if let Some(from) = &outcome.resumed_from {
+            eprintln!(
+                "simvm: continued snapshot {} (taken by seed {} at step {}, virtual time {}) with seed {}",
+                from.id,
+                from.seed,
+                from.step,
+                format_vtime(from.vtime_ns),
+                outcome.seed.0
+            );
+        }
+        let mut snapshot_missing = false;
+        if let Some(request) = &self.simulation.snapshot {
+            match &outcome.snapshot {
+                Some(taken) => eprintln!(
+                    "simvm: saved the world as snapshot {} in {} at step {}, virtual time {}; \
+                     continue it with: simvm run ... --from {} --seed N",
+                    taken.id,
+                    taken.dir.display(),
+                    taken.step,
+                    format_vtime(taken.vtime_ns),
+                    taken.dir.display()
+                ),
+                None => {
+                    snapshot_missing = true;
+                    eprintln!(
+                        "simvm: no snapshot: the condition {:?} never held at a quiet moment \
+                         (no frame or disk request on its way) before the run ended",
+                        request.condition
+                    );
+                }
+            }
+        }
         if let Some(report) = outcome.crash() {
             eprintln!("{report}");
         }
@@ -78,7 +110,7 @@ impl RunPlan {
                 format_vtime(outcome.vtime_ns)
             );
         }
-        let success = self.simulation.passed(outcome);
+        let success = self.simulation.passed(outcome) && !snapshot_missing;
         let machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
         println!(
             "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} start={} result={} {}{}",

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use simvm_devices::disk::{
-    BaseImage, Completion, CrashOutcome, CrashPolicy, Disk, Fault, IoError, Latency, Request,
-    RequestId, Response,
+    BaseImage, Completion, CrashOutcome, CrashPolicy, Disk, DiskState, Fault, IoError, Latency,
+    Request, RequestId, Response,
 };
 use simvm_devices::virtio::block::{BlockOp, BlockRequest, BlockResult, RequestToken};
 
@@ -106,6 +106,27 @@ impl WorldDisk {
 
     pub fn sectors(&self) -> u64 {
         self.disk.sectors()
+    }
+
+    /// Whether any request is in flight (a world snapshot waits until none is).
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty() || self.disk.has_in_flight()
+    }
+
+    /// The disk's contents beyond its base image (durable, cached, unflushed) and its faults.
+    pub fn save(&self) -> Result<DiskState> {
+        self.disk
+            .save()
+            .map_err(|e| Error::Snapshot(format!("disk {}: {e}", self.name)))
+    }
+
+    /// Puts saved contents into this freshly opened disk; its latencies come from the stream
+    /// of `seed` for `machine`, as for a disk opened under that seed.
+    pub fn restore(&mut self, seed: Seed, machine: &str, state: &DiskState) -> Result<()> {
+        let rng = seed.stream(&format!("disk/{machine}/{}", self.name));
+        self.disk
+            .restore(state, rng)
+            .map_err(|e| Error::Snapshot(format!("disk {}: {e}", self.name)))
     }
 
     /// When the next request in flight completes.

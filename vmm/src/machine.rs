@@ -45,7 +45,7 @@ use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
 
 mod snapshot;
-pub use snapshot::MachineState;
+pub use snapshot::{MachineClock, MachineState};
 
 const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
 const COM1: u16 = 0x3f8;

@@ -207,6 +207,27 @@ impl Network {
         })
     }
 
+    /// Whether no frame is on its way: the network holds nothing a snapshot would have to keep.
+    pub fn is_quiet(&self) -> bool {
+        self.in_flight.is_empty() && self.deliveries.is_empty()
+    }
+
+    /// How many timeline actions have been applied.
+    pub fn actions_applied(&self) -> usize {
+        self.next_action
+    }
+
+    /// Applies the first `count` timeline actions again, silently: a network continued from a
+    /// snapshot gets the links and partitions the saved one had.
+    pub fn replay_timeline(&mut self, count: usize) -> Result<()> {
+        while self.next_action < count.min(self.timeline.len()) {
+            let (_, action) = self.timeline[self.next_action].clone();
+            self.apply(action)?;
+            self.next_action += 1;
+        }
+        Ok(())
+    }
+
     /// Applies the timeline's actions due at or before `now`; returns what was applied.
     pub fn apply_timeline(&mut self, now: u64) -> Result<Vec<NetEvent>> {
         let mut applied = Vec::new();

@@ -34,7 +34,9 @@ use crate::network::{NetAction, NetworkConfig};
 use crate::scenario::{Action, DiskContents, Expect, Heal, Scenario};
 use crate::seed::Seed;
 use crate::trace::first_divergence;
-use crate::world::{Ending, MachineAction, MachineOutcome, Outcome, World, WorldConfig};
+use crate::world::{
+    Ending, MachineAction, MachineOutcome, Outcome, SnapshotRequest, World, WorldConfig,
+};
 
 /// Guest RAM of a machine whose scenario entry does not say.
 pub const DEFAULT_MEM: u64 = 128 << 20;
@@ -74,6 +76,10 @@ pub struct Simulation {
     pub kvm_device: PathBuf,
     /// Boot every machine instead of starting it from its template (`--cold`).
     pub cold: bool,
+    /// Save the world when a condition holds (`--snapshot-at`, `--snapshot`).
+    pub snapshot: Option<SnapshotRequest>,
+    /// Continue the world saved in this directory (`--from`), with this simulation's seed.
+    pub from: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,8 @@ pub enum SimulationError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the snapshot directory {} exists and is not empty: give a new one", .0.display())]
+    SnapshotExists(PathBuf),
     #[error("nothing would end this run: no machine is expected to exit and there is no `until`; set `until` (or `--until`)")]
     Endless,
     #[error("the scenario has {machines} machines but {images} images were given")]
@@ -165,6 +173,8 @@ impl Simulation {
             kvm_device: std::env::var_os("SIMVM_KVM_DEVICE")
                 .map_or_else(|| PathBuf::from("/dev/kvm"), PathBuf::from),
             cold: false,
+            snapshot: None,
+            from: None,
         }
     }
 
@@ -218,6 +228,12 @@ impl Simulation {
         trace: Option<PathBuf>,
     ) -> Result<WorldConfig, SimulationError> {
         let count = self.scenario.machines.len();
+        if let Some(dir) = self.snapshot.as_ref().map(|r| &r.dir) {
+            let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+            if !empty || dir.is_file() {
+                return Err(SimulationError::SnapshotExists(dir.clone()));
+            }
+        }
         if self.until_ns.is_none() && !self.scenario.ends_by_itself() {
             return Err(SimulationError::Endless);
         }
@@ -304,6 +320,8 @@ impl Simulation {
             network: networked.then(|| network_config(&self.scenario)),
             pcap: self.pcap.clone(),
             templates: (!self.cold).then(|| self.cache_dir.clone()),
+            snapshot: self.snapshot.clone(),
+            from: self.from.clone(),
             awaited: self
                 .scenario
                 .machines
@@ -366,7 +384,12 @@ impl Simulation {
         print: &mut dyn FnMut(&str),
     ) -> Result<DeterminismCheck, SimulationError> {
         let first = World::new(self.world_config(true, self.trace.clone())?)?.run(print)?;
-        let second = World::new(self.world_config(true, None)?)?.run(&mut |_| {})?;
+        // The second run takes no snapshot: taking one must not change the run either.
+        let second = WorldConfig {
+            snapshot: None,
+            ..self.world_config(true, None)?
+        };
+        let second = World::new(second)?.run(&mut |_| {})?;
         let divergence = match (&first.fingerprints, &second.fingerprints) {
             (Some(a), Some(b)) => first_divergence(a, b),
             _ => None,

@@ -310,7 +310,7 @@ impl Template {
             )));
         }
         let mem = map_private(&self.memory, self.header.mem_size)?;
-        let mut machine = Machine::restore(kvm, config, mem, &self.header.machine)?;
+        let mut machine = Machine::restore(kvm, config, mem, &self.header.machine, None)?;
         machine.answer_identity(self.header.identity_frame)?;
         Ok(machine)
     }
@@ -410,7 +410,7 @@ fn boot_to_identity(machine: &mut Machine) -> Result<u32> {
 }
 
 /// BLAKE3 of guest memory.
-fn memory_hash(mem: &GuestMemoryMmap, mem_size: u64) -> Result<String> {
+pub(crate) fn memory_hash(mem: &GuestMemoryMmap, mem_size: u64) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let mut page = vec![0u8; 1 << 20];
     let mut addr = 0;
@@ -460,7 +460,7 @@ fn save(dir: &Path, header: &TemplateHeader, mem: &GuestMemoryMmap) -> Result<()
 }
 
 /// Guest memory into `path`, skipping all-zero pages (the file is sparse).
-fn write_sparse_memory(path: &Path, mem: &GuestMemoryMmap, mem_size: u64) -> Result<()> {
+pub(crate) fn write_sparse_memory(path: &Path, mem: &GuestMemoryMmap, mem_size: u64) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let io_error = |e: std::io::Error| Error::SnapshotFile {
         path: path.to_path_buf(),
@@ -482,7 +482,7 @@ fn write_sparse_memory(path: &Path, mem: &GuestMemoryMmap, mem_size: u64) -> Res
 }
 
 /// Opens a template's memory file, checking its size and hash.
-fn open_memory(path: &Path, mem_size: u64, blake3_hex: &str) -> Result<File> {
+pub(crate) fn open_memory(path: &Path, mem_size: u64, blake3_hex: &str) -> Result<File> {
     let refuse = |reason: String| Error::SnapshotFile {
         path: path.to_path_buf(),
         reason,
@@ -516,7 +516,7 @@ fn open_memory(path: &Path, mem_size: u64, blake3_hex: &str) -> Result<File> {
 
 /// Maps `file` as guest RAM, private and copy on write: the machine's writes stay its own,
 /// and machines started from one template share the pages they have not written.
-fn map_private(file: &File, mem_size: u64) -> Result<GuestMemoryMmap> {
+pub(crate) fn map_private(file: &File, mem_size: u64) -> Result<GuestMemoryMmap> {
     let alloc_error = |reason: String| Error::MemoryAlloc { mem_size, reason };
     let size = usize::try_from(mem_size).map_err(|e| alloc_error(e.to_string()))?;
     let file = file.try_clone().map_err(|e| alloc_error(e.to_string()))?;

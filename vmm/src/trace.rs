@@ -182,6 +182,11 @@ pub enum Event {
     PowerOn {
         incarnation: u32,
     },
+    /// The world continues from a snapshot (its id): a continuation is only comparable with
+    /// continuations of the same snapshot.
+    FromSnapshot {
+        id: String,
+    },
     /// The machine started from a template (its key) instead of booting: a run from another
     /// template is not comparable, so the key is in the digest.
     Template {
@@ -295,6 +300,10 @@ impl Event {
                 out.extend_from_slice(status.as_bytes());
             }
             Self::PowerOn { incarnation } => put(25, &[(*incarnation).into()]),
+            Self::FromSnapshot { id } => {
+                put(29, &[id.len() as u64]);
+                out.extend_from_slice(id.as_bytes());
+            }
             Self::Template { key, guest_now_ns } => {
                 put(28, &[*guest_now_ns, key.len() as u64]);
                 out.extend_from_slice(key.as_bytes());

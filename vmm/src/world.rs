@@ -26,8 +26,12 @@ use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop}
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::seed::Seed;
 use crate::template::{TemplateUse, Templates};
+
+mod snapshot;
 use crate::trace::{Event, Note, Stable, Trace};
 use crate::watchdog::Watchdog;
+use snapshot::LoadedSnapshot;
+pub use snapshot::{SnapshotCondition, SnapshotInfo, SnapshotRequest};
 
 /// Something the world does to a machine or a disk at a virtual time.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +87,10 @@ pub struct WorldConfig {
     /// Start machines from templates cached in this directory (built there on first use);
     /// `None` boots every machine (machines whose config names a template still use it).
     pub templates: Option<PathBuf>,
+    /// Save the world when a condition holds.
+    pub snapshot: Option<SnapshotRequest>,
+    /// Continue the world saved in this snapshot directory instead of powering on.
+    pub from: Option<PathBuf>,
 }
 
 impl WorldConfig {
@@ -108,6 +116,8 @@ impl WorldConfig {
             pcap: None,
             awaited: Vec::new(),
             templates: None,
+            snapshot: None,
+            from: None,
         }
     }
 }
@@ -176,6 +186,10 @@ pub struct Outcome {
     pub fingerprints: Option<Vec<(u64, u64)>>,
     /// The templates machines started from, or could not (none with `--cold`).
     pub templates: Vec<TemplateUse>,
+    /// The snapshot this run took, if it was asked to and the condition held.
+    pub snapshot: Option<SnapshotInfo>,
+    /// The snapshot this run continued from.
+    pub resumed_from: Option<SnapshotInfo>,
 }
 
 impl Outcome {
@@ -280,6 +294,13 @@ pub struct World {
     keep_disks: Option<PathBuf>,
     cpu_template: String,
     templates: Vec<TemplateUse>,
+    /// What the world is made of, for snapshots (empty unless one is taken or continued).
+    world_key: String,
+    snapshot: Option<SnapshotRequest>,
+    snapshot_taken: Option<SnapshotInfo>,
+    resumed_from: Option<SnapshotInfo>,
+    /// Which machines have printed the console condition's text.
+    printed: Vec<bool>,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -318,8 +339,9 @@ impl World {
         if config.fingerprints {
             trace = trace.with_fingerprints();
         }
-        let mut nodes = Vec::with_capacity(config.machines.len());
-        let mut templates = Templates::default();
+        // Disks first: a machine's shape, and so its template and the world's key, includes
+        // their sizes.
+        let mut shapes = Vec::with_capacity(config.machines.len());
         for (i, mut machine_config) in config.machines.into_iter().enumerate() {
             let setups = config.disks.get(i).map_or(&[][..], Vec::as_slice);
             let disks = setups
@@ -331,8 +353,46 @@ impl World {
                 .collect::<Result<Vec<_>>>()?;
             machine_config.disks = disks.iter().map(WorldDisk::sectors).collect();
             machine_config.incarnation = machine_config.incarnation.max(1);
+            shapes.push((machine_config, disks));
+        }
+        let awaited = if config.awaited.is_empty() {
+            vec![true; shapes.len()]
+        } else {
+            config.awaited
+        };
+        let world_key = if config.snapshot.is_some() || config.from.is_some() {
+            world_key(
+                &kvm,
+                &shapes,
+                &config.timeline,
+                config.network.as_ref(),
+                &awaited,
+                config.crash_policy,
+            )?
+        } else {
+            String::new()
+        };
+        let resume = config
+            .from
+            .as_deref()
+            .map(|dir| LoadedSnapshot::load(dir, &world_key))
+            .transpose()?;
+        let mut nodes = Vec::with_capacity(shapes.len());
+        let mut templates = Templates::default();
+        for (i, (mut machine_config, disks)) in shapes.into_iter().enumerate() {
             if let Some(cache) = &config.templates {
                 machine_config.template = templates.for_machine(&kvm, &machine_config, cache)?;
+            }
+            if let Some(resume) = &resume {
+                nodes.push(resume_node(
+                    &kvm,
+                    config.seed,
+                    resume,
+                    i,
+                    machine_config,
+                    disks,
+                )?);
+                continue;
             }
             let machine = Machine::power_on(&kvm, machine_config.clone())?;
             if let Some(template) = &machine_config.template {
@@ -352,22 +412,33 @@ impl World {
                 frames_unplugged: 0,
             });
         }
+        let mut network = network;
+        let (step, next_action) = match &resume {
+            Some(resume) => {
+                if let Some(network) = &mut network {
+                    network.replay_timeline(resume.body.network_actions)?;
+                }
+                let event = Event::FromSnapshot {
+                    id: resume.info.id.clone(),
+                };
+                let net = nodes.len();
+                trace.record(resume.info.step, net, resume.info.vtime_ns, &event)?;
+                (resume.info.step, resume.body.next_action)
+            }
+            None => (0, 0),
+        };
         let cpu_template = nodes
             .iter()
             .find_map(|n| n.machine.as_ref().map(|m| m.cpu_template().to_string()))
             .unwrap_or_default();
         let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
-        let awaited = if config.awaited.is_empty() {
-            vec![true; nodes.len()]
-        } else {
-            config.awaited
-        };
+        let printed = vec![false; nodes.len()];
         Ok(Self {
             seed: config.seed,
             kvm,
             nodes,
             trace,
-            step: 0,
+            step,
             until_ns: config.until_ns,
             trace_state: config.trace_state,
             cpu: config.cpu,
@@ -376,11 +447,16 @@ impl World {
             network,
             awaited,
             timeline: config.timeline,
-            next_action: 0,
+            next_action,
             crash_policy: config.crash_policy,
             keep_disks: config.keep_disks,
             cpu_template,
             templates: templates.uses(),
+            world_key,
+            snapshot: config.snapshot,
+            snapshot_taken: None,
+            resumed_from: resume.map(|r| r.info),
+            printed,
         })
     }
 
@@ -431,6 +507,12 @@ impl World {
                 None => self.apply_actions(at, print)?,
                 Some(index) => self.step_machine(index, at, started, print)?,
             }
+            if self.snapshot_taken.is_none()
+                && self.snapshot_condition_holds(at)
+                && self.quiescent()
+            {
+                self.snapshot_taken = Some(self.take_snapshot(at)?);
+            }
         };
         let wall = host_tsc::monotonic().saturating_sub(started);
         if let Some(error) = trap_error {
@@ -479,9 +561,17 @@ impl World {
             print(&message);
             self.watchdog_kicks.push(message);
         }
-        for (vtime, line) in machine.take_console_lines() {
-            print(&format_line(self.step, &label, vtime, &line));
+        let lines = machine.take_console_lines();
+        for (vtime, line) in &lines {
+            print(&format_line(self.step, &label, *vtime, line));
         }
+        for (_, line) in &lines {
+            self.note_console_line(index, line);
+        }
+        let node = &mut self.nodes[index];
+        let Some(machine) = node.machine.as_mut() else {
+            return Ok(());
+        };
         if node.ready_at.is_none() {
             if let Some(ready) = machine.ready_at() {
                 node.ready_at = Some(ready);
@@ -889,8 +979,96 @@ impl World {
             watchdog_kicks: self.watchdog_kicks,
             fingerprints,
             templates: self.templates,
+            snapshot: self.snapshot_taken,
+            resumed_from: self.resumed_from,
         })
     }
+}
+
+/// What a world is made of, so that a snapshot is only continued by the world that took it:
+/// each machine's template key (image and shape), the timeline, the network, which machines
+/// are awaited and the crash policy. Only the seed may differ.
+fn world_key(
+    kvm: &Kvm,
+    shapes: &[(MachineConfig, Vec<WorldDisk>)],
+    timeline: &[(u64, MachineAction)],
+    network: Option<&NetworkConfig>,
+    awaited: &[bool],
+    crash_policy: CrashPolicy,
+) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update(crate::template::SIMVM_BUILD.as_bytes());
+    for (config, _) in shapes {
+        h.update(config.name.as_bytes());
+        h.update(b"\0");
+        h.update(crate::template::template_key(kvm, config)?.as_bytes());
+        h.update(
+            format!(
+                "{:?}",
+                config
+                    .boot
+                    .as_ref()
+                    .map(|b| (&b.argv, &b.environ, &b.mounts))
+            )
+            .as_bytes(),
+        );
+    }
+    // Debug output is stable within one simvm build, which the key also names.
+    h.update(format!("{timeline:?}{network:?}{awaited:?}{crash_policy:?}").as_bytes());
+    Ok(h.finalize().to_hex()[..32].to_string())
+}
+
+/// A node as a snapshot saved it: its disks' contents, its running machine restored.
+fn resume_node(
+    kvm: &Kvm,
+    seed: Seed,
+    resume: &LoadedSnapshot,
+    index: usize,
+    mut config: MachineConfig,
+    mut disks: Vec<WorldDisk>,
+) -> Result<Node> {
+    let saved =
+        resume.body.nodes.get(index).ok_or_else(|| {
+            Error::Snapshot(format!("the snapshot has no machine {}", config.name))
+        })?;
+    if saved.disks.len() != disks.len() {
+        return Err(Error::Snapshot(format!(
+            "machine {} has {} disks in the snapshot, {} here",
+            config.name,
+            saved.disks.len(),
+            disks.len()
+        )));
+    }
+    for (disk, state) in disks.iter_mut().zip(&saved.disks) {
+        disk.restore(seed, &config.name, state)?;
+    }
+    config.incarnation = saved.incarnation;
+    if let Some(boot) = &mut config.boot {
+        boot.incarnation = saved.incarnation;
+    }
+    let machine = match &saved.machine {
+        Some(m) => {
+            let file = resume.memory(&config.name, config.mem_size, &m.memory_blake3)?;
+            let mem = crate::template::map_private(&file, config.mem_size)?;
+            let mut machine = Machine::restore(kvm, config.clone(), mem, &m.state, Some(m.clock))?;
+            machine.set_reported(m.ready_at, m.exit_status);
+            Some(machine)
+        }
+        None => None,
+    };
+    Ok(Node {
+        config,
+        machine,
+        slot: saved.slot.slot(),
+        disks,
+        past_stats: ExitStats::default(),
+        past_device_errors: 0,
+        last_now: saved.last_now,
+        last_exit_status: saved.last_exit_status,
+        ready_at: saved.ready_at,
+        ready_wall: None,
+        frames_unplugged: 0,
+    })
 }
 
 /// The trace's record of a start from `template`.

@@ -48,6 +48,34 @@ impl SectorStore {
         }
     }
 
+    /// A store holding exactly these contents, for restoring saved state. The caller has checked
+    /// that the log fits `cache_limit_bytes`, so nothing is written back here.
+    pub fn from_parts(
+        durable: BTreeMap<u64, SectorData>,
+        volatile: BTreeMap<u64, SectorData>,
+        unflushed: VecDeque<UnflushedWrite>,
+        cache_limit_bytes: u64,
+    ) -> Self {
+        let unflushed_bytes = unflushed.iter().map(|write| write.data.len() as u64).sum();
+        Self {
+            durable,
+            volatile,
+            unflushed,
+            unflushed_bytes,
+            cache_limit_bytes,
+        }
+    }
+
+    /// The bound of the unflushed log in bytes.
+    pub fn cache_limit_bytes(&self) -> u64 {
+        self.cache_limit_bytes
+    }
+
+    /// The unflushed log, oldest first.
+    pub fn unflushed(&self) -> impl Iterator<Item = &UnflushedWrite> {
+        self.unflushed.iter()
+    }
+
     /// Changes the bound of the unflushed log, writing back what no longer fits.
     pub fn set_cache_limit(&mut self, bytes: u64) {
         self.cache_limit_bytes = bytes;
@@ -123,7 +151,7 @@ impl SectorStore {
 
 /// Stores whole sectors of `data` from `sector` on in `map`, reusing existing buffers. A
 /// trailing partial sector (never passed by the disk) is ignored.
-fn write_sectors(map: &mut BTreeMap<u64, SectorData>, sector: u64, data: &[u8]) {
+pub(crate) fn write_sectors(map: &mut BTreeMap<u64, SectorData>, sector: u64, data: &[u8]) {
     for (index, chunk) in data.chunks_exact(SECTOR_SIZE).enumerate() {
         let Some(target) = sector.checked_add(index as u64) else {
             return;

@@ -177,8 +177,7 @@ impl SectorRanges {
         self.ranges.clear();
     }
 
-    /// The intervals in order, for tests.
-    #[cfg(test)]
+    /// The intervals in order.
     pub fn intervals(&self) -> Vec<(u64, u64)> {
         self.ranges.iter().map(|(&s, &e)| (s, e)).collect()
     }

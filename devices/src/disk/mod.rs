@@ -26,6 +26,7 @@ mod latency;
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
 mod proptests;
+mod state;
 #[cfg(test)]
 // Tests narrow small values they chose themselves; no guest controls them.
 #[allow(clippy::cast_possible_truncation)]
@@ -42,6 +43,7 @@ pub use crash::{CrashOutcome, CrashPolicy, UnknownCrashPolicy};
 pub use error::{DiskError, IoError};
 pub use faults::Fault;
 pub use latency::Latency;
+pub use state::{DiskState, SectorRun, SectorSpan};
 
 use cache::SectorStore;
 use faults::FaultState;
@@ -232,6 +234,11 @@ impl Disk {
     /// Requests submitted and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether any request is in flight, which rules out [`Disk::save`].
+    pub fn has_in_flight(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     /// Completed writes that no FLUSH has made durable yet.

@@ -22,6 +22,16 @@ use crate::vcpu_state::VcpuState;
 type NetState = <VirtioMmio<VirtioNet> as Snapshot>::State;
 type BlockState = <VirtioMmio<VirtioBlock> as Snapshot>::State;
 
+/// A machine's clocks: world time, power-on time and the guest's clock at power-on (see
+/// `Machine::guest_now`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineClock {
+    pub now_ns: u64,
+    pub epoch_ns: u64,
+    pub offset_ns: u64,
+}
+
 /// Everything a restore needs besides the memory.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,29 +124,55 @@ impl Machine {
 
     /// Builds the machine `config` describes with `mem` (the saved memory, mapped copy on
     /// write) and puts `state` into it. The devices keep what `config` gives them (the MAC, the
-    /// disk serials, the wall clock); the guest's clock goes on from the saved one.
+    /// disk serials, the wall clock). The guest's clock goes on from the saved one: from power-on
+    /// at `config.epoch_ns` (a template), or with the saved machine's `clock` (a world snapshot).
     pub fn restore(
         kvm: &Kvm,
         config: MachineConfig,
         mem: GuestMemoryMmap,
         state: &MachineState,
+        clock: Option<MachineClock>,
     ) -> Result<Self> {
         check_memory_size(config.mem_size)?;
-        // The guest reads CLOCK_REALTIME as wall base + its clock, which starts at the saved
-        // clock here: the base goes back by as much, so the guest reads the world's wall time.
-        let wall_base_ns = config.wall_base_ns.saturating_sub(state.guest_now_ns);
+        let clock = clock.unwrap_or(MachineClock {
+            now_ns: config.epoch_ns,
+            epoch_ns: config.epoch_ns,
+            offset_ns: state.guest_now_ns,
+        });
+        // The guest reads CLOCK_REALTIME as wall base + its clock, which was `offset_ns` at
+        // power-on: the base goes back by as much, so the guest reads the world's wall time.
+        let wall_base_ns = config.wall_base_ns.saturating_sub(clock.offset_ns);
         let (mut machine, _windows) = Self::assemble(
             kvm,
             MachineConfig {
                 wall_base_ns,
+                epoch_ns: clock.epoch_ns,
                 ..config
             },
             mem,
         )?;
         machine.restore_devices(state)?;
         state.vcpu.restore(&machine.vcpu)?;
-        machine.clock_offset = state.guest_now_ns;
+        machine.now = clock.now_ns;
+        machine.epoch = clock.epoch_ns;
+        machine.clock_offset = clock.offset_ns;
         Ok(machine)
+    }
+
+    /// The machine's clocks, for a world snapshot.
+    pub fn clock(&self) -> MachineClock {
+        MachineClock {
+            now_ns: self.now,
+            epoch_ns: self.epoch,
+            offset_ns: self.clock_offset,
+        }
+    }
+
+    /// What a restored machine had reported before the snapshot: READY and the command's
+    /// status.
+    pub fn set_reported(&mut self, ready_at: Option<u64>, exit_status: Option<u8>) {
+        self.ready_at = ready_at;
+        self.exit_status = exit_status;
     }
 
     fn restore_devices(&mut self, state: &MachineState) -> Result<()> {
