@@ -193,10 +193,86 @@ fn parse_disk(text: &str) -> Result<DiskArg, String> {
     })
 }
 
+/// The arguments of the run that took a snapshot, kept in the snapshot so that
+/// `simvm run --from DIR --seed N` needs nothing else.
+const SNAPSHOT_ARGS: &str = "args.json";
+
+/// Options that do not shape the world (outputs, the seed, the snapshot itself): left out of
+/// the arguments a snapshot keeps. `true`: the option takes a value.
+const NOT_KEPT: [(&str, bool); 8] = [
+    ("--seed", true),
+    ("--snapshot-at", true),
+    ("--snapshot", true),
+    ("--check-determinism", false),
+    ("--trace", true),
+    ("--trace-state", false),
+    ("--pcap", true),
+    ("--keep-disks", true),
+];
+
+/// `simvm run` arguments without those in [`NOT_KEPT`].
+fn world_args(args: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == "--" {
+            kept.push(arg.clone());
+            kept.extend(iter.by_ref().cloned());
+            break;
+        }
+        let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+        match NOT_KEPT.iter().find(|(n, _)| *n == name) {
+            Some((_, true)) if !arg.contains('=') => {
+                iter.next();
+            }
+            Some(_) => {}
+            None => kept.push(arg.clone()),
+        }
+    }
+    kept
+}
+
+/// For `simvm run --from DIR` without a scenario or a command: the arguments kept in the
+/// snapshot, then the ones given now.
+fn with_snapshot_args(argv: Vec<String>, cli: Cli) -> Result<Cli, String> {
+    let Command::Run(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(dir) = args
+        .from
+        .as_ref()
+        .filter(|_| args.scenario.is_none() && args.command.is_empty())
+    else {
+        return Ok(cli);
+    };
+    let path = dir.join(SNAPSHOT_ARGS);
+    let Ok(text) = std::fs::read(&path) else {
+        return Ok(cli);
+    };
+    let saved: Vec<String> =
+        serde_json::from_slice(&text).map_err(|e| format!("{}: damaged: {e}", path.display()))?;
+    let run_at = argv.iter().position(|a| a == "run").unwrap_or(1);
+    let mut all: Vec<String> = argv[..=run_at].to_vec();
+    let given = &argv[run_at + 1..];
+    // The saved `-- command` must stay last.
+    let split = saved.iter().position(|a| a == "--").unwrap_or(saved.len());
+    all.extend_from_slice(&saved[..split]);
+    all.extend_from_slice(given);
+    all.extend_from_slice(&saved[split..]);
+    Cli::try_parse_from(all).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = match with_snapshot_args(argv.clone(), Cli::parse()) {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("simvm: error: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, &argv),
         Command::Image(ImageCommand::Build { recipe }) => image::build(recipe.as_deref())
             .map(|image| {
                 println!("kernel={}", image.kernel.display());
@@ -214,7 +290,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> Result<i32, String> {
+fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
     let scenario = match (&args.scenario, args.command.is_empty()) {
         (Some(_), false) => {
             return Err("give either a scenario file or a command after `--`, not both".into())
@@ -249,31 +325,34 @@ fn run(args: RunArgs) -> Result<i32, String> {
             assign_mounts(&mut machine.disks);
         }
     }
-    let simulation = Simulation {
-        default_mem: args.mem,
-        strict: args.strict,
-        trace: args.trace.clone(),
-        trace_state: args.trace_state,
-        cpu: args.cpu,
-        pcap: args.pcap.clone(),
-        watchdog: args.watchdog,
-        until_ns: args.until,
-        kernel_args: args.kernel_args.clone(),
-        offloads: Offloads {
-            checksum: !args.no_checksum_offload,
-            segmentation: !args.no_checksum_offload && !args.no_tso,
-        },
-        crash_policy: args.crash_policy,
-        keep_disks: args.keep_disks.clone(),
-        cold: args.cold,
-        snapshot: args
-            .snapshot_at
-            .clone()
-            .zip(args.snapshot.clone())
-            .map(|(condition, dir)| SnapshotRequest { condition, dir }),
-        from: args.from.clone(),
-        ..Simulation::new(scenario, args.seed)
-    };
+    let simulation =
+        Simulation {
+            default_mem: args.mem,
+            strict: args.strict,
+            trace: args.trace.clone(),
+            trace_state: args.trace_state,
+            cpu: args.cpu,
+            pcap: args.pcap.clone(),
+            watchdog: args.watchdog,
+            until_ns: args.until,
+            kernel_args: args.kernel_args.clone(),
+            offloads: Offloads {
+                checksum: !args.no_checksum_offload,
+                segmentation: !args.no_checksum_offload && !args.no_tso,
+            },
+            crash_policy: args.crash_policy,
+            keep_disks: args.keep_disks.clone(),
+            cold: args.cold,
+            snapshot: args.snapshot_at.clone().zip(args.snapshot.clone()).map(
+                |(condition, dir)| SnapshotRequest {
+                    condition,
+                    dir,
+                    extra_files: vec![(SNAPSHOT_ARGS.into(), snapshot_args(argv))],
+                },
+            ),
+            from: args.from.clone(),
+            ..Simulation::new(scenario, args.seed)
+        };
     let simulation = match (&args.kernel, &args.initramfs) {
         (Some(kernel), Some(initramfs)) => {
             let image =
@@ -294,6 +373,13 @@ fn run(args: RunArgs) -> Result<i32, String> {
         plan.run()
     };
     result.map_err(|e| e.to_string())
+}
+
+/// The arguments a snapshot keeps: this run's, less the seed, outputs and snapshot options.
+fn snapshot_args(argv: &[String]) -> Vec<u8> {
+    let run_at = argv.iter().position(|a| a == "run").unwrap_or(1);
+    let args = argv.get(run_at + 1..).unwrap_or(&[]);
+    serde_json::to_vec(&world_args(args)).unwrap_or_default()
 }
 
 /// The shortest `simvm run` line that repeats this run.
@@ -388,6 +474,65 @@ fn shell_quote(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn a_snapshot_keeps_what_shapes_the_world_and_not_the_seed_or_outputs() {
+        let args = strings(&[
+            "--machines",
+            "2",
+            "--seed",
+            "5",
+            "--snapshot-at",
+            "console=ready",
+            "--snapshot=dir",
+            "--trace",
+            "t.jsonl",
+            "--check-determinism",
+            "--mem",
+            "256M",
+            "--",
+            "sh",
+            "-c",
+            "echo --seed 9",
+        ]);
+        assert_eq!(
+            world_args(&args),
+            strings(&[
+                "--machines",
+                "2",
+                "--mem",
+                "256M",
+                "--",
+                "sh",
+                "-c",
+                "echo --seed 9"
+            ])
+        );
+    }
+
+    #[test]
+    fn from_alone_takes_the_snapshots_arguments() {
+        let dir = std::env::temp_dir().join(format!("simvm-cli-from-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let saved = strings(&["--machines", "2", "--", "sh", "-c", "echo hi"]);
+        std::fs::write(dir.join(SNAPSHOT_ARGS), serde_json::to_vec(&saved).unwrap()).unwrap();
+        let dir_s = dir.to_string_lossy().into_owned();
+        let argv = strings(&["simvm", "run", "--from", &dir_s, "--seed", "7"]);
+        let Ok(Cli {
+            command: Command::Run(args),
+        }) = with_snapshot_args(argv.clone(), Cli::parse_from(&argv))
+        else {
+            panic!("not a run");
+        };
+        assert_eq!((args.machines, args.seed), (Some(2), 7));
+        assert_eq!(args.command, strings(&["sh", "-c", "echo hi"]));
+        assert_eq!(args.from.as_deref(), Some(dir.as_path()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn default_constants_match_the_flag_defaults() {

@@ -59,6 +59,8 @@ impl SnapshotCondition {
 pub struct SnapshotRequest {
     pub condition: SnapshotCondition,
     pub dir: PathBuf,
+    /// Files the caller keeps with the snapshot, by name (the command line took it, say).
+    pub extra_files: Vec<(String, Vec<u8>)>,
 }
 
 /// A snapshot a run took, or continued from.
@@ -209,7 +211,13 @@ impl World {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)
             .map_err(|e| file_error(&tmp, format!("cannot create: {e}")))?;
-        let result = self.write_snapshot(&tmp, at);
+        let mut result = self.write_snapshot(&tmp, at);
+        for (name, bytes) in &request.extra_files {
+            let path = tmp.join(name);
+            if let (Ok(_), Err(e)) = (&result, std::fs::write(&path, bytes)) {
+                result = Err(file_error(&path, e));
+            }
+        }
         let info = match result {
             Ok(info) => info,
             Err(e) => {
