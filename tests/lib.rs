@@ -363,3 +363,32 @@ pub fn parse_vtime(s: &str) -> Option<Duration> {
     let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
     Some(Duration::from_secs(h * 3600 + m * 60 + sec) + Duration::from_micros(micros.parse().ok()?))
 }
+
+/// Fails the test at once, before any guest boots, if tshark is missing: the capture tests
+/// read their captures with it, and a test that cannot check its capture must not pass.
+pub fn require_tshark() {
+    run_tshark("tshark", &["--version"]);
+}
+
+/// What tshark prints for the capture `pcap` with `args`.
+pub fn tshark(pcap: &Path, args: &[&str]) -> String {
+    let pcap = pcap.to_str().expect("utf-8 path");
+    run_tshark("tshark", &[&["-r", pcap], args].concat())
+}
+
+pub fn run_tshark(program: &str, args: &[&str]) -> String {
+    let out = match Command::new(program).args(args).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "{program} is not installed, and this test reads its packet capture with it: \
+             install tshark (`sudo apt-get install tshark`; ./test.sh installs it)"
+        ),
+        Err(e) => panic!("cannot run {program}: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

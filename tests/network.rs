@@ -3,9 +3,10 @@
 //! jitter, a one-way partition, and loss and jitter that replay exactly per seed, with runs side by side on the host's CPUs.
 
 use std::path::Path;
-use std::process::Command;
 
-use simvm_tests::{image, kvm_or_skip, side_by_side, simvm, temp_dir, Run};
+use simvm_tests::{
+    image, kvm_or_skip, require_tshark, run_tshark, side_by_side, simvm, temp_dir, tshark, Run,
+};
 
 fn run_scenario(scenario: &Path, seed: u64, extra: &[&str]) -> Run {
     let image = image(None);
@@ -316,35 +317,6 @@ fn counter(summary: &str, machine: &str, key: &str) -> u64 {
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} for {machine} in {summary}"))
-}
-
-/// Fails the test at once, before any guest boots, if tshark is missing: the capture tests
-/// read their captures with it, and a test that cannot check its capture must not pass.
-fn require_tshark() {
-    run_tshark("tshark", &["--version"]);
-}
-
-/// What tshark prints for the capture `pcap` with `args`.
-fn tshark(pcap: &Path, args: &[&str]) -> String {
-    let pcap = pcap.to_str().expect("utf-8 path");
-    run_tshark("tshark", &[&["-r", pcap], args].concat())
-}
-
-fn run_tshark(program: &str, args: &[&str]) -> String {
-    let out = match Command::new(program).args(args).output() {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "{program} is not installed, and this test reads its packet capture with it: \
-             install tshark (`sudo apt-get install tshark`; ./test.sh installs it)"
-        ),
-        Err(e) => panic!("cannot run {program}: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

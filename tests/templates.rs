@@ -5,18 +5,23 @@
 
 use std::path::Path;
 
-use simvm_tests::{image, kvm_or_skip, run_guest, side_by_side, temp_dir, Run};
+use simvm_tests::{
+    image, kvm_or_skip, require_tshark, run_guest, side_by_side, temp_dir, tshark, Run,
+};
 use simvm_vmm::template::Template;
 
 /// Everything that must differ between machines and seeds after a start from one template:
 /// kernel randomness (a UUID, urandom bytes), the boot id, the NIC's MAC, TCP initial
 /// sequence numbers (the kernel's secret is set on first use), and the clocks, which go on.
+/// (Each machine also opens a TCP connection to the other's closed port 7: its SYN carries
+/// its initial sequence number, which the packet capture shows.)
 const PROBE: &str = "echo uuid $(cat /proc/sys/kernel/random/uuid); \
                      echo boot_id $(cat /proc/sys/kernel/random/boot_id); \
                      echo mac $(cat /sys/class/net/eth0/address); \
                      echo random $(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' '); \
                      simvm-rdtsc | head -n 1; echo date $(date +%s); \
-                     echo hostname $(hostname); echo ready";
+                     echo hostname $(hostname); \
+                     nc -w 1 10.0.0.$((3 - ${SIMVM_INDEX})) 7 </dev/null 2>/dev/null; echo ready";
 
 fn probe(args: &[&str]) -> Run {
     let mut all = vec!["--machines", "2"];
@@ -47,9 +52,13 @@ fn template_starts_replay_exactly_and_differ_like_boots() {
         "{}",
         first.all()
     );
+    require_tshark();
+    let scratch = temp_dir("template-starts");
+    let pcap = |seed: &str| scratch.join(format!("seed{seed}.pcapng"));
+    let (pcap7, pcap8) = (pcap("7"), pcap("8"));
     let mut runs = side_by_side(3, |i| match i {
-        0 => probe(&["--seed", "7"]),
-        1 => probe(&["--seed", "8"]),
+        0 => probe(&["--seed", "7", "--pcap", pcap7.to_str().unwrap()]),
+        1 => probe(&["--seed", "8", "--pcap", pcap8.to_str().unwrap()]),
         _ => probe(&["--seed", "7", "--cold"]),
     });
     let cold = runs.pop().expect("three runs");
@@ -91,6 +100,32 @@ fn template_starts_replay_exactly_and_differ_like_boots() {
             );
         }
     }
+
+    // TCP's initial sequence numbers: the kernel's secret for them is made on first use, after
+    // the reseed, so they differ between machines and between seeds.
+    let isns = |pcap: &Path| -> Vec<String> {
+        let syns = tshark(
+            pcap,
+            &[
+                "-Y",
+                "tcp.flags.syn == 1 && tcp.flags.ack == 0",
+                "-T",
+                "fields",
+                "-e",
+                "tcp.seq_raw",
+            ],
+        );
+        syns.lines().map(str::to_string).collect()
+    };
+    let (isn7, isn8) = (isns(&pcap7), isns(&pcap8));
+    assert_eq!(isn7.len(), 2, "one SYN per machine: {isn7:?}");
+    assert_eq!(isn8.len(), 2, "one SYN per machine: {isn8:?}");
+    assert_ne!(isn7[0], isn7[1], "both machines chose one ISN");
+    assert!(
+        isn7.iter().all(|isn| !isn8.contains(isn)),
+        "seeds 7 and 8 chose the same ISNs: {isn7:?} {isn8:?}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
 
     // The guest's monotonic clock goes on from the template's (it includes the boot, which
     // took this much virtual time), by the little the run took; its wall clock is the

@@ -18,7 +18,7 @@ pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Clock page field offsets.
 pub mod clock_page {
@@ -29,6 +29,11 @@ pub mod clock_page {
     pub const STALL_LIMIT: u64 = 0x1c;
     pub const TSC_KHZ: u64 = 0x20;
     pub const IRQ_PENDING: u64 = 0x28;
+    /// u32: bumped by the VMM with each reseed; the guest mixes in [`ENTROPY`] when it changes.
+    pub const ENTROPY_GEN: u64 = 0x30;
+    /// [`ENTROPY_SIZE`] bytes of entropy for the guest's RNG.
+    pub const ENTROPY: u64 = 0x38;
+    pub const ENTROPY_SIZE: usize = 32;
 }
 
 /// Frequency of the virtual TSC: it counts nanoseconds.

@@ -117,6 +117,11 @@ pub struct SimvmPorts {
     /// `irq_pending` as last written to the page; `None` after a restore, so the next publish
     /// writes it whatever the page holds.
     published_irq: Option<bool>,
+    /// The entropy generation as last written to the page, likewise.
+    published_entropy: Option<u32>,
+    /// Bumped by each [`SimvmPorts::reseed`]; 0 until the first.
+    entropy_gen: u32,
+    entropy: [u8; clock_page::ENTROPY_SIZE],
     wall_base_ns: u64,
     stall_limit: u32,
 }
@@ -130,6 +135,9 @@ impl SimvmPorts {
             deadline: None,
             published: None,
             published_irq: None,
+            published_entropy: None,
+            entropy_gen: 0,
+            entropy: [0; clock_page::ENTROPY_SIZE],
             wall_base_ns,
             stall_limit: stall_limit.max(1),
         }
@@ -150,6 +158,15 @@ impl SimvmPorts {
     /// it was armed at.
     pub fn deadline(&self) -> Option<u64> {
         self.deadline
+    }
+
+    /// Hands the guest new entropy: the next [`SimvmPorts::publish`] writes it with a new
+    /// generation, and the guest kernel mixes it into its RNG at its next timer interrupt. A
+    /// reseed the guest has not seen yet is replaced.
+    pub fn reseed(&mut self, entropy: [u8; clock_page::ENTROPY_SIZE]) {
+        // 0 means "never reseeded" to a guest that just booted; skip it when wrapping.
+        self.entropy_gen = self.entropy_gen.checked_add(1).unwrap_or(1);
+        self.entropy = entropy;
     }
 
     /// Disarms the timer because it fired.
@@ -222,8 +239,8 @@ impl SimvmPorts {
         }
     }
 
-    /// Writes `now` and whether an interrupt waits for the guest to enable interrupts into the
-    /// clock page, if one is registered. Called before every guest entry.
+    /// Writes `now`, whether an interrupt waits for the guest to enable interrupts and a new
+    /// reseed into the clock page, if one is registered. Called before every guest entry.
     pub fn publish<M: GuestMemory>(&mut self, mem: &M, now: u64, irq_pending: bool) {
         let Some(page) = self.page else {
             return;
@@ -237,6 +254,14 @@ impl SimvmPorts {
             let flag = u32::from(irq_pending);
             let _ = mem.write_obj(flag, page.unchecked_add(clock_page::IRQ_PENDING));
             self.published_irq = Some(irq_pending);
+        }
+        if self.published_entropy != Some(self.entropy_gen) {
+            let _ = mem.write_slice(&self.entropy, page.unchecked_add(clock_page::ENTROPY));
+            let _ = mem.write_obj(
+                self.entropy_gen,
+                page.unchecked_add(clock_page::ENTROPY_GEN),
+            );
+            self.published_entropy = Some(self.entropy_gen);
         }
     }
 
@@ -261,6 +286,11 @@ impl SimvmPorts {
             ),
             (clock_page::NOW_NS, now.to_le_bytes().to_vec()),
             (clock_page::IRQ_PENDING, 0u32.to_le_bytes().to_vec()),
+            (clock_page::ENTROPY, self.entropy.to_vec()),
+            (
+                clock_page::ENTROPY_GEN,
+                self.entropy_gen.to_le_bytes().to_vec(),
+            ),
         ];
         // Check the whole page before writing any of it, so a bad address changes nothing.
         if !page_fits(mem, gpa) {
@@ -274,6 +304,7 @@ impl SimvmPorts {
         self.page = Some(page);
         self.published = Some(now);
         self.published_irq = Some(false);
+        self.published_entropy = Some(self.entropy_gen);
         PortEvent::ClockPageRegistered(gpa)
     }
 
@@ -371,6 +402,60 @@ mod tests {
             out(&mut ports, &mem, abi::PORT_IRQ_POLL, 0, 10),
             PortEvent::IrqPoll
         );
+    }
+
+    fn entropy_on_page(mem: &GuestMemoryMmap, page: u64) -> (u32, [u8; 32]) {
+        let gen = mem
+            .read_obj(GuestAddress(page + clock_page::ENTROPY_GEN))
+            .unwrap();
+        let entropy = mem
+            .read_obj(GuestAddress(page + clock_page::ENTROPY))
+            .unwrap();
+        (gen, entropy)
+    }
+
+    #[test]
+    fn a_reseed_reaches_the_page_at_the_next_publish_only() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        // Garbage where the fields go: registration writes "never reseeded".
+        mem.write_slice(&[9u8; 40], GuestAddress(0x42000 + clock_page::ENTROPY_GEN))
+            .unwrap();
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        assert_eq!(entropy_on_page(&mem, 0x42000), (0, [0; 32]));
+        ports.reseed([7; 32]);
+        assert_eq!(entropy_on_page(&mem, 0x42000).0, 0, "written at publish");
+        ports.publish(&mem, 10, false);
+        assert_eq!(entropy_on_page(&mem, 0x42000), (1, [7; 32]));
+        // Nothing new: the next publish leaves the fields alone.
+        mem.write_obj(5u32, GuestAddress(0x42000 + clock_page::ENTROPY_GEN))
+            .unwrap();
+        ports.publish(&mem, 20, false);
+        assert_eq!(entropy_on_page(&mem, 0x42000).0, 5);
+        ports.reseed([8; 32]);
+        ports.reseed([9; 32]);
+        ports.publish(&mem, 30, false);
+        assert_eq!(entropy_on_page(&mem, 0x42000), (3, [9; 32]));
+    }
+
+    #[test]
+    fn two_reseeds_make_generation_2_and_the_generation_skips_0() {
+        let mut ports = SimvmPorts::new(0, 64);
+        ports.reseed([1; 32]);
+        ports.reseed([2; 32]);
+        assert_eq!((ports.entropy_gen, ports.entropy), (2, [2; 32]));
+        ports.entropy_gen = u32::MAX;
+        ports.reseed([3; 32]);
+        assert_eq!(ports.entropy_gen, 1);
+    }
+
+    #[test]
+    fn a_reseed_before_registration_comes_with_the_page() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        ports.reseed([4; 32]);
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        assert_eq!(entropy_on_page(&mem, 0x42000), (1, [4; 32]));
     }
 
     #[test]

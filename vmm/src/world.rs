@@ -1052,6 +1052,11 @@ fn resume_node(
             let mem = crate::template::map_private(&file, config.mem_size)?;
             let mut machine = Machine::restore(kvm, config.clone(), mem, &m.state, Some(m.clock))?;
             machine.set_reported(m.ready_at, m.exit_status);
+            // The saved kernel RNG would repeat itself in every continuation.
+            machine.reseed_guest(seed.key(&format!(
+                "machine/{}/incarnation/{}/after-snapshot",
+                config.name, config.incarnation
+            )));
             Some(machine)
         }
         None => None,

@@ -1,6 +1,7 @@
 //! Fuzz target of the simvm port block and clock page: any port access of any size, a guest
 //! that scribbles on its clock page and the rest of its memory, and a VMM that publishes the time,
-//! advances it, jumps to the timer deadline and charges clock kicks as `vmm/` does. Nothing may
+//! reseeds the guest, advances the time, jumps to the timer deadline and charges clock kicks as
+//! `vmm/` does. Nothing may
 //! let the guest move its clock further than the documented bounds, and the VMM's clock
 //! arithmetic must not overflow.
 
@@ -32,6 +33,8 @@ enum Op {
     Publish(bool),
     /// The guest halts: the world jumps to the deadline and fires the timer.
     Halt,
+    /// The VMM hands the guest new entropy.
+    Reseed([u8; 32]),
 }
 
 fn port() -> impl Strategy<Value = u16> {
@@ -83,6 +86,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop_oneof![0..=100_000u64, 0..=MAX_TIMER_AHEAD_NS].prop_map(Op::Advance),
         2 => any::<bool>().prop_map(Op::Publish),
         2 => Just(Op::Halt),
+        1 => any::<[u8; 32]>().prop_map(Op::Reseed),
     ]
 }
 
@@ -122,6 +126,8 @@ fn check(case: Case, tally: &mut Tally) {
     let mut page: Option<u64> = None;
     // Whether the guest wrote into its page since it registered it.
     let mut scribbled = false;
+    // The reseeds so far: their count and the last one's entropy.
+    let mut reseed = (0u32, [0u8; 32]);
     for op in case.ops {
         match op {
             Op::Out { port, data } => {
@@ -130,6 +136,9 @@ fn check(case: Case, tally: &mut Tally) {
                 out_event(
                     &mut ports, &mem, &mut page, before, port, &data, now, event, tally,
                 );
+                if let PortEvent::ClockPageRegistered(gpa) = event {
+                    assert_eq!(entropy_on_page(&mem, gpa), reseed);
+                }
                 scribbled &= !matches!(event, PortEvent::ClockPageRegistered(_));
                 if let Some(reads) = event.kick_reads() {
                     assert!(reads <= max_kick);
@@ -170,7 +179,11 @@ fn check(case: Case, tally: &mut Tally) {
                     assert_eq!(mem.read_obj::<u64>(at(clock_page::NOW_NS)).unwrap(), now);
                     let flag = mem.read_obj::<u32>(at(clock_page::IRQ_PENDING)).unwrap();
                     assert_eq!(flag, u32::from(irq));
+                    assert_eq!(entropy_on_page(&mem, page), reseed);
                     tally.hit("published");
+                    if reseed.0 > 0 {
+                        tally.hit("reseed_published");
+                    }
                 }
             }
             Op::Halt => {
@@ -182,10 +195,21 @@ fn check(case: Case, tally: &mut Tally) {
                     tally.hit("timer_fired");
                 }
             }
+            Op::Reseed(entropy) => {
+                ports.reseed(entropy);
+                reseed = (reseed.0 + 1, entropy);
+            }
         }
         // However the guest tried, its clock stays far from the end of time.
         assert!(now < u64::MAX / 2, "now {now}");
     }
+}
+
+/// The generation and entropy in the clock page at `page`.
+fn entropy_on_page(mem: &GuestMemoryMmap, page: u64) -> (u32, [u8; 32]) {
+    let gen = mem.read_obj(GuestAddress(page + clock_page::ENTROPY_GEN));
+    let entropy = mem.read_obj(GuestAddress(page + clock_page::ENTROPY));
+    (gen.unwrap(), entropy.unwrap())
 }
 
 /// Checks one `out` against the ABI.
@@ -311,6 +335,7 @@ fn fuzz_pvclock_ports() {
         "probe",
         "read",
         "published",
+        "reseed_published",
     ];
     fuzz::run("pvclock_ports", 1000, case(), &expected, check);
 }

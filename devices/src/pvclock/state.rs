@@ -4,11 +4,12 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestMemoryMmap;
 
 use super::{page_fits, SimvmPorts};
+use crate::abi::clock_page;
 use crate::snapshot::{Snapshot, SnapshotError};
 
-/// The clock page and the timer. The wall clock base is not saved: it is the restoring
-/// machine's own (its `CLOCK_REALTIME` continues the world's), so the fresh device's stays. What
-/// was last published is not saved either: the next publish rewrites the page.
+/// The clock page, the timer and the last reseed. The wall clock base is not saved: it is the
+/// restoring machine's own (its `CLOCK_REALTIME` continues the world's), so the fresh device's
+/// stays. What was last published is not saved either: the next publish rewrites the page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortsState {
@@ -17,6 +18,12 @@ pub struct PortsState {
     /// The armed one-shot deadline, in virtual ns.
     pub deadline: Option<u64>,
     pub stall_limit: u32,
+    /// The generation of the last reseed (0: none). Kept, so that the page's generation stays
+    /// the one the guest consumed and a restore alone reseeds nothing; a pending one stays
+    /// pending.
+    pub entropy_gen: u32,
+    /// The entropy of that reseed.
+    pub entropy: [u8; clock_page::ENTROPY_SIZE],
 }
 
 impl Snapshot for SimvmPorts {
@@ -27,6 +34,8 @@ impl Snapshot for SimvmPorts {
             page: self.page.map(|page| page.0),
             deadline: self.deadline,
             stall_limit: self.stall_limit,
+            entropy_gen: self.entropy_gen,
+            entropy: self.entropy,
         }
     }
 
@@ -44,11 +53,18 @@ impl Snapshot for SimvmPorts {
         if state.stall_limit == 0 {
             return Err(SnapshotError::Invalid("stall limit of 0".to_string()));
         }
+        if state.entropy_gen == 0 && state.entropy != [0; clock_page::ENTROPY_SIZE] {
+            let why = "entropy without a reseed generation".to_string();
+            return Err(SnapshotError::Invalid(why));
+        }
         self.page = state.page.map(vm_memory::GuestAddress);
         self.deadline = state.deadline;
         self.stall_limit = state.stall_limit;
+        self.entropy_gen = state.entropy_gen;
+        self.entropy = state.entropy;
         self.published = None;
         self.published_irq = None;
+        self.published_entropy = None;
         Ok(())
     }
 }
@@ -128,6 +144,67 @@ mod tests {
         assert_eq!((now, flag), (2_000, 0));
     }
 
+    fn gen_and_entropy(mem: &GuestMemoryMmap) -> (u32, [u8; 32]) {
+        let gen = mem
+            .read_obj(GuestAddress(PAGE + clock_page::ENTROPY_GEN))
+            .unwrap();
+        let entropy = mem
+            .read_obj(GuestAddress(PAGE + clock_page::ENTROPY))
+            .unwrap();
+        (gen, entropy)
+    }
+
+    /// The page keeps the generation the guest consumed, so a restore alone does not reseed it;
+    /// a reseed not yet published is published after the restore; the next reseed continues.
+    #[test]
+    fn the_reseed_generation_survives_a_restore() {
+        let mem = memory();
+        let mut original = SimvmPorts::new(0, 64);
+        out(&mut original, &mem, abi::PORT_CLOCK_PAGE, PAGE_NUMBER);
+        original.reseed([1; 32]);
+        original.publish(&mem, 2_000, false);
+        let published = original.save();
+        original.reseed([2; 32]);
+        let pending = original.save();
+        assert_eq!((published.entropy_gen, pending.entropy_gen), (1, 2));
+
+        let json = serde_json::to_string(&published).unwrap();
+        let saved: PortsState = serde_json::from_str(&json).unwrap();
+        let copy = copy_memory(&mem);
+        // The restored page may hold anything; the first publish rewrites the same generation.
+        copy.write_obj(0u32, GuestAddress(PAGE + clock_page::ENTROPY_GEN))
+            .unwrap();
+        let mut restored = SimvmPorts::new(0, 64);
+        restored.restore(&saved, &copy).unwrap();
+        assert_eq!(restored.save(), saved);
+        restored.publish(&copy, 3_000, false);
+        assert_eq!(gen_and_entropy(&copy), (1, [1; 32]));
+        restored.reseed([3; 32]);
+        restored.publish(&copy, 4_000, false);
+        assert_eq!(gen_and_entropy(&copy), (2, [3; 32]));
+
+        let copy = copy_memory(&mem);
+        let mut restored = SimvmPorts::new(0, 64);
+        restored.restore(&pending, &copy).unwrap();
+        assert_eq!(gen_and_entropy(&copy), (1, [1; 32]));
+        restored.publish(&copy, 3_000, false);
+        assert_eq!(gen_and_entropy(&copy), (2, [2; 32]));
+    }
+
+    #[test]
+    fn entropy_without_a_generation_is_refused() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        let mut bad = ports.save();
+        bad.entropy[0] = 1;
+        assert!(matches!(
+            ports.restore(&bad, &mem),
+            Err(SnapshotError::Invalid(_))
+        ));
+        bad.entropy_gen = 1;
+        assert!(ports.restore(&bad, &mem).is_ok());
+    }
+
     #[test]
     fn a_clock_page_outside_memory_is_refused_and_changes_nothing() {
         let mem = memory();
@@ -136,6 +213,8 @@ mod tests {
             page: Some(MEM_SIZE as u64 - 4096),
             deadline: Some(1),
             stall_limit: 8,
+            entropy_gen: 0,
+            entropy: [0; clock_page::ENTROPY_SIZE],
         };
         assert!(ports.restore(&outside, &mem).is_ok(), "the last page fits");
         let mut ports = SimvmPorts::new(0, 64);

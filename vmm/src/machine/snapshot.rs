@@ -168,6 +168,12 @@ impl Machine {
         }
     }
 
+    /// Hands the guest kernel new entropy through the clock page; it reseeds its RNG at its
+    /// next timer interrupt (docs/guest-abi.md).
+    pub fn reseed_guest(&mut self, entropy: [u8; 32]) {
+        self.ports.reseed(entropy);
+    }
+
     /// What a restored machine had reported before the snapshot: READY and the command's
     /// status.
     pub fn set_reported(&mut self, ready_at: Option<u64>, exit_status: Option<u8>) {
