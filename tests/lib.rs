@@ -392,3 +392,17 @@ pub fn run_tshark(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Asserts that `again` replayed `first`: the same digest and the same consoles of `machines`.
+pub fn assert_same_run(first: &Run, again: &Run, machines: &[&str]) {
+    assert_eq!(
+        again.field("digest"),
+        first.field("digest"),
+        "{}\n{}",
+        first.all(),
+        again.all()
+    );
+    for m in machines {
+        assert_eq!(again.console(m), first.console(m), "{m}'s console differs");
+    }
+}

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use simvm_tests::{
-    image, kvm_or_skip, require_tshark, run_tshark, side_by_side, simvm, temp_dir, tshark, Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_tshark, side_by_side, simvm, temp_dir,
+    tshark, Run,
 };
 
 fn run_scenario(scenario: &Path, seed: u64, extra: &[&str]) -> Run {
@@ -219,15 +220,7 @@ fn loss_and_jitter_replay_exactly_per_seed() {
         "25% loss should lose some of 12 pings: {replies:?}"
     );
     for again in &runs {
-        assert_eq!(
-            again.field("digest"),
-            first.field("digest"),
-            "{}\n{}",
-            first.all(),
-            again.all()
-        );
-        assert_eq!(again.console("m1"), first.console("m1"));
-        assert_eq!(again.console("m2"), first.console("m2"));
+        assert_same_run(&first, again, &["m1", "m2"]);
     }
     assert_ne!(other.field("digest"), first.field("digest"));
     let seq = |run: &Run| -> Vec<String> {

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use simvm_tests::{
-    image, kvm_or_skip, require_tshark, run_guest, side_by_side, temp_dir, tshark, Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_guest, side_by_side, temp_dir, tshark,
+    Run,
 };
 use simvm_vmm::template::Template;
 
@@ -66,16 +67,8 @@ fn template_starts_replay_exactly_and_differ_like_boots() {
     let again = runs.pop().expect("one run");
 
     // The same seed from the same template: the same run.
-    assert_eq!(
-        again.field("digest"),
-        first.field("digest"),
-        "{}\n{}",
-        first.all(),
-        again.all()
-    );
+    assert_same_run(&first, &again, &["m1", "m2"]);
     assert_eq!(again.field("steps"), first.field("steps"));
-    assert_eq!(again.console("m1"), first.console("m1"));
-    assert_eq!(again.console("m2"), first.console("m2"));
 
     // Machines of one run differ in everything that identifies them.
     for key in ["uuid", "boot_id", "mac", "random", "hostname"] {
@@ -276,14 +269,15 @@ fn world_snapshot_continues_with_new_seeds() {
     let scratch = temp_dir("world-snapshot");
     let dir = scratch.join("ready");
     let dir_s = dir.to_string_lossy().into_owned();
-    let taken = world_run(&[
+    let take = [
         "--seed",
         "5",
         "--snapshot-at",
         "console=ready",
         "--snapshot",
         &dir_s,
-    ]);
+    ];
+    let taken = world_run(&take);
     assert_eq!(taken.code, Some(0), "{}", taken.all());
     assert!(
         taken.stderr.contains("saved the world as snapshot"),
@@ -293,14 +287,7 @@ fn world_snapshot_continues_with_new_seeds() {
     assert!(dir.join("snapshot.json").is_file() && dir.join("m2.memory").is_file());
 
     // The same directory again is refused before anything runs.
-    let again = world_run(&[
-        "--seed",
-        "5",
-        "--snapshot-at",
-        "console=ready",
-        "--snapshot",
-        &dir_s,
-    ]);
+    let again = world_run(&take);
     assert_eq!(again.code, Some(2), "{}", again.all());
     assert!(
         again.stderr.contains("exists and is not empty"),

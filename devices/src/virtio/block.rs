@@ -750,15 +750,15 @@ mod tests {
     }
 
     /// Request `slot`'s header; its status byte follows at +0x20, its data at +0x1000 (60 KiB).
-    fn hdr_at(slot: u64) -> u64 {
+    pub(super) fn hdr_at(slot: u64) -> u64 {
         BUFFERS_BASE + slot * 0x1_0000
     }
 
-    fn status_at(slot: u64) -> u64 {
+    pub(super) fn status_at(slot: u64) -> u64 {
         hdr_at(slot) + 0x20
     }
 
-    fn data_at(slot: u64) -> u64 {
+    pub(super) fn data_at(slot: u64) -> u64 {
         hdr_at(slot) + 0x1000
     }
 

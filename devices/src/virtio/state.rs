@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Interrupt, VirtioDevice};
+use super::{has_feature, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::snapshot::SnapshotError;
 
 /// The device half of a virtio snapshot.
@@ -118,4 +118,23 @@ impl Interrupt {
         self.state.status.set(status);
         self.state.needs_reset.set(needs_reset);
     }
+}
+
+/// Checks a device's saved feature negotiation against what `offered` (the fresh device's
+/// offer): nothing never offered, and a running device speaks VIRTIO 1.
+pub(crate) fn check_negotiated(
+    offered: u64,
+    features: u64,
+    running: bool,
+) -> Result<(), SnapshotError> {
+    let unoffered = features & !offered;
+    if unoffered != 0 {
+        let why = format!("negotiated features {unoffered:#x} were never offered");
+        return Err(SnapshotError::Invalid(why));
+    }
+    if running && !has_feature(features, VIRTIO_F_VERSION_1) {
+        let why = "running without VIRTIO_F_VERSION_1".to_string();
+        return Err(SnapshotError::Invalid(why));
+    }
+    Ok(())
 }

@@ -11,8 +11,9 @@ use super::{
     check_range, BlockOp, BlockRequest, Buffer, InFlight, Pending, VirtioBlock, REQUEST_QUEUE,
 };
 use crate::snapshot::SnapshotError;
+use crate::virtio::state::check_negotiated;
 use crate::virtio::state::DeviceSnapshot;
-use crate::virtio::{has_feature, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{Interrupt, VirtioDevice};
 
 /// What virtio-blk holds beyond its queue. Requests in flight are guest addresses and lengths,
 /// so they restore into the same guest memory; a machine template should have none
@@ -109,15 +110,7 @@ impl DeviceSnapshot for VirtioBlock {
             let what = "capacity (sectors)";
             return Err(SnapshotError::mismatch(what, state.capacity, self.sectors));
         }
-        let unoffered = state.features & !self.features();
-        if unoffered != 0 {
-            let why = format!("negotiated features {unoffered:#x} were never offered");
-            return Err(SnapshotError::Invalid(why));
-        }
-        if state.running && !has_feature(state.features, VIRTIO_F_VERSION_1) {
-            let why = "running without VIRTIO_F_VERSION_1".to_string();
-            return Err(SnapshotError::Invalid(why));
-        }
+        check_negotiated(self.features(), state.features, state.running)?;
         if !state.running && !state.in_flight.is_empty() {
             let why = "requests in flight on a stopped device".to_string();
             return Err(SnapshotError::Invalid(why));
@@ -245,24 +238,15 @@ mod tests {
     use crate::snapshot::Snapshot;
     use crate::virtio::block::{BlockResult, QUEUE_SIZE};
     use crate::virtio::mmio::MmioState;
-    use crate::virtio::testing::{copy_memory, same_memory, Desc, Driver, BUFFERS_BASE, MEM_SIZE};
+    use crate::virtio::testing::{copy_memory, same_memory, Desc, Driver, MEM_SIZE};
     use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
     use virtio_bindings::virtio_mmio as reg;
     use vm_memory::Bytes;
 
     const CAPACITY: u64 = 2048;
 
-    fn hdr_at(slot: u64) -> u64 {
-        BUFFERS_BASE + slot * 0x1_0000
-    }
-
-    fn status_at(slot: u64) -> u64 {
-        hdr_at(slot) + 0x20
-    }
-
-    fn data_at(slot: u64) -> u64 {
-        hdr_at(slot) + 0x1000
-    }
+    // Request slots laid out as the device's own tests lay them out.
+    use crate::virtio::block::tests::{data_at, hdr_at, status_at};
 
     /// Queues a 1 KiB read or write at `sector` in `slot` and notifies.
     fn queue(d: &mut Driver<VirtioBlock>, slot: u64, request_type: u32, sector: u64) {

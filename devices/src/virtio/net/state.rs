@@ -7,8 +7,9 @@ use vm_memory::GuestMemoryMmap;
 use super::{Offloads, VirtioNet, MAX_FRAME_LEN};
 use crate::net::Frame;
 use crate::snapshot::SnapshotError;
+use crate::virtio::state::check_negotiated;
 use crate::virtio::state::DeviceSnapshot;
-use crate::virtio::{has_feature, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{Interrupt, VirtioDevice};
 
 /// What virtio-net holds beyond its queues. Counters and the error list start fresh.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,15 +51,7 @@ impl DeviceSnapshot for VirtioNet {
             );
             return Err(SnapshotError::mismatch("offloads", saved, built));
         }
-        let unoffered = state.features & !self.features();
-        if unoffered != 0 {
-            let why = format!("negotiated features {unoffered:#x} were never offered");
-            return Err(SnapshotError::Invalid(why));
-        }
-        if state.running && !has_feature(state.features, VIRTIO_F_VERSION_1) {
-            let why = "running without VIRTIO_F_VERSION_1".to_string();
-            return Err(SnapshotError::Invalid(why));
-        }
+        check_negotiated(self.features(), state.features, state.running)?;
         if let Some(frame) = state
             .tx_frames
             .iter()
