@@ -137,6 +137,15 @@ struct RunArgs {
     /// run's --seed for everything after the snapshot.
     #[arg(long, value_name = "DIR", conflicts_with = "snapshot_at")]
     from: Option<PathBuf>,
+    /// Profile the run into DIR: exits by reason with their wall time, and samples of where
+    /// each guest was (kernel functions, user code) as folded stacks and flame graphs, plus a
+    /// summary on stderr (docs/profiling.md). The digest is the same as without.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
+    /// Samples per second of real time for --profile.
+    #[arg(long, value_name = "HZ", default_value_t = 250, requires = "profile",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    profile_rate: u32,
     /// The command each machine runs.
     #[arg(last = true)]
     command: Vec<String>,
@@ -199,7 +208,7 @@ const SNAPSHOT_ARGS: &str = "args.json";
 
 /// Options that do not shape the world (outputs, the seed, the snapshot itself): left out of
 /// the arguments a snapshot keeps. `true`: the option takes a value.
-const NOT_KEPT: [(&str, bool); 8] = [
+const NOT_KEPT: [(&str, bool); 10] = [
     ("--seed", true),
     ("--snapshot-at", true),
     ("--snapshot", true),
@@ -208,6 +217,8 @@ const NOT_KEPT: [(&str, bool); 8] = [
     ("--trace-state", false),
     ("--pcap", true),
     ("--keep-disks", true),
+    ("--profile", true),
+    ("--profile-rate", true),
 ];
 
 /// `simvm run` arguments without those in [`NOT_KEPT`].
@@ -351,6 +362,10 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 },
             ),
             from: args.from.clone(),
+            sample_every: args
+                .profile
+                .as_ref()
+                .map(|_| Duration::from_secs(1) / args.profile_rate),
             ..Simulation::new(scenario, args.seed)
         };
     let simulation = match (&args.kernel, &args.initramfs) {
@@ -366,6 +381,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
     let plan = RunPlan {
         reproduce: reproduce_command(&args),
         simulation,
+        profile: args.profile.clone(),
     };
     let result = if args.check_determinism {
         plan.check_determinism()

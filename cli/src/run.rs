@@ -13,6 +13,8 @@ pub struct RunPlan {
     pub simulation: Simulation,
     /// The command line that reproduces this run, for failure reports.
     pub reproduce: String,
+    /// Write the run's profile here (`--profile`).
+    pub profile: Option<std::path::PathBuf>,
 }
 
 impl RunPlan {
@@ -49,6 +51,15 @@ impl RunPlan {
     }
 
     fn report(&self, outcome: &Outcome, extra: Option<&str>) -> i32 {
+        if let Some(dir) = &self.profile {
+            match self.simulation.write_profile(outcome, dir) {
+                Ok(summary) => {
+                    eprint!("{summary}");
+                    eprintln!("simvm: profile written to {}", dir.display());
+                }
+                Err(e) => eprintln!("simvm: error: {e}"),
+            }
+        }
         for template in &outcome.templates {
             match &template.origin {
                 Ok(Origin::Built { wall, replaced }) => {

@@ -27,6 +27,7 @@ pub mod layout;
 pub mod machine;
 pub mod msr;
 pub mod network;
+pub mod profile;
 pub mod scenario;
 pub mod seed;
 pub mod simulation;

@@ -39,6 +39,7 @@ use crate::crash::{self, CrashKind, CrashReport};
 use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
+use crate::profile::{ExitReason, MachineProfile};
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
 use crate::trace::{Event, Note, Stable, Trace};
@@ -260,6 +261,8 @@ pub struct Machine {
     device_error_lines: u32,
     /// What the machine was built from; its boot data answers the guest's identity request.
     config: MachineConfig,
+    /// Exits by reason and samples, when profiling.
+    profile: Option<MachineProfile>,
 }
 
 /// Device errors printed per machine; the rest are only counted (and all are traced).
@@ -393,6 +396,7 @@ impl Machine {
             device_errors: 0,
             device_error_lines: 0,
             config,
+            profile: None,
         };
         Ok((machine, windows))
     }
@@ -479,6 +483,14 @@ impl Machine {
         self.prepare_entry(step, trace)?;
         let exit = loop {
             match self.run_to_exit(watchdog)? {
+                // A profiling sample: note where the guest was and resume it, invisibly.
+                Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
+                    self.take_sample();
+                    if watchdog.is_some_and(Watchdog::take_kick) {
+                        // A kick came with it: look again at the next one.
+                        self.stats.benign_kicks += 1;
+                    }
+                }
                 // Somebody else's signal (a debugger, a profiler, the user's shell): nothing
                 // about the guest changed, so resuming it is invisible.
                 Exit::Interrupted if !watchdog.is_some_and(Watchdog::take_kick) => {
@@ -551,9 +563,14 @@ impl Machine {
         }
         // MSR reads answer from the guest's clock, which only moves between runs.
         let guest_now = self.guest_now();
+        let started = self.profile.is_some().then(crate::host_tsc::monotonic);
         let result = self.vcpu.run();
         if let Some(w) = watchdog {
             w.leave();
+        }
+        if let (Some(profile), Some(started)) = (self.profile.as_mut(), started) {
+            let wall = crate::host_tsc::monotonic().saturating_sub(started);
+            profile.exit(exit_reason(&result), wall);
         }
         let exit = match result {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -750,6 +767,29 @@ impl Machine {
     /// Device errors the guest caused (malformed virtio chains and the like).
     pub fn device_errors(&self) -> u64 {
         self.device_errors
+    }
+
+    /// Collects exits by reason and samples from now on (`--profile`).
+    pub fn enable_profile(&mut self) {
+        self.profile.get_or_insert_with(MachineProfile::default);
+    }
+
+    /// The profile collected so far, if profiling.
+    pub fn profile(&self) -> Option<&MachineProfile> {
+        self.profile.as_ref()
+    }
+
+    /// Records where the guest was when a profiling sample interrupted it.
+    fn take_sample(&mut self) {
+        if self.profile.is_none() {
+            return;
+        }
+        let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) else {
+            return;
+        };
+        if let Some(profile) = self.profile.as_mut() {
+            profile.sample(regs.rip, sregs.cs.selector & 3 == 3);
+        }
     }
 
     /// Whether the guest is executing user code (CPL 3).
@@ -1196,6 +1236,23 @@ fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut
         ports.read(port, data);
     } else if !pio.read(port.into(), data) {
         data.fill(0xff);
+    }
+}
+
+/// How the profile groups the end of a `KVM_RUN`.
+fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error>) -> ExitReason {
+    let window = |addr: u64| addr.saturating_sub(abi::VIRTIO_MMIO_BASE) / abi::VIRTIO_MMIO_SIZE;
+    match result {
+        Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
+        Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {
+            ExitReason::Mmio(window(*addr))
+        }
+        Ok(VcpuExit::X86Rdmsr(exit)) => ExitReason::Msr(exit.index),
+        Ok(VcpuExit::X86Wrmsr(exit)) => ExitReason::Msr(exit.index),
+        Ok(VcpuExit::Hlt) => ExitReason::Hlt,
+        Ok(VcpuExit::Intr) => ExitReason::Signal,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ExitReason::Signal,
+        _ => ExitReason::Other,
     }
 }
 

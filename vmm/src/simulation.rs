@@ -16,7 +16,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,8 @@ pub struct Simulation {
     pub snapshot: Option<SnapshotRequest>,
     /// Continue the world saved in this directory (`--from`), with this simulation's seed.
     pub from: Option<PathBuf>,
+    /// Profile the run, sampling the guests this often in real time (`--profile`).
+    pub sample_every: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +177,7 @@ impl Simulation {
             cold: false,
             snapshot: None,
             from: None,
+            sample_every: None,
         }
     }
 
@@ -322,6 +325,7 @@ impl Simulation {
             templates: (!self.cold).then(|| self.cache_dir.clone()),
             snapshot: self.snapshot.clone(),
             from: self.from.clone(),
+            sample_every: self.sample_every,
             awaited: self
                 .scenario
                 .machines
@@ -399,6 +403,28 @@ impl Simulation {
             second,
             divergence,
         })
+    }
+
+    /// The run's profile (`sample_every`), written into `dir`: folded stacks and flame graphs
+    /// per machine and for the run, and the summary, which is returned.
+    pub fn write_profile(&self, outcome: &Outcome, dir: &Path) -> Result<String, SimulationError> {
+        let empty = crate::profile::MachineProfile::default();
+        let machines = outcome
+            .machines
+            .iter()
+            .zip(&self.images)
+            .map(|(m, image)| {
+                let profile = m.profile.as_ref().unwrap_or(&empty);
+                (m.name.as_str(), image.kernel.as_path(), profile)
+            })
+            .collect();
+        let run = crate::profile::RunProfile {
+            machines,
+            simvm_samples: outcome.simvm_samples,
+            wall: outcome.wall,
+            vtimes_ns: outcome.machines.iter().map(|m| m.vtime_ns).collect(),
+        };
+        Ok(run.write(dir)?)
     }
 
     /// Whether every machine met its expectation and the run as a whole succeeded.

@@ -25,6 +25,10 @@ struct Shared {
     /// Set just before a kick is sent, taken by the simulation thread: an `EINTR` with this
     /// unset came from somebody else's signal.
     kick_pending: AtomicBool,
+    /// Set just before a profiling sample's signal is sent, taken like `kick_pending`.
+    sample_pending: AtomicBool,
+    /// Sample ticks that found simvm's own code running (not the guest).
+    simvm_samples: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -46,6 +50,13 @@ fn kick_signal() -> libc::c_int {
 impl Watchdog {
     /// Starts watching the calling thread with the given limit of real time without an exit.
     pub fn start(limit: Duration) -> Result<Self> {
+        Self::with_sampling(limit, None)
+    }
+
+    /// Like [`Watchdog::start`], and every `sample_every` of real time also interrupts a
+    /// running guest for a profiling sample ([`Watchdog::take_sample`]), or counts a sample of
+    /// simvm's own code if the guest is not running.
+    pub fn with_sampling(limit: Duration, sample_every: Option<Duration>) -> Result<Self> {
         register_signal_handler(kick_signal(), on_kick)
             .map_err(|e| Error::Watchdog(e.to_string()))?;
         // SAFETY: pthread_self has no preconditions and always succeeds.
@@ -54,10 +65,13 @@ impl Watchdog {
             progress: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             kick_pending: AtomicBool::new(false),
+            sample_pending: AtomicBool::new(false),
+            simvm_samples: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let watched = Arc::clone(&shared);
-        let period = (limit / 4).max(Duration::from_millis(10));
+        let kick_period = (limit / 4).max(Duration::from_millis(10));
+        let period = sample_every.map_or(kick_period, |s| s.min(kick_period));
         let thread = std::thread::Builder::new()
             .name("simvm-watchdog".into())
             .spawn(move || {
@@ -65,6 +79,15 @@ impl Watchdog {
                 while !watched.stop.load(Ordering::Relaxed) {
                     std::thread::sleep(period);
                     let now = watched.progress.load(Ordering::Relaxed);
+                    if sample_every.is_some() {
+                        if now % 2 == 1 {
+                            watched.sample_pending.store(true, Ordering::SeqCst);
+                            // SAFETY: as for the kick below.
+                            unsafe { libc::pthread_kill(target, kick_signal()) };
+                        } else {
+                            watched.simvm_samples.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     if now != last.0 {
                         last = (now, Instant::now());
                     } else if now % 2 == 1 && last.1.elapsed() >= limit {
@@ -101,6 +124,16 @@ impl Watchdog {
     /// watchdog's doing only then.
     pub fn take_kick(&self) -> bool {
         self.shared.kick_pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// Whether a profiling sample interrupted the guest since the last call.
+    pub fn take_sample(&self) -> bool {
+        self.shared.sample_pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// Sample ticks that found simvm's own code running.
+    pub fn simvm_samples(&self) -> u64 {
+        self.shared.simvm_samples.load(Ordering::Relaxed)
     }
 
     /// Real time a guest may go without an exit before it is kicked.

@@ -24,6 +24,7 @@ use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
+use crate::profile::MachineProfile;
 use crate::seed::Seed;
 use crate::template::{TemplateUse, Templates};
 
@@ -91,6 +92,8 @@ pub struct WorldConfig {
     pub snapshot: Option<SnapshotRequest>,
     /// Continue the world saved in this snapshot directory instead of powering on.
     pub from: Option<PathBuf>,
+    /// Profile the run, sampling the guests this often (real time).
+    pub sample_every: Option<Duration>,
 }
 
 impl WorldConfig {
@@ -118,6 +121,7 @@ impl WorldConfig {
             templates: None,
             snapshot: None,
             from: None,
+            sample_every: None,
         }
     }
 }
@@ -153,6 +157,8 @@ pub struct MachineOutcome {
     pub disk_crashes: Vec<String>,
     /// Frames its NIC sent into a world without a network (dropped, as by an unplugged cable).
     pub frames_unplugged: u64,
+    /// Exits by reason and samples, every incarnation (`--profile`).
+    pub profile: Option<MachineProfile>,
 }
 
 /// Why the run ended.
@@ -190,6 +196,8 @@ pub struct Outcome {
     pub snapshot: Option<SnapshotInfo>,
     /// The snapshot this run continued from.
     pub resumed_from: Option<SnapshotInfo>,
+    /// Profiling samples that found simvm's own code running (`--profile`).
+    pub simvm_samples: u64,
 }
 
 impl Outcome {
@@ -225,6 +233,8 @@ struct Node {
     ready_at: Option<u64>,
     ready_wall: Option<Duration>,
     frames_unplugged: u64,
+    /// Profiles of earlier incarnations, when profiling.
+    profile: Option<MachineProfile>,
 }
 
 impl Node {
@@ -266,6 +276,11 @@ impl Node {
     /// the node keeps.
     fn fold_machine(&mut self) {
         if let Some(machine) = self.machine.take() {
+            if let Some(profile) = machine.profile() {
+                self.profile
+                    .get_or_insert_with(Default::default)
+                    .add(profile);
+            }
             self.past_stats.add(machine.stats());
             self.past_device_errors += machine.device_errors();
             self.last_now = machine.now();
@@ -301,6 +316,8 @@ pub struct World {
     resumed_from: Option<SnapshotInfo>,
     /// Which machines have printed the console condition's text.
     printed: Vec<bool>,
+    /// Collecting a profile (`--profile`).
+    profiling: bool,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -410,6 +427,7 @@ impl World {
                 ready_at: None,
                 ready_wall: None,
                 frames_unplugged: 0,
+                profile: None,
             });
         }
         let mut network = network;
@@ -431,7 +449,19 @@ impl World {
             .iter()
             .find_map(|n| n.machine.as_ref().map(|m| m.cpu_template().to_string()))
             .unwrap_or_default();
-        let watchdog = config.watchdog.map(Watchdog::start).transpose()?;
+        let watchdog = match (config.watchdog, config.sample_every) {
+            (None, None) => None,
+            // Profiling needs the watchdog's thread, if only for sampling.
+            (limit, every) => Some(Watchdog::with_sampling(
+                limit.unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+                every,
+            )?),
+        };
+        if config.sample_every.is_some() {
+            for machine in nodes.iter_mut().filter_map(|n| n.machine.as_mut()) {
+                machine.enable_profile();
+            }
+        }
         let printed = vec![false; nodes.len()];
         Ok(Self {
             seed: config.seed,
@@ -457,6 +487,7 @@ impl World {
             snapshot_taken: None,
             resumed_from: resume.map(|r| r.info),
             printed,
+            profiling: config.sample_every.is_some(),
         })
     }
 
@@ -616,7 +647,10 @@ impl World {
         if let Some(boot) = &mut config.boot {
             boot.incarnation = incarnation;
         }
-        let machine = Machine::power_on(&self.kvm, config.clone())?;
+        let mut machine = Machine::power_on(&self.kvm, config.clone())?;
+        if self.profiling {
+            machine.enable_profile();
+        }
         node.config = config;
         node.machine = Some(machine);
         node.slot = Slot::Runnable;
@@ -923,6 +957,7 @@ impl World {
                 }
             }
         }
+        let simvm_samples = self.watchdog.as_ref().map_or(0, Watchdog::simvm_samples);
         let digest = self.trace.digest();
         let events = self.trace.events();
         let fingerprints = self.trace.finish()?;
@@ -963,6 +998,7 @@ impl World {
                     incarnations: node.config.incarnation,
                     disk_crashes,
                     frames_unplugged: node.frames_unplugged,
+                    profile: node.profile.take(),
                 }
             })
             .collect();
@@ -981,6 +1017,7 @@ impl World {
             templates: self.templates,
             snapshot: self.snapshot_taken,
             resumed_from: self.resumed_from,
+            simvm_samples,
         })
     }
 }
@@ -1073,6 +1110,7 @@ fn resume_node(
         ready_at: saved.ready_at,
         ready_wall: None,
         frames_unplugged: 0,
+        profile: None,
     })
 }
 

@@ -1,0 +1,105 @@
+//! `simvm run --profile DIR`: exits by reason and samples of where the guests were, as folded
+//! stacks, flame graphs and a summary; profiling does not change the run.
+
+use simvm_tests::{image, kvm_or_skip, run_guest, side_by_side, temp_dir};
+
+/// Kernel work (processes, page faults, the network) on two machines.
+const WORK: &str = "for i in 1 2 3; do ls -R /bin >/dev/null; done; ping -c 2 m1 >/dev/null; \
+                    echo done";
+
+#[test]
+fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
+    if !kvm_or_skip("a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone") {
+        return;
+    }
+    let kernel = image(None).kernel;
+    let dir = temp_dir("profile");
+    let out = dir.join("profile");
+    let trace = dir.join("trace.jsonl");
+    let (out_s, trace_s) = (
+        out.to_string_lossy().into_owned(),
+        trace.to_string_lossy().into_owned(),
+    );
+    let runs = side_by_side(2, |i| {
+        let mut args = vec!["--machines", "2", "--seed", "4"];
+        if i == 0 {
+            args.extend([
+                "--profile",
+                &out_s,
+                "--profile-rate",
+                "1000",
+                "--trace",
+                &trace_s,
+            ]);
+        }
+        run_guest(&args, &["sh", "-c", WORK])
+    });
+    let (profiled, plain) = (&runs[0], &runs[1]);
+    assert_eq!(profiled.code, Some(0), "{}", profiled.all());
+    assert_eq!(plain.code, Some(0), "{}", plain.all());
+    // Sampling interrupts the guests at host-time instants and resumes them unchanged.
+    assert_eq!(profiled.field("digest"), plain.field("digest"));
+
+    // Samples in guest kernel functions, named from the kernel's System.map.
+    let symbols = std::fs::read_to_string(kernel.with_file_name("System.map"))
+        .expect("System.map beside the guest kernel");
+    let folded = std::fs::read_to_string(out.join("run.folded")).expect("run.folded");
+    let functions: Vec<&str> = folded
+        .lines()
+        .filter_map(|l| l.strip_prefix("m1;kernel;"))
+        .filter_map(|l| l.rsplit_once(' ').map(|(f, _)| f))
+        .collect();
+    assert!(functions.len() > 3, "few kernel samples:\n{folded}");
+    for f in &functions {
+        assert!(
+            symbols.lines().any(|l| l.ends_with(&format!(" {f}"))),
+            "{f} is not a guest kernel function"
+        );
+    }
+    let svg = std::fs::read_to_string(out.join("run.svg")).expect("run.svg");
+    assert!(
+        svg.starts_with("<?xml") && svg.contains(functions[0]),
+        "the flame graph lacks {}",
+        functions[0]
+    );
+    assert!(out.join("m2.svg").is_file() && out.join("m2.folded").is_file());
+
+    // The summary's exits, less the signals, are the exits the trace recorded for each machine.
+    let summary = std::fs::read_to_string(out.join("profile.txt")).expect("profile.txt");
+    let trace = std::fs::read_to_string(&trace).expect("the trace");
+    for m in ["m1", "m2"] {
+        let line = summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{m}: ")))
+            .unwrap_or_else(|| panic!("no {m} in the summary:\n{summary}"));
+        let number_before = |word: &str| -> u64 {
+            let at = line.find(word).expect(word);
+            line[..at]
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.trim_start_matches('(').parse().ok())
+                .expect("a count")
+        };
+        let (exits, signals) = (number_before(" exits"), number_before(" of them signals"));
+        let traced = trace
+            .lines()
+            .filter(|l| l.contains(&format!("\"machine\":\"{m}\"")))
+            .filter(|l| {
+                [
+                    "pio_in",
+                    "pio_out",
+                    "mmio_read",
+                    "mmio_write",
+                    "msr_read",
+                    "msr_write",
+                    "halt",
+                ]
+                .iter()
+                .any(|e| l.contains(&format!("\"event\":\"{e}\"")))
+            })
+            .count() as u64;
+        assert!(signals > 0, "no samples interrupted {m}:\n{summary}");
+        assert_eq!(exits - signals, traced, "{m}:\n{summary}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,374 @@
+//! Where the wall time goes (`simvm run --profile DIR`).
+//!
+//! Two views, both collected only when asked for:
+//!
+//! - **Exits by reason**: every `KVM_RUN` is timed, and its wall time is charged to the reason
+//!   it ended (port I/O by port, MMIO by device window, HLT, MSR, a signal). On a PVM host the
+//!   time of a run is mostly the guest kernel's emulated code before that exit.
+//! - **Samples**: the watchdog's thread also ticks at a fixed wall-clock rate; a tick that finds
+//!   the vCPU inside `KVM_RUN` signals it, and the simulation thread records the guest's
+//!   instruction pointer (kernel addresses become function names with the guest kernel's
+//!   `System.map`) and resumes the guest unchanged; a tick that finds simvm's own code counts
+//!   for simvm. Folded stacks and flame graphs (the `inferno` crate) are written per machine and
+//!   for the run.
+//!
+//! Reading registers and resuming is invisible to the guest, so a profiled run has the digest of
+//! an unprofiled one. The samples themselves follow host time and differ from run to run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Why a `KVM_RUN` ended, as the profile groups exits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitReason {
+    Pio(u16),
+    /// An access to virtio-mmio window `n` (the NIC first, then the disks).
+    Mmio(u64),
+    Hlt,
+    Msr(u32),
+    /// A signal: a sample, a watchdog kick or somebody else's.
+    Signal,
+    /// A crash or an unexpected exit.
+    Other,
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pio(port) => write!(f, "pio {port:#06x}{}", port_name(*port)),
+            Self::Mmio(window) => write!(f, "mmio virtio window {window}"),
+            Self::Hlt => f.write_str("hlt"),
+            Self::Msr(index) => write!(f, "msr {index:#x}"),
+            Self::Signal => f.write_str("signal"),
+            Self::Other => f.write_str("other"),
+        }
+    }
+}
+
+/// What simvm's ports are, for people reading a profile.
+fn port_name(port: u16) -> &'static str {
+    match port {
+        0x3f8..=0x3ff => " (console)",
+        0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1 => " (8259)",
+        0x0e00 => " (clock page)",
+        0x0e04 => " (timer)",
+        0x0e08 => " (clock kick)",
+        0x0e0c => " (control)",
+        0x0e10 => " (irq poll)",
+        _ => "",
+    }
+}
+
+/// One machine's profile, summed over its incarnations.
+#[derive(Clone, Debug, Default)]
+pub struct MachineProfile {
+    /// Exits by reason: count and the wall time of the runs they ended (ns).
+    pub exits: BTreeMap<ExitReason, (u64, u64)>,
+    /// Wall time inside `KVM_RUN` (ns).
+    pub run_wall_ns: u64,
+    /// Samples of guest kernel code, by instruction pointer.
+    pub kernel_samples: BTreeMap<u64, u64>,
+    /// Samples of guest user code.
+    pub user_samples: u64,
+}
+
+impl MachineProfile {
+    pub fn exit(&mut self, reason: ExitReason, wall: Duration) {
+        let ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
+        let entry = self.exits.entry(reason).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.saturating_add(ns);
+        self.run_wall_ns = self.run_wall_ns.saturating_add(ns);
+    }
+
+    /// A sample: the guest was at `rip`, in user mode or not.
+    pub fn sample(&mut self, rip: u64, user: bool) {
+        if user {
+            self.user_samples += 1;
+        } else {
+            *self.kernel_samples.entry(rip).or_default() += 1;
+        }
+    }
+
+    /// Adds another incarnation's profile.
+    pub fn add(&mut self, other: &MachineProfile) {
+        for (reason, (count, ns)) in &other.exits {
+            let entry = self.exits.entry(*reason).or_default();
+            entry.0 += count;
+            entry.1 = entry.1.saturating_add(*ns);
+        }
+        self.run_wall_ns = self.run_wall_ns.saturating_add(other.run_wall_ns);
+        for (rip, count) in &other.kernel_samples {
+            *self.kernel_samples.entry(*rip).or_default() += count;
+        }
+        self.user_samples += other.user_samples;
+    }
+
+    pub fn exit_count(&self) -> u64 {
+        self.exits.values().map(|(count, _)| count).sum()
+    }
+}
+
+/// Kernel function names from a `System.map`.
+#[derive(Default)]
+pub struct Symbols {
+    /// Text symbols by address, sorted.
+    text: Vec<(u64, String)>,
+}
+
+impl Symbols {
+    /// Reads the `System.map` beside `kernel`; none (every address unnamed) if there is none.
+    pub fn beside(kernel: &Path) -> Self {
+        let map = kernel.with_file_name("System.map");
+        std::fs::read_to_string(map)
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut text_symbols: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let addr = u64::from_str_radix(words.next()?, 16).ok()?;
+                let kind = words.next()?;
+                let name = words.next()?;
+                matches!(kind, "T" | "t" | "W" | "w").then(|| (addr, name.to_string()))
+            })
+            .collect();
+        text_symbols.sort();
+        Self { text: text_symbols }
+    }
+
+    /// The function containing `rip`, or its address.
+    pub fn name(&self, rip: u64) -> String {
+        let at = self.text.partition_point(|(addr, _)| *addr <= rip);
+        match at.checked_sub(1).map(|i| &self.text[i]) {
+            Some((_, name)) => name.clone(),
+            None => format!("{rip:#x}"),
+        }
+    }
+}
+
+/// A run's profile, ready to write.
+pub struct RunProfile<'a> {
+    /// Name, kernel file and profile of each machine.
+    pub machines: Vec<(&'a str, &'a Path, &'a MachineProfile)>,
+    /// Samples that found simvm's own code running (not inside `KVM_RUN`).
+    pub simvm_samples: u64,
+    /// The run's wall time and each machine's virtual time, for the rates.
+    pub wall: Duration,
+    pub vtimes_ns: Vec<u64>,
+}
+
+impl RunProfile<'_> {
+    /// Folded stacks (`machine;kernel;function count`) of every machine, or of `only`.
+    fn folded(&self, symbols: &[Symbols], only: Option<usize>) -> Vec<String> {
+        let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, (name, _, profile)) in self.machines.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            for (rip, count) in &profile.kernel_samples {
+                let stack = format!("{name};kernel;{}", symbols[i].name(*rip));
+                *stacks.entry(stack).or_default() += count;
+            }
+            if profile.user_samples > 0 {
+                *stacks.entry(format!("{name};user")).or_default() += profile.user_samples;
+            }
+        }
+        if only.is_none() && self.simvm_samples > 0 {
+            stacks.insert("simvm".into(), self.simvm_samples);
+        }
+        stacks
+            .into_iter()
+            .map(|(stack, count)| format!("{stack} {count}"))
+            .collect()
+    }
+
+    /// Writes `DIR/profile.txt` (the summary), `DIR/run.folded`, `DIR/run.svg` and per machine
+    /// `NAME.folded` and `NAME.svg`; returns the summary.
+    pub fn write(&self, dir: &Path) -> Result<String> {
+        let io = |path: &Path, e: std::io::Error| Error::Profile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let symbols: Vec<Symbols> = self
+            .machines
+            .iter()
+            .map(|(_, kernel, _)| Symbols::beside(kernel))
+            .collect();
+        let mut outputs: Vec<(PathBuf, Vec<String>, String)> = vec![(
+            dir.join("run"),
+            self.folded(&symbols, None),
+            "simvm run".to_string(),
+        )];
+        for (i, (name, _, _)) in self.machines.iter().enumerate() {
+            outputs.push((
+                dir.join(name),
+                self.folded(&symbols, Some(i)),
+                name.to_string(),
+            ));
+        }
+        for (base, lines, title) in &outputs {
+            let folded = base.with_extension("folded");
+            std::fs::write(&folded, lines.join("\n") + "\n").map_err(|e| io(&folded, e))?;
+            if lines.is_empty() {
+                continue;
+            }
+            let svg = base.with_extension("svg");
+            let file = std::fs::File::create(&svg).map_err(|e| io(&svg, e))?;
+            let mut options = inferno::flamegraph::Options::default();
+            options.title = title.clone();
+            inferno::flamegraph::from_lines(
+                &mut options,
+                lines.iter().map(String::as_str),
+                std::io::BufWriter::new(file),
+            )
+            .map_err(|e| io(&svg, e))?;
+        }
+        let summary = self.summary(&symbols);
+        let text = dir.join("profile.txt");
+        std::fs::write(&text, &summary).map_err(|e| io(&text, e))?;
+        Ok(summary)
+    }
+
+    /// The text summary: per machine, virtual seconds per wall second, time in `KVM_RUN`, exits
+    /// by reason, and the functions most sampled.
+    fn summary(&self, symbols: &[Symbols]) -> String {
+        let mut out = String::new();
+        let wall = self.wall.as_secs_f64().max(1e-9);
+        let samples: u64 = self.simvm_samples
+            + self
+                .machines
+                .iter()
+                .map(|(_, _, p)| p.user_samples + p.kernel_samples.values().sum::<u64>())
+                .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "profile: {wall:.2} s of wall time, {samples} samples ({} in simvm itself)",
+            self.simvm_samples
+        );
+        for (i, (name, _, profile)) in self.machines.iter().enumerate() {
+            let vtime = self.vtimes_ns.get(i).copied().unwrap_or(0) as f64 / 1e9;
+            let signals = profile
+                .exits
+                .get(&ExitReason::Signal)
+                .map_or(0, |(c, _)| *c);
+            let _ = writeln!(
+                out,
+                "\n{name}: {:.3} virtual s per wall s; {:.2} s inside KVM_RUN; {} exits ({} of \
+                 them signals)",
+                vtime / wall,
+                profile.run_wall_ns as f64 / 1e9,
+                profile.exit_count(),
+                signals
+            );
+            let mut exits: Vec<_> = profile.exits.iter().collect();
+            exits.sort_by_key(|(_, (_, ns))| std::cmp::Reverse(*ns));
+            for (reason, (count, ns)) in exits.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  {:>10} exits {:>9.3} s  {reason}",
+                    count,
+                    *ns as f64 / 1e9
+                );
+            }
+            let mut functions: BTreeMap<String, u64> = BTreeMap::new();
+            for (rip, count) in &profile.kernel_samples {
+                *functions.entry(symbols[i].name(*rip)).or_default() += count;
+            }
+            let mut functions: Vec<_> = functions.into_iter().collect();
+            functions.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+            let total = profile.user_samples + functions.iter().map(|(_, c)| c).sum::<u64>();
+            if total == 0 {
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "  samples: {total}, user code {}",
+                profile.user_samples
+            );
+            for (function, count) in functions.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  {:>9.1}%  {function}",
+                    100.0 * *count as f64 / total as f64
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_name_the_function_containing_an_address() {
+        let symbols = Symbols::parse(
+            "ffffffff81000000 T _stext\nffffffff81000100 t do_one\nffffffff81000200 D data\n\
+             ffffffff81000300 T do_two\n",
+        );
+        assert_eq!(symbols.name(0xffff_ffff_8100_0150), "do_one");
+        assert_eq!(symbols.name(0xffff_ffff_8100_0250), "do_one");
+        assert_eq!(symbols.name(0xffff_ffff_8100_0300), "do_two");
+        assert_eq!(symbols.name(0x1000), "0x1000");
+    }
+
+    #[test]
+    fn profiles_add_up_across_incarnations() {
+        let mut a = MachineProfile::default();
+        a.exit(ExitReason::Hlt, Duration::from_millis(2));
+        a.exit(ExitReason::Pio(0x3f8), Duration::from_millis(1));
+        a.sample(0x10, false);
+        let mut b = MachineProfile::default();
+        b.exit(ExitReason::Hlt, Duration::from_millis(3));
+        b.sample(0x10, false);
+        b.sample(0x20, true);
+        a.add(&b);
+        assert_eq!(a.exits[&ExitReason::Hlt], (2, 5_000_000));
+        assert_eq!(a.exit_count(), 3);
+        assert_eq!(a.run_wall_ns, 6_000_000);
+        assert_eq!(a.kernel_samples[&0x10], 2);
+        assert_eq!(a.user_samples, 1);
+    }
+
+    #[test]
+    fn a_profile_writes_folded_stacks_flame_graphs_and_a_summary() {
+        let dir = std::env::temp_dir().join(format!("simvm-profile-{}", std::process::id()));
+        let kernel = dir.join("vmlinux");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("System.map"), "ffffffff81000100 T do_idle\n").unwrap();
+        let mut profile = MachineProfile::default();
+        profile.exit(ExitReason::Hlt, Duration::from_millis(5));
+        profile.sample(0xffff_ffff_8100_0110, false);
+        profile.sample(0xffff_ffff_8100_0120, false);
+        profile.sample(0x40_0000, true);
+        let run = RunProfile {
+            machines: vec![("m1", &kernel, &profile)],
+            simvm_samples: 1,
+            wall: Duration::from_secs(1),
+            vtimes_ns: vec![2_000_000_000],
+        };
+        let out = dir.join("out");
+        let summary = run.write(&out).unwrap();
+        let folded = std::fs::read_to_string(out.join("run.folded")).unwrap();
+        assert_eq!(folded, "m1;kernel;do_idle 2\nm1;user 1\nsimvm 1\n");
+        assert!(std::fs::read_to_string(out.join("m1.svg"))
+            .unwrap()
+            .contains("do_idle"));
+        assert!(
+            summary.contains("m1: 2.000 virtual s per wall s"),
+            "{summary}"
+        );
+        assert!(summary.contains("66.7%  do_idle"), "{summary}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
