@@ -44,12 +44,18 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     let symbols = std::fs::read_to_string(kernel.with_file_name("System.map"))
         .expect("System.map beside the guest kernel");
     let folded = std::fs::read_to_string(out.join("run.folded")).expect("run.folded");
-    let functions: Vec<&str> = folded
+    // Stacks unwound through the guest kernel's frame pointers: callers, then the function.
+    let stacks: Vec<&str> = folded
         .lines()
         .filter_map(|l| l.strip_prefix("m1;kernel;"))
-        .filter_map(|l| l.rsplit_once(' ').map(|(f, _)| f))
+        .filter_map(|l| l.rsplit_once(' ').map(|(stack, _)| stack))
         .collect();
-    assert!(functions.len() > 3, "few kernel samples:\n{folded}");
+    assert!(stacks.len() > 3, "few kernel samples:\n{folded}");
+    assert!(
+        stacks.iter().any(|s| s.split(';').count() > 2),
+        "no kernel stack deeper than two frames:\n{folded}"
+    );
+    let functions: Vec<&str> = stacks.iter().flat_map(|s| s.split(';')).collect();
     for f in &functions {
         assert!(
             symbols.lines().any(|l| l.ends_with(&format!(" {f}"))),

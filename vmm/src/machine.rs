@@ -467,6 +467,9 @@ impl Machine {
     /// Moves a halted machine's clock forward to `t` (its timer deadline or another event).
     pub fn wake(&mut self, step: u64, t: u64, trace: &mut Trace) -> Result<()> {
         if t > self.now {
+            if let Some(profile) = self.profile.as_mut() {
+                profile.idle_ns = profile.idle_ns.saturating_add(t - self.now);
+            }
             self.now = t;
             trace.record(step, self.index, self.now, &Event::TimeJump { to_ns: t })?;
         }
@@ -787,8 +790,14 @@ impl Machine {
         let (Ok(regs), Ok(sregs)) = (self.vcpu.get_regs(), self.vcpu.get_sregs()) else {
             return;
         };
+        let user = sregs.cs.selector & 3 == 3;
+        let stack =
+            (!user).then(|| crate::profile::kernel_stack(&self.mem, &sregs, regs.rip, regs.rbp));
         if let Some(profile) = self.profile.as_mut() {
-            profile.sample(regs.rip, sregs.cs.selector & 3 == 3);
+            match stack {
+                Some(stack) => profile.kernel_sample(stack),
+                None => profile.user_sample(),
+            }
         }
     }
 

@@ -20,6 +20,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kvm_bindings::kvm_sregs;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
 use crate::error::{Error, Result};
 
 /// Why a `KVM_RUN` ended, as the profile groups exits.
@@ -70,10 +73,14 @@ pub struct MachineProfile {
     pub exits: BTreeMap<ExitReason, (u64, u64)>,
     /// Wall time inside `KVM_RUN` (ns).
     pub run_wall_ns: u64,
-    /// Samples of guest kernel code, by instruction pointer.
-    pub kernel_samples: BTreeMap<u64, u64>,
+    /// Samples of guest kernel code, by call stack: the instruction pointer, then return
+    /// addresses, innermost first.
+    pub kernel_samples: BTreeMap<Vec<u64>, u64>,
     /// Samples of guest user code.
     pub user_samples: u64,
+    /// Virtual time skipped while the guest was halted (the rest of its virtual time was
+    /// charged for work: exits, clock reads, interrupts).
+    pub idle_ns: u64,
 }
 
 impl MachineProfile {
@@ -85,13 +92,14 @@ impl MachineProfile {
         self.run_wall_ns = self.run_wall_ns.saturating_add(ns);
     }
 
-    /// A sample: the guest was at `rip`, in user mode or not.
-    pub fn sample(&mut self, rip: u64, user: bool) {
-        if user {
-            self.user_samples += 1;
-        } else {
-            *self.kernel_samples.entry(rip).or_default() += 1;
-        }
+    /// A sample of user code.
+    pub fn user_sample(&mut self) {
+        self.user_samples += 1;
+    }
+
+    /// A sample of kernel code with its call stack, innermost first.
+    pub fn kernel_sample(&mut self, stack: Vec<u64>) {
+        *self.kernel_samples.entry(stack).or_default() += 1;
     }
 
     /// Adds another incarnation's profile.
@@ -102,15 +110,47 @@ impl MachineProfile {
             entry.1 = entry.1.saturating_add(*ns);
         }
         self.run_wall_ns = self.run_wall_ns.saturating_add(other.run_wall_ns);
-        for (rip, count) in &other.kernel_samples {
-            *self.kernel_samples.entry(*rip).or_default() += count;
+        for (stack, count) in &other.kernel_samples {
+            *self.kernel_samples.entry(stack.clone()).or_default() += count;
         }
         self.user_samples += other.user_samples;
+        self.idle_ns = self.idle_ns.saturating_add(other.idle_ns);
     }
 
     pub fn exit_count(&self) -> u64 {
         self.exits.values().map(|(count, _)| count).sum()
     }
+}
+
+/// Kernel addresses start here (the upper half of the 48-bit address space).
+const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
+/// Deeper stacks are cut: a corrupt frame chain must not run on.
+const MAX_DEPTH: usize = 64;
+
+/// The guest kernel's call stack at a sample: `rip`, then the return addresses found by
+/// following the frame pointers from `rbp` (the guest kernel is built with them), innermost
+/// first. The chain ends at the first frame outside kernel space or guest memory.
+pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64) -> Vec<u64> {
+    let read = |vaddr: u64| -> Option<u64> {
+        let phys = crate::crash::translate(mem, sregs, vaddr)?;
+        mem.read_obj(GuestAddress(phys)).ok()
+    };
+    let mut stack = vec![rip];
+    let mut frame = rbp;
+    while stack.len() < MAX_DEPTH && frame >= KERNEL_SPACE && frame.is_multiple_of(8) {
+        let (Some(next), Some(ret)) = (read(frame), read(frame.wrapping_add(8))) else {
+            break;
+        };
+        if ret < KERNEL_SPACE {
+            break;
+        }
+        stack.push(ret);
+        if next == frame {
+            break;
+        }
+        frame = next;
+    }
+    stack
 }
 
 /// Kernel function names from a `System.map`.
@@ -173,8 +213,18 @@ impl RunProfile<'_> {
             if only.is_some_and(|o| o != i) {
                 continue;
             }
-            for (rip, count) in &profile.kernel_samples {
-                let stack = format!("{name};kernel;{}", symbols[i].name(*rip));
+            for (frames, count) in &profile.kernel_samples {
+                let mut stack = format!("{name};kernel");
+                // Outermost first; a return address names its caller (the call precedes it).
+                for (depth, addr) in frames.iter().enumerate().rev() {
+                    let addr = if depth == 0 {
+                        *addr
+                    } else {
+                        addr.saturating_sub(1)
+                    };
+                    stack.push(';');
+                    stack.push_str(&symbols[i].name(addr));
+                }
                 *stacks.entry(stack).or_default() += count;
             }
             if profile.user_samples > 0 {
@@ -269,6 +319,12 @@ impl RunProfile<'_> {
                 profile.exit_count(),
                 signals
             );
+            let _ = writeln!(
+                out,
+                "  virtual time {vtime:.3} s: {:.3} s skipped while idle, {:.3} s charged for work",
+                profile.idle_ns as f64 / 1e9,
+                (vtime - profile.idle_ns as f64 / 1e9).max(0.0)
+            );
             let mut exits: Vec<_> = profile.exits.iter().collect();
             exits.sort_by_key(|(_, (_, ns))| std::cmp::Reverse(*ns));
             for (reason, (count, ns)) in exits.iter().take(10) {
@@ -280,8 +336,9 @@ impl RunProfile<'_> {
                 );
             }
             let mut functions: BTreeMap<String, u64> = BTreeMap::new();
-            for (rip, count) in &profile.kernel_samples {
-                *functions.entry(symbols[i].name(*rip)).or_default() += count;
+            for (frames, count) in &profile.kernel_samples {
+                let leaf = frames.first().copied().unwrap_or(0);
+                *functions.entry(symbols[i].name(leaf)).or_default() += count;
             }
             let mut functions: Vec<_> = functions.into_iter().collect();
             functions.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
@@ -323,20 +380,59 @@ mod tests {
     }
 
     #[test]
+    fn kernel_stacks_follow_frame_pointers_until_they_leave_the_kernel() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        // PML4[511] -> PDPT at 0x2000, PDPT[511] -> PD at 0x3000, PD[0] maps 2 MiB at 0x20_0000:
+        // virtual 0xffff_ffff_c000_0000 is physical 0x20_0000.
+        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x20_0083u64, GuestAddress(0x3000)).unwrap();
+        let sregs = kvm_sregs {
+            cr0: 1 << 31 | 1,
+            cr3: 0x1000,
+            efer: 1 << 10 | 1 << 8,
+            ..Default::default()
+        };
+        let base = 0xffff_ffff_c000_0000u64;
+        let frame = |offset: u64, next: u64, ret: u64| {
+            mem.write_obj(next, GuestAddress(0x20_0000 + offset))
+                .unwrap();
+            mem.write_obj(ret, GuestAddress(0x20_0000 + offset + 8))
+                .unwrap();
+        };
+        frame(0x100, base + 0x200, 0xffff_ffff_8100_1000);
+        frame(0x200, base + 0x300, 0xffff_ffff_8100_2000);
+        frame(0x300, 0x7fff_0000, 0x40_1000); // returns to user space: the chain ends
+        let stack = kernel_stack(&mem, &sregs, 0xffff_ffff_8100_0005, base + 0x100);
+        assert_eq!(
+            stack,
+            vec![
+                0xffff_ffff_8100_0005,
+                0xffff_ffff_8100_1000,
+                0xffff_ffff_8100_2000
+            ]
+        );
+        // An unmapped frame pointer ends the stack at the instruction pointer.
+        assert_eq!(kernel_stack(&mem, &sregs, 7, base + 0x40_0000), vec![7]);
+    }
+
+    #[test]
     fn profiles_add_up_across_incarnations() {
         let mut a = MachineProfile::default();
         a.exit(ExitReason::Hlt, Duration::from_millis(2));
         a.exit(ExitReason::Pio(0x3f8), Duration::from_millis(1));
-        a.sample(0x10, false);
+        a.kernel_sample(vec![0x10]);
         let mut b = MachineProfile::default();
         b.exit(ExitReason::Hlt, Duration::from_millis(3));
-        b.sample(0x10, false);
-        b.sample(0x20, true);
+        b.kernel_sample(vec![0x10]);
+        b.user_sample();
         a.add(&b);
         assert_eq!(a.exits[&ExitReason::Hlt], (2, 5_000_000));
         assert_eq!(a.exit_count(), 3);
         assert_eq!(a.run_wall_ns, 6_000_000);
-        assert_eq!(a.kernel_samples[&0x10], 2);
+        assert_eq!(a.kernel_samples[&vec![0x10]], 2);
         assert_eq!(a.user_samples, 1);
     }
 
@@ -345,12 +441,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("simvm-profile-{}", std::process::id()));
         let kernel = dir.join("vmlinux");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("System.map"), "ffffffff81000100 T do_idle\n").unwrap();
+        std::fs::write(
+            dir.join("System.map"),
+            "ffffffff81000100 T do_idle\nffffffff81000200 T cpu_idle\n",
+        )
+        .unwrap();
         let mut profile = MachineProfile::default();
         profile.exit(ExitReason::Hlt, Duration::from_millis(5));
-        profile.sample(0xffff_ffff_8100_0110, false);
-        profile.sample(0xffff_ffff_8100_0120, false);
-        profile.sample(0x40_0000, true);
+        // do_idle called from cpu_idle: the return address is just past the call.
+        profile.kernel_sample(vec![0xffff_ffff_8100_0110, 0xffff_ffff_8100_0210]);
+        profile.kernel_sample(vec![0xffff_ffff_8100_0120, 0xffff_ffff_8100_0210]);
+        profile.user_sample();
         let run = RunProfile {
             machines: vec![("m1", &kernel, &profile)],
             simvm_samples: 1,
@@ -360,7 +461,7 @@ mod tests {
         let out = dir.join("out");
         let summary = run.write(&out).unwrap();
         let folded = std::fs::read_to_string(out.join("run.folded")).unwrap();
-        assert_eq!(folded, "m1;kernel;do_idle 2\nm1;user 1\nsimvm 1\n");
+        assert_eq!(folded, "m1;kernel;cpu_idle;do_idle 2\nm1;user 1\nsimvm 1\n");
         assert!(std::fs::read_to_string(out.join("m1.svg"))
             .unwrap()
             .contains("do_idle"));
