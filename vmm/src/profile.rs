@@ -126,10 +126,14 @@ impl MachineProfile {
 const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
 /// Deeper stacks are cut: a corrupt frame chain must not run on.
 const MAX_DEPTH: usize = 64;
+/// The guest kernel's stacks: 16 KiB, aligned to their size (x86-64 `THREAD_SIZE`).
+const KERNEL_STACK_SIZE: u64 = 16 << 10;
 
 /// The guest kernel's call stack at a sample: `rip`, then the return addresses found by
 /// following the frame pointers from `rbp` (the guest kernel is built with them), innermost
-/// first. The chain ends at the first frame outside kernel space or guest memory.
+/// first. The chain ends at the first frame outside kernel space, guest memory or the stack it
+/// started on: the entry code below the first frame has no frame pointer, and what lies there
+/// would read as stale frames.
 pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64) -> Vec<u64> {
     let read = |vaddr: u64| -> Option<u64> {
         let phys = crate::crash::translate(mem, sregs, vaddr)?;
@@ -137,7 +141,12 @@ pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64
     };
     let mut stack = vec![rip];
     let mut frame = rbp;
-    while stack.len() < MAX_DEPTH && frame >= KERNEL_SPACE && frame.is_multiple_of(8) {
+    let on_stack = |addr: u64| addr & !(KERNEL_STACK_SIZE - 1) == rbp & !(KERNEL_STACK_SIZE - 1);
+    while stack.len() < MAX_DEPTH
+        && frame >= KERNEL_SPACE
+        && frame.is_multiple_of(8)
+        && on_stack(frame)
+    {
         let (Some(next), Some(ret)) = (read(frame), read(frame.wrapping_add(8))) else {
             break;
         };
@@ -405,6 +414,8 @@ mod tests {
         frame(0x100, base + 0x200, 0xffff_ffff_8100_1000);
         frame(0x200, base + 0x300, 0xffff_ffff_8100_2000);
         frame(0x300, 0x7fff_0000, 0x40_1000); // returns to user space: the chain ends
+        frame(0x400, base + 0x8000, 0xffff_ffff_8100_4000);
+        frame(0x8000, base + 0x8100, 0xffff_ffff_8100_8000); // another stack: not followed
         let stack = kernel_stack(&mem, &sregs, 0xffff_ffff_8100_0005, base + 0x100);
         assert_eq!(
             stack,
@@ -414,6 +425,8 @@ mod tests {
                 0xffff_ffff_8100_2000
             ]
         );
+        let stack = kernel_stack(&mem, &sregs, 0xffff_ffff_8100_0005, base + 0x400);
+        assert_eq!(stack, vec![0xffff_ffff_8100_0005, 0xffff_ffff_8100_4000]);
         // An unmapped frame pointer ends the stack at the instruction pointer.
         assert_eq!(kernel_stack(&mem, &sregs, 7, base + 0x40_0000), vec![7]);
     }
