@@ -62,6 +62,17 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             "{f} is not a guest kernel function"
         );
     }
+    // User samples are named by the process that ran: `ls` did most of the user work.
+    let processes: Vec<&str> = folded
+        .lines()
+        .filter_map(|l| l.strip_prefix("m1;user;"))
+        .filter_map(|l| l.split_once(' ').map(|(comm, _)| comm))
+        .collect();
+    assert!(processes.contains(&"ls"), "no samples of ls:\n{folded}");
+    assert!(
+        !processes.contains(&"?"),
+        "a user sample without its process:\n{folded}"
+    );
     let svg = std::fs::read_to_string(out.join("run.svg")).expect("run.svg");
     assert!(
         svg.starts_with("<?xml") && svg.contains(functions[0]),

@@ -39,7 +39,7 @@ use crate::crash::{self, CrashKind, CrashReport};
 use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
-use crate::profile::{ExitReason, MachineProfile};
+use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
 use crate::trace::{Event, Note, Stable, Trace};
@@ -263,6 +263,8 @@ pub struct Machine {
     config: MachineConfig,
     /// Exits by reason and samples, when profiling.
     profile: Option<MachineProfile>,
+    /// Names the process of a user sample.
+    process_probe: Option<ProcessProbe>,
 }
 
 /// Device errors printed per machine; the rest are only counted (and all are traced).
@@ -397,6 +399,7 @@ impl Machine {
             device_error_lines: 0,
             config,
             profile: None,
+            process_probe: None,
         };
         Ok((machine, windows))
     }
@@ -772,9 +775,11 @@ impl Machine {
         self.device_errors
     }
 
-    /// Collects exits by reason and samples from now on (`--profile`).
-    pub fn enable_profile(&mut self) {
+    /// Collects exits by reason and samples from now on (`--profile`); user samples are named
+    /// by process with `probe`, if given.
+    pub fn enable_profile(&mut self, probe: Option<ProcessProbe>) {
         self.profile.get_or_insert_with(MachineProfile::default);
+        self.process_probe = probe;
     }
 
     /// The profile collected so far, if profiling.
@@ -793,10 +798,14 @@ impl Machine {
         let user = sregs.cs.selector & 3 == 3;
         let stack =
             (!user).then(|| crate::profile::kernel_stack(&self.mem, &sregs, regs.rip, regs.rbp));
+        let comm = match (&stack, self.process_probe.as_mut()) {
+            (None, Some(probe)) => probe.current_comm(&self.mem, &sregs),
+            _ => None,
+        };
         if let Some(profile) = self.profile.as_mut() {
             match stack {
                 Some(stack) => profile.kernel_sample(stack),
-                None => profile.user_sample(),
+                None => profile.user_sample(comm.as_deref().unwrap_or("?")),
             }
         }
     }

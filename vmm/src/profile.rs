@@ -76,8 +76,8 @@ pub struct MachineProfile {
     /// Samples of guest kernel code, by call stack: the instruction pointer, then return
     /// addresses, innermost first.
     pub kernel_samples: BTreeMap<Vec<u64>, u64>,
-    /// Samples of guest user code.
-    pub user_samples: u64,
+    /// Samples of guest user code, by the name of the process running it (`?` if unknown).
+    pub user_samples: BTreeMap<String, u64>,
     /// Virtual time skipped while the guest was halted (the rest of its virtual time was
     /// charged for work: exits, clock reads, interrupts).
     pub idle_ns: u64,
@@ -92,9 +92,13 @@ impl MachineProfile {
         self.run_wall_ns = self.run_wall_ns.saturating_add(ns);
     }
 
-    /// A sample of user code.
-    pub fn user_sample(&mut self) {
-        self.user_samples += 1;
+    /// A sample of user code in process `comm`.
+    pub fn user_sample(&mut self, comm: &str) {
+        *self.user_samples.entry(comm.to_string()).or_default() += 1;
+    }
+
+    pub fn user_sample_count(&self) -> u64 {
+        self.user_samples.values().sum()
     }
 
     /// A sample of kernel code with its call stack, innermost first.
@@ -113,7 +117,9 @@ impl MachineProfile {
         for (stack, count) in &other.kernel_samples {
             *self.kernel_samples.entry(stack.clone()).or_default() += count;
         }
-        self.user_samples += other.user_samples;
+        for (comm, count) in &other.user_samples {
+            *self.user_samples.entry(comm.clone()).or_default() += count;
+        }
         self.idle_ns = self.idle_ns.saturating_add(other.idle_ns);
     }
 
@@ -160,6 +166,86 @@ pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64
         frame = next;
     }
     stack
+}
+
+/// Where the guest kernel keeps the running task, to name the process a user sample is in:
+/// `pcpu_hot.current_task` (at offset 0; the guest kernel has one CPU, so per-CPU data is plain
+/// data) and the task's `comm`, whose offset is found once by looking for the idle task's
+/// name in `init_task`.
+#[derive(Clone, Debug)]
+pub struct ProcessProbe {
+    pcpu_hot: u64,
+    init_task: u64,
+    /// Offset of `comm` in `struct task_struct`: unknown until found, `None` inside if absent.
+    comm_offset: Option<Option<u64>>,
+}
+
+/// `struct task_struct` is a few KiB; `comm` lies well within this.
+const TASK_SEARCH_BYTES: usize = 8192;
+const COMM_LEN: usize = 16;
+
+impl ProcessProbe {
+    /// The probe for the kernel whose `System.map` lies beside `kernel`, if it has the symbols.
+    pub fn beside(kernel: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(kernel.with_file_name("System.map")).ok()?;
+        let find = |wanted: &str| {
+            text.lines().find_map(|line| {
+                let mut words = line.split_whitespace();
+                let addr = u64::from_str_radix(words.next()?, 16).ok()?;
+                let _kind = words.next()?;
+                (words.next()? == wanted).then_some(addr)
+            })
+        };
+        Some(Self {
+            pcpu_hot: find("pcpu_hot")?,
+            init_task: find("init_task")?,
+            comm_offset: None,
+        })
+    }
+
+    /// The name of the process the guest is running, read from guest memory.
+    pub fn current_comm(&mut self, mem: &GuestMemoryMmap, sregs: &kvm_sregs) -> Option<String> {
+        let read = |vaddr: u64, out: &mut [u8]| -> Option<()> {
+            // Kernel data does not cross pages here (a 16-byte name, a pointer); check anyway.
+            let phys = crate::crash::translate(mem, sregs, vaddr)?;
+            let end = crate::crash::translate(mem, sregs, vaddr + out.len() as u64 - 1)?;
+            (end == phys + out.len() as u64 - 1).then_some(())?;
+            mem.read_slice(out, GuestAddress(phys)).ok()
+        };
+        let offset = match self.comm_offset {
+            Some(offset) => offset?,
+            None => {
+                let mut task = vec![0u8; TASK_SEARCH_BYTES];
+                let found = (0..task.len() / 4096).all(|page| {
+                    let at = page * 4096;
+                    read(self.init_task + at as u64, &mut task[at..at + 4096]).is_some()
+                });
+                let offset = found
+                    .then(|| task.windows(8).position(|w| w == b"swapper\0"))
+                    .flatten()
+                    .map(|o| o as u64);
+                self.comm_offset = Some(offset);
+                offset?
+            }
+        };
+        let mut pointer = [0u8; 8];
+        read(self.pcpu_hot, &mut pointer)?;
+        let task = u64::from_le_bytes(pointer);
+        let mut comm = [0u8; COMM_LEN];
+        read(task.checked_add(offset)?, &mut comm)?;
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        let name: String = String::from_utf8_lossy(&comm[..len])
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "-_./:".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        (!name.is_empty()).then_some(name)
+    }
 }
 
 /// Kernel function names from a `System.map`.
@@ -236,8 +322,8 @@ impl RunProfile<'_> {
                 }
                 *stacks.entry(stack).or_default() += count;
             }
-            if profile.user_samples > 0 {
-                *stacks.entry(format!("{name};user")).or_default() += profile.user_samples;
+            for (comm, count) in &profile.user_samples {
+                *stacks.entry(format!("{name};user;{comm}")).or_default() += count;
             }
         }
         if only.is_none() && self.simvm_samples > 0 {
@@ -306,7 +392,7 @@ impl RunProfile<'_> {
             + self
                 .machines
                 .iter()
-                .map(|(_, _, p)| p.user_samples + p.kernel_samples.values().sum::<u64>())
+                .map(|(_, _, p)| p.user_sample_count() + p.kernel_samples.values().sum::<u64>())
                 .sum::<u64>();
         let _ = writeln!(
             out,
@@ -351,15 +437,12 @@ impl RunProfile<'_> {
             }
             let mut functions: Vec<_> = functions.into_iter().collect();
             functions.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
-            let total = profile.user_samples + functions.iter().map(|(_, c)| c).sum::<u64>();
+            let user = profile.user_sample_count();
+            let total = user + functions.iter().map(|(_, c)| c).sum::<u64>();
             if total == 0 {
                 continue;
             }
-            let _ = writeln!(
-                out,
-                "  samples: {total}, user code {}",
-                profile.user_samples
-            );
+            let _ = writeln!(out, "  samples: {total}, user code {}", user);
             for (function, count) in functions.iter().take(10) {
                 let _ = writeln!(
                     out,
@@ -432,6 +515,41 @@ mod tests {
     }
 
     #[test]
+    fn the_process_of_a_user_sample_is_read_from_the_running_task() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 511 * 8))
+            .unwrap();
+        mem.write_obj(0x20_0083u64, GuestAddress(0x3000)).unwrap();
+        let sregs = kvm_sregs {
+            cr0: 1 << 31 | 1,
+            cr3: 0x1000,
+            efer: 1 << 10 | 1 << 8,
+            ..Default::default()
+        };
+        let base = 0xffff_ffff_c000_0000u64;
+        let (init_task, pcpu_hot, task, comm) = (0x1_0000u64, 0x3_0000u64, 0x5_0000u64, 0x7a8u64);
+        mem.write_slice(b"swapper\0", GuestAddress(0x20_0000 + init_task + comm))
+            .unwrap();
+        mem.write_slice(b"etcd\0", GuestAddress(0x20_0000 + task + comm))
+            .unwrap();
+        mem.write_obj(base + task, GuestAddress(0x20_0000 + pcpu_hot))
+            .unwrap();
+        let mut probe = ProcessProbe {
+            pcpu_hot: base + pcpu_hot,
+            init_task: base + init_task,
+            comm_offset: None,
+        };
+        assert_eq!(probe.current_comm(&mem, &sregs).as_deref(), Some("etcd"));
+        assert_eq!(probe.comm_offset, Some(Some(comm)));
+        // A task pointer into nowhere names no process.
+        mem.write_obj(0x1234u64, GuestAddress(0x20_0000 + pcpu_hot))
+            .unwrap();
+        assert_eq!(probe.current_comm(&mem, &sregs), None);
+    }
+
+    #[test]
     fn profiles_add_up_across_incarnations() {
         let mut a = MachineProfile::default();
         a.exit(ExitReason::Hlt, Duration::from_millis(2));
@@ -440,13 +558,13 @@ mod tests {
         let mut b = MachineProfile::default();
         b.exit(ExitReason::Hlt, Duration::from_millis(3));
         b.kernel_sample(vec![0x10]);
-        b.user_sample();
+        b.user_sample("sh");
         a.add(&b);
         assert_eq!(a.exits[&ExitReason::Hlt], (2, 5_000_000));
         assert_eq!(a.exit_count(), 3);
         assert_eq!(a.run_wall_ns, 6_000_000);
         assert_eq!(a.kernel_samples[&vec![0x10]], 2);
-        assert_eq!(a.user_samples, 1);
+        assert_eq!(a.user_samples["sh"], 1);
     }
 
     #[test]
@@ -464,7 +582,7 @@ mod tests {
         // do_idle called from cpu_idle: the return address is just past the call.
         profile.kernel_sample(vec![0xffff_ffff_8100_0110, 0xffff_ffff_8100_0210]);
         profile.kernel_sample(vec![0xffff_ffff_8100_0120, 0xffff_ffff_8100_0210]);
-        profile.user_sample();
+        profile.user_sample("etcd");
         let run = RunProfile {
             machines: vec![("m1", &kernel, &profile)],
             simvm_samples: 1,
@@ -474,7 +592,10 @@ mod tests {
         let out = dir.join("out");
         let summary = run.write(&out).unwrap();
         let folded = std::fs::read_to_string(out.join("run.folded")).unwrap();
-        assert_eq!(folded, "m1;kernel;cpu_idle;do_idle 2\nm1;user 1\nsimvm 1\n");
+        assert_eq!(
+            folded,
+            "m1;kernel;cpu_idle;do_idle 2\nm1;user;etcd 1\nsimvm 1\n"
+        );
         assert!(std::fs::read_to_string(out.join("m1.svg"))
             .unwrap()
             .contains("do_idle"));

@@ -24,7 +24,7 @@ use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
-use crate::profile::MachineProfile;
+use crate::profile::{MachineProfile, ProcessProbe};
 use crate::seed::Seed;
 use crate::template::{TemplateUse, Templates};
 
@@ -458,8 +458,11 @@ impl World {
             )?),
         };
         if config.sample_every.is_some() {
-            for machine in nodes.iter_mut().filter_map(|n| n.machine.as_mut()) {
-                machine.enable_profile();
+            for node in &mut nodes {
+                let probe = ProcessProbe::beside(&node.config.kernel);
+                if let Some(machine) = node.machine.as_mut() {
+                    machine.enable_profile(probe);
+                }
             }
         }
         let printed = vec![false; nodes.len()];
@@ -649,7 +652,7 @@ impl World {
         }
         let mut machine = Machine::power_on(&self.kvm, config.clone())?;
         if self.profiling {
-            machine.enable_profile();
+            machine.enable_profile(ProcessProbe::beside(&config.kernel));
         }
         node.config = config;
         node.machine = Some(machine);
