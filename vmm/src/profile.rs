@@ -471,11 +471,10 @@ mod tests {
         assert_eq!(symbols.name(0x1000), "0x1000");
     }
 
-    #[test]
-    fn kernel_stacks_follow_frame_pointers_until_they_leave_the_kernel() {
+    /// 4 MiB of guest memory whose page tables (at 0x1000) map virtual 0xffff_ffff_c000_0000
+    /// to physical 0x20_0000 with one 2 MiB page: PML4[511] -> PDPT[511] -> PD[0].
+    fn kernel_mapped_memory() -> (GuestMemoryMmap, kvm_sregs) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        // PML4[511] -> PDPT at 0x2000, PDPT[511] -> PD at 0x3000, PD[0] maps 2 MiB at 0x20_0000:
-        // virtual 0xffff_ffff_c000_0000 is physical 0x20_0000.
         mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
             .unwrap();
         mem.write_obj(0x3003u64, GuestAddress(0x2000 + 511 * 8))
@@ -487,6 +486,12 @@ mod tests {
             efer: 1 << 10 | 1 << 8,
             ..Default::default()
         };
+        (mem, sregs)
+    }
+
+    #[test]
+    fn kernel_stacks_follow_frame_pointers_until_they_leave_the_kernel() {
+        let (mem, sregs) = kernel_mapped_memory();
         let base = 0xffff_ffff_c000_0000u64;
         let frame = |offset: u64, next: u64, ret: u64| {
             mem.write_obj(next, GuestAddress(0x20_0000 + offset))
@@ -516,18 +521,7 @@ mod tests {
 
     #[test]
     fn the_process_of_a_user_sample_is_read_from_the_running_task() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        mem.write_obj(0x2003u64, GuestAddress(0x1000 + 511 * 8))
-            .unwrap();
-        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 511 * 8))
-            .unwrap();
-        mem.write_obj(0x20_0083u64, GuestAddress(0x3000)).unwrap();
-        let sregs = kvm_sregs {
-            cr0: 1 << 31 | 1,
-            cr3: 0x1000,
-            efer: 1 << 10 | 1 << 8,
-            ..Default::default()
-        };
+        let (mem, sregs) = kernel_mapped_memory();
         let base = 0xffff_ffff_c000_0000u64;
         let (init_task, pcpu_hot, task, comm) = (0x1_0000u64, 0x3_0000u64, 0x5_0000u64, 0x7a8u64);
         mem.write_slice(b"swapper\0", GuestAddress(0x20_0000 + init_task + comm))
