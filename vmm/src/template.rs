@@ -594,3 +594,66 @@ impl Templates {
         self.0.iter().map(|s| s.use_.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("simvm-template-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn memory_is_written_sparse_and_checked_when_opened() {
+        let dir = scratch("memory");
+        let size = 1u64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        mem.write_slice(b"kernel", GuestAddress(0x1000)).unwrap();
+        mem.write_slice(b"stack", GuestAddress(0xf_f000)).unwrap();
+        let path = dir.join(MEMORY_FILE);
+        write_sparse_memory(&path, &mem, size).unwrap();
+        let hash = memory_hash(&mem, size).unwrap();
+        let file = open_memory(&path, size, &hash).unwrap();
+
+        // Mapped back privately: the same bytes, and writes stay out of the file.
+        let mapped = map_private(&file, size).unwrap();
+        let mut word = [0u8; 6];
+        mapped.read_slice(&mut word, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&word, b"kernel");
+        mapped.write_slice(b"CHANGE", GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            memory_hash(&map_private(&file, size).unwrap(), size).unwrap(),
+            hash
+        );
+
+        // Only the two written pages hold data (where the file system keeps holes).
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(blocks < size / 2, "{blocks} bytes allocated for two pages");
+
+        let refused = |e: Error| e.to_string();
+        let wrong = open_memory(&path, size * 2, &hash).map(|_| ());
+        assert!(refused(wrong.unwrap_err()).contains("truncated"));
+        let damaged = open_memory(&path, size, &"0".repeat(64)).map(|_| ());
+        assert!(refused(damaged.unwrap_err()).contains("damaged"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_directory_without_a_template_is_refused() {
+        let dir = scratch("empty");
+        let error = Template::load(&dir, None).unwrap_err().to_string();
+        assert!(
+            error.contains("template.json") && error.contains("cannot open"),
+            "{error}"
+        );
+        std::fs::write(dir.join(STATE_FILE), b"{\"format\": 1").unwrap();
+        let error = Template::load(&dir, None).unwrap_err().to_string();
+        assert!(error.contains("not a simvm template"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
