@@ -117,6 +117,21 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             .count() as u64;
         assert!(signals > 0, "no samples interrupted {m}:\n{summary}");
         assert_eq!(exits - signals, traced, "{m}:\n{summary}");
+        // And its interrupts are the ones the trace recorded.
+        let injected: u64 = summary
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{m}: ")))
+            .find(|l| l.contains("interrupts injected"))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no interrupt count for {m}:\n{summary}"));
+        let traced_interrupts = trace
+            .lines()
+            .filter(|l| l.contains(&format!("\"machine\":\"{m}\"")))
+            .filter(|l| l.contains("\"event\":\"interrupt\""))
+            .count() as u64;
+        assert!(injected > 0);
+        assert_eq!(injected, traced_interrupts, "{m}:\n{summary}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -298,6 +298,8 @@ pub struct RunProfile<'a> {
     /// The run's wall time and each machine's virtual time, for the rates.
     pub wall: Duration,
     pub vtimes_ns: Vec<u64>,
+    /// Each machine's exit counters (interrupts injected, clock kicks), for their rates.
+    pub stats: Vec<crate::machine::ExitStats>,
 }
 
 impl RunProfile<'_> {
@@ -420,6 +422,17 @@ impl RunProfile<'_> {
                 profile.idle_ns as f64 / 1e9,
                 (vtime - profile.idle_ns as f64 / 1e9).max(0.0)
             );
+            if let Some(stats) = self.stats.get(i) {
+                let per_virtual_second = |n: u64| n as f64 / vtime.max(1e-9);
+                let _ = writeln!(
+                    out,
+                    "  {} interrupts injected ({:.1} per virtual s), {} halts, {} clock kicks",
+                    stats.interrupts,
+                    per_virtual_second(stats.interrupts),
+                    stats.hlt,
+                    stats.clock_kicks
+                );
+            }
             let mut exits: Vec<_> = profile.exits.iter().collect();
             exits.sort_by_key(|(_, (_, ns))| std::cmp::Reverse(*ns));
             for (reason, (count, ns)) in exits.iter().take(10) {
@@ -582,6 +595,11 @@ mod tests {
             simvm_samples: 1,
             wall: Duration::from_secs(1),
             vtimes_ns: vec![2_000_000_000],
+            stats: vec![crate::machine::ExitStats {
+                interrupts: 300,
+                hlt: 7,
+                ..Default::default()
+            }],
         };
         let out = dir.join("out");
         let summary = run.write(&out).unwrap();
@@ -598,6 +616,10 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("66.7%  do_idle"), "{summary}");
+        assert!(
+            summary.contains("300 interrupts injected (150.0 per virtual s), 7 halts"),
+            "{summary}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
