@@ -34,6 +34,15 @@ pub const ELCR_MASTER: u16 = 0x4d0;
 pub const ELCR_SLAVE: u16 = 0x4d1;
 /// The master input the slave's INT output is wired to.
 pub const CASCADE_IRQ: u8 = 2;
+/// Every port the pair answers.
+pub const PORTS: [u16; 6] = [
+    MASTER_CMD,
+    MASTER_DATA,
+    SLAVE_CMD,
+    SLAVE_DATA,
+    ELCR_MASTER,
+    ELCR_SLAVE,
+];
 
 /// ELCR bits that can be set: IRQ 0, 1 and 2 (timer, keyboard, cascade) and IRQ 8 and 13 (RTC,
 /// FPU) are always edge-triggered on a PC chipset. Linux masks with the same values.
@@ -731,14 +740,6 @@ mod tests {
 
     #[test]
     fn arbitrary_guest_traffic_never_panics() {
-        const PORTS: [u16; 6] = [
-            MASTER_CMD,
-            MASTER_DATA,
-            SLAVE_CMD,
-            SLAVE_DATA,
-            ELCR_MASTER,
-            ELCR_SLAVE,
-        ];
         let mut pic = Pic::new();
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         for _ in 0..200_000 {

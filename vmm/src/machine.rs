@@ -22,7 +22,7 @@ use simvm_devices::abi;
 use simvm_devices::bus::{Bus, DeviceId};
 use simvm_devices::irq::IrqLines;
 use simvm_devices::net::{Frame, MacAddr};
-use simvm_devices::pic::Pic;
+use simvm_devices::pic::{self, Pic};
 use simvm_devices::pvclock::{Absurd, ControlEvent, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
 use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
@@ -48,7 +48,6 @@ use crate::watchdog::Watchdog;
 mod snapshot;
 pub use snapshot::{MachineClock, MachineState};
 
-const PIC_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
 const COM1: u16 = 0x3f8;
 /// Virtio-mmio windows a machine can have: IRQs 5 to 15.
 pub const MAX_VIRTIO_DEVICES: usize = 11;
@@ -888,7 +887,7 @@ impl Machine {
 
     fn io_out(&mut self, step: u64, port: u16, data: &[u8], trace: &mut Trace) -> Result<Status> {
         let byte = data.first().copied().unwrap_or(0);
-        if PIC_PORTS.contains(&port) {
+        if pic::PORTS.contains(&port) {
             self.pic.write(port, byte);
         } else if SimvmPorts::contains(port) {
             let event = self.ports.write(&self.mem, port, data, self.guest_now());
@@ -1248,7 +1247,7 @@ pub fn disk_name(index: usize) -> String {
 /// Answers a port read: the PIC, the simvm port block, then the port bus; all ones for a port
 /// nothing claims.
 fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut [u8]) {
-    if PIC_PORTS.contains(&port) {
+    if pic::PORTS.contains(&port) {
         data.fill(pic.read(port));
     } else if SimvmPorts::contains(port) {
         ports.read(port, data);

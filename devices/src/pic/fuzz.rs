@@ -8,15 +8,6 @@ use proptest::prelude::*;
 use super::*;
 use crate::fuzz::{self, Tally};
 
-const PORTS: [u16; 6] = [
-    MASTER_CMD,
-    MASTER_DATA,
-    SLAVE_CMD,
-    SLAVE_DATA,
-    ELCR_MASTER,
-    ELCR_SLAVE,
-];
-
 #[derive(Clone, Debug)]
 enum Op {
     Out(u16, u8),
