@@ -61,15 +61,6 @@ static int usage(void)
 	return 2;
 }
 
-static int streq(const char *a, const char *b)
-{
-	while (*a && *a == *b) {
-		a++;
-		b++;
-	}
-	return *a == *b;
-}
-
 /* Marsaglia's xorshift64: a fixed seed, so the same offsets every run. */
 static u64 xorshift64(u64 *state)
 {

@@ -90,15 +90,6 @@ static int usage(void)
 	return 2;
 }
 
-static int streq(const char *a, const char *b)
-{
-	while (*a && *a == *b) {
-		a++;
-		b++;
-	}
-	return *a == *b;
-}
-
 /* The check value of record n: splitmix64's finalizer, a bijection on 64 bits. */
 static u64 check_value(u64 n)
 {

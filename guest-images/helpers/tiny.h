@@ -55,6 +55,15 @@ static inline u64 str_len(const char *s)
 	return n;
 }
 
+static inline int streq(const char *a, const char *b)
+{
+	while (*a && *a == *b) {
+		a++;
+		b++;
+	}
+	return *a == *b;
+}
+
 static inline void put_fd(int fd, const char *s)
 {
 	syscall3(SYS_write, fd, (s64)s, (s64)str_len(s));
