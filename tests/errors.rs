@@ -250,26 +250,10 @@ fn guest_kernel_panic_is_reported_with_the_console() {
     );
 }
 
-/// virtio-mmio registers (virtio 1.2, 4.2.2) of the first window, and the status bits.
-mod mmio {
-    pub const BASE: u64 = 0xd000_0000;
-    pub const DRIVER_FEATURES: u64 = BASE + 0x020;
-    pub const DRIVER_FEATURES_SEL: u64 = BASE + 0x024;
-    pub const QUEUE_SEL: u64 = BASE + 0x030;
-    pub const QUEUE_NUM: u64 = BASE + 0x038;
-    pub const QUEUE_READY: u64 = BASE + 0x044;
-    pub const QUEUE_NOTIFY: u64 = BASE + 0x050;
-    pub const STATUS: u64 = BASE + 0x070;
-    pub const QUEUE_DESC_LOW: u64 = BASE + 0x080;
-    pub const QUEUE_DESC_HIGH: u64 = BASE + 0x084;
-    pub const QUEUE_DRIVER_LOW: u64 = BASE + 0x090;
-    pub const QUEUE_DRIVER_HIGH: u64 = BASE + 0x094;
-    pub const QUEUE_DEVICE_LOW: u64 = BASE + 0x0a0;
-    pub const QUEUE_DEVICE_HIGH: u64 = BASE + 0x0a4;
-    pub const ACKNOWLEDGE: u32 = 1;
-    pub const DRIVER: u32 = 2;
-    pub const DRIVER_OK: u32 = 4;
-    pub const FEATURES_OK: u32 = 8;
+/// The guest address of virtio-mmio register `offset` (`virtio_bindings::virtio_mmio`) in the
+/// first window.
+fn mmio(offset: u32) -> u64 {
+    simvm_devices::abi::VIRTIO_MMIO_BASE + u64::from(offset)
 }
 
 /// A test guest that brings up its virtio-net (VERSION_1 only) with both queues of 8 entries;
@@ -277,6 +261,11 @@ mod mmio {
 /// `notify` kicks it. The rings and `buffer` are laid out in the guest's data page.
 fn virtio_net_guest(queue: u32, desc: (u64, u32, u16), buffer: &[u8], notify: bool) -> Vec<u8> {
     use simvm_vmm::test_elf::{kernel, mmio_writer, DATA_OFFSET, LOAD_ADDR};
+    use virtio_bindings::virtio_config::{
+        VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+        VIRTIO_CONFIG_S_FEATURES_OK,
+    };
+    use virtio_bindings::virtio_mmio::*;
     // Queue q's rings at q * RINGS: descriptors, then avail at +0x100, used at +0x200.
     const RINGS: usize = 0x400;
     const BUFFER: usize = 0x800;
@@ -296,47 +285,48 @@ fn virtio_net_guest(queue: u32, desc: (u64, u32, u16), buffer: &[u8], notify: bo
     data[at + 0x102..at + 0x104].copy_from_slice(&1u16.to_le_bytes());
     data[BUFFER..].copy_from_slice(buffer);
     let gpa = |off: usize| data_gpa + off as u64;
+    let (ack, driver) = (VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER);
+    let features_ok = ack | driver | VIRTIO_CONFIG_S_FEATURES_OK;
     let mut writes = vec![
-        (mmio::STATUS, 0),
-        (mmio::STATUS, mmio::ACKNOWLEDGE),
-        (mmio::STATUS, mmio::ACKNOWLEDGE | mmio::DRIVER),
-        (mmio::DRIVER_FEATURES_SEL, 1),
-        (mmio::DRIVER_FEATURES, 1), // VIRTIO_F_VERSION_1 (bit 32)
-        (
-            mmio::STATUS,
-            mmio::ACKNOWLEDGE | mmio::DRIVER | mmio::FEATURES_OK,
-        ),
+        (mmio(VIRTIO_MMIO_STATUS), 0),
+        (mmio(VIRTIO_MMIO_STATUS), ack),
+        (mmio(VIRTIO_MMIO_STATUS), ack | driver),
+        (mmio(VIRTIO_MMIO_DRIVER_FEATURES_SEL), 1),
+        (mmio(VIRTIO_MMIO_DRIVER_FEATURES), 1), // VIRTIO_F_VERSION_1 (bit 32)
+        (mmio(VIRTIO_MMIO_STATUS), features_ok),
     ];
     for q in 0..2u32 {
         let base = q as usize * RINGS;
+        writes.push((mmio(VIRTIO_MMIO_QUEUE_SEL), q));
+        writes.push((mmio(VIRTIO_MMIO_QUEUE_NUM), 8));
         for (low, high, addr) in [
-            (mmio::QUEUE_DESC_LOW, mmio::QUEUE_DESC_HIGH, gpa(base)),
             (
-                mmio::QUEUE_DRIVER_LOW,
-                mmio::QUEUE_DRIVER_HIGH,
+                VIRTIO_MMIO_QUEUE_DESC_LOW,
+                VIRTIO_MMIO_QUEUE_DESC_HIGH,
+                gpa(base),
+            ),
+            (
+                VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+                VIRTIO_MMIO_QUEUE_AVAIL_HIGH,
                 gpa(base + 0x100),
             ),
             (
-                mmio::QUEUE_DEVICE_LOW,
-                mmio::QUEUE_DEVICE_HIGH,
+                VIRTIO_MMIO_QUEUE_USED_LOW,
+                VIRTIO_MMIO_QUEUE_USED_HIGH,
                 gpa(base + 0x200),
             ),
         ] {
-            writes.push((low, addr as u32));
-            writes.push((high, (addr >> 32) as u32));
+            writes.push((mmio(low), addr as u32));
+            writes.push((mmio(high), (addr >> 32) as u32));
         }
-        writes.splice(
-            writes.len() - 6..writes.len() - 6,
-            [(mmio::QUEUE_SEL, q), (mmio::QUEUE_NUM, 8)],
-        );
-        writes.push((mmio::QUEUE_READY, 1));
+        writes.push((mmio(VIRTIO_MMIO_QUEUE_READY), 1));
     }
     writes.push((
-        mmio::STATUS,
-        mmio::ACKNOWLEDGE | mmio::DRIVER | mmio::FEATURES_OK | mmio::DRIVER_OK,
+        mmio(VIRTIO_MMIO_STATUS),
+        features_ok | VIRTIO_CONFIG_S_DRIVER_OK,
     ));
     if notify {
-        writes.push((mmio::QUEUE_NOTIFY, queue));
+        writes.push((mmio(VIRTIO_MMIO_QUEUE_NOTIFY), queue));
     }
     kernel(&mmio_writer(&writes, &data).expect("the writes fit in a page"))
 }
