@@ -221,7 +221,7 @@ impl Template {
             Err(e) => Some(e.to_string()),
         };
         let started = host_tsc::monotonic();
-        let (header, mem) = match build(kvm, config, key) {
+        let built = match build(kvm, config, key) {
             Ok(built) => built,
             Err(Error::TemplateBoot(reason)) => {
                 // Best effort: without the note the next run only tries again.
@@ -230,7 +230,7 @@ impl Template {
             }
             Err(e) => return Err(e),
         };
-        save(&dir, &header, &mem)?;
+        save(&dir, built)?;
         let mut template = Self::load(&dir, Some(key))?;
         template.origin = Origin::Built {
             wall: host_tsc::monotonic().saturating_sub(started),
@@ -318,11 +318,16 @@ impl Template {
 
 /// Boots a machine like `config` (with no identity of its own) until its init asks for one,
 /// and saves it there.
-fn build(
-    kvm: &Kvm,
-    config: &MachineConfig,
-    key: &str,
-) -> Result<(TemplateHeader, GuestMemoryMmap)> {
+/// A machine stopped at its identity request, to be saved as a template.
+struct Built {
+    key: String,
+    mem_size: u64,
+    identity_frame: u32,
+    machine: MachineState,
+    mem: GuestMemoryMmap,
+}
+
+fn build(kvm: &Kvm, config: &MachineConfig, key: &str) -> Result<Built> {
     let template_config = MachineConfig {
         name: "template".into(),
         index: 0,
@@ -336,19 +341,14 @@ fn build(
     };
     let mut machine = Machine::new(kvm, template_config)?;
     let identity_frame = boot_to_identity(&mut machine)?;
-    let machine_state = machine.save_state(&vcpu_state::saved_msrs(kvm)?)?;
-    // The mapping is shared: it outlives the machine.
-    let mem = machine.memory().clone();
-    let header = TemplateHeader {
-        format: TEMPLATE_FORMAT,
-        simvm: SIMVM_BUILD.into(),
+    Ok(Built {
         key: key.into(),
         mem_size: config.mem_size,
-        memory_blake3: memory_hash(&mem, config.mem_size)?,
         identity_frame,
-        machine: machine_state,
-    };
-    Ok((header, mem))
+        machine: machine.save_state(&vcpu_state::saved_msrs(kvm)?)?,
+        // The mapping is shared: it outlives the machine.
+        mem: machine.memory().clone(),
+    })
 }
 
 /// Runs `machine` alone until its init asks for its identity; its disks read as zeros (their
@@ -409,24 +409,9 @@ fn boot_to_identity(machine: &mut Machine) -> Result<u32> {
     }
 }
 
-/// BLAKE3 of guest memory.
-pub(crate) fn memory_hash(mem: &GuestMemoryMmap, mem_size: u64) -> Result<String> {
-    let mut h = blake3::Hasher::new();
-    let mut page = vec![0u8; 1 << 20];
-    let mut addr = 0;
-    while addr < mem_size {
-        let n = page.len().min((mem_size - addr) as usize);
-        mem.read_slice(&mut page[..n], GuestAddress(addr))
-            .map_err(|e| Error::GuestMemory(e.to_string()))?;
-        h.update(&page[..n]);
-        addr += n as u64;
-    }
-    Ok(h.finalize().to_hex().to_string())
-}
-
 /// Writes the template into `dir` atomically: a temporary directory beside it, renamed. If
 /// another simvm published the same template meanwhile, theirs stays (it is the same).
-fn save(dir: &Path, header: &TemplateHeader, mem: &GuestMemoryMmap) -> Result<()> {
+fn save(dir: &Path, built: Built) -> Result<()> {
     let io_error = |path: &Path, e: std::io::Error| Error::SnapshotFile {
         path: path.to_path_buf(),
         reason: format!("cannot write: {e}"),
@@ -437,8 +422,18 @@ fn save(dir: &Path, header: &TemplateHeader, mem: &GuestMemoryMmap) -> Result<()
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| io_error(&tmp, e))?;
     let result = (|| {
-        write_sparse_memory(&tmp.join(MEMORY_FILE), mem, header.mem_size)?;
-        let json = serde_json::to_vec(header)
+        let memory_blake3 =
+            write_sparse_memory(&tmp.join(MEMORY_FILE), &built.mem, built.mem_size)?;
+        let header = TemplateHeader {
+            format: TEMPLATE_FORMAT,
+            simvm: SIMVM_BUILD.into(),
+            key: built.key,
+            mem_size: built.mem_size,
+            memory_blake3,
+            identity_frame: built.identity_frame,
+            machine: built.machine,
+        };
+        let json = serde_json::to_vec(&header)
             .map_err(|e| Error::Snapshot(format!("cannot encode the template: {e}")))?;
         let state = tmp.join(STATE_FILE);
         let mut file = File::create(&state).map_err(|e| io_error(&state, e))?;
@@ -459,8 +454,13 @@ fn save(dir: &Path, header: &TemplateHeader, mem: &GuestMemoryMmap) -> Result<()
     result
 }
 
-/// Guest memory into `path`, skipping all-zero pages (the file is sparse).
-pub(crate) fn write_sparse_memory(path: &Path, mem: &GuestMemoryMmap, mem_size: u64) -> Result<()> {
+/// Guest memory into `path`, skipping all-zero pages (the file is sparse); returns the BLAKE3
+/// of the memory, hashed on the same pass.
+pub(crate) fn write_sparse_memory(
+    path: &Path,
+    mem: &GuestMemoryMmap,
+    mem_size: u64,
+) -> Result<String> {
     use std::os::unix::fs::FileExt;
     let io_error = |e: std::io::Error| Error::SnapshotFile {
         path: path.to_path_buf(),
@@ -468,17 +468,20 @@ pub(crate) fn write_sparse_memory(path: &Path, mem: &GuestMemoryMmap, mem_size: 
     };
     let file = File::create(path).map_err(io_error)?;
     file.set_len(mem_size).map_err(io_error)?;
+    let mut hash = blake3::Hasher::new();
     let mut page = [0u8; PAGE];
     let mut addr = 0;
     while addr < mem_size {
         mem.read_slice(&mut page, GuestAddress(addr))
             .map_err(|e| Error::GuestMemory(e.to_string()))?;
+        hash.update(&page);
         if page.iter().any(|&b| b != 0) {
             file.write_all_at(&page, addr).map_err(io_error)?;
         }
         addr += PAGE as u64;
     }
-    file.sync_all().map_err(io_error)
+    file.sync_all().map_err(io_error)?;
+    Ok(hash.finalize().to_hex().to_string())
 }
 
 /// Opens a template's memory file, checking its size and hash.
@@ -615,8 +618,7 @@ mod tests {
         mem.write_slice(b"kernel", GuestAddress(0x1000)).unwrap();
         mem.write_slice(b"stack", GuestAddress(0xf_f000)).unwrap();
         let path = dir.join(MEMORY_FILE);
-        write_sparse_memory(&path, &mem, size).unwrap();
-        let hash = memory_hash(&mem, size).unwrap();
+        let hash = write_sparse_memory(&path, &mem, size).unwrap();
         let file = open_memory(&path, size, &hash).unwrap();
 
         // Mapped back privately: the same bytes, and writes stay out of the file.
@@ -625,10 +627,10 @@ mod tests {
         mapped.read_slice(&mut word, GuestAddress(0x1000)).unwrap();
         assert_eq!(&word, b"kernel");
         mapped.write_slice(b"CHANGE", GuestAddress(0x1000)).unwrap();
-        assert_eq!(
-            memory_hash(&map_private(&file, size).unwrap(), size).unwrap(),
-            hash
-        );
+        open_memory(&path, size, &hash).expect("the file is unchanged");
+        let again = map_private(&file, size).unwrap();
+        again.read_slice(&mut word, GuestAddress(0x1000)).unwrap();
+        assert_eq!(&word, b"kernel");
 
         // Only the two written pages hold data (where the file system keeps holes).
         use std::os::unix::fs::MetadataExt;

@@ -21,7 +21,7 @@ use simvm_devices::disk::DiskState;
 use super::{Node, Slot, World};
 use crate::error::{Error, Result};
 use crate::machine::{MachineClock, MachineState, Stop};
-use crate::template::{memory_hash, open_memory, write_sparse_memory, SIMVM_BUILD};
+use crate::template::{open_memory, write_sparse_memory, SIMVM_BUILD};
 use crate::vcpu_state;
 
 /// Version of the snapshot files.
@@ -276,13 +276,13 @@ fn save_node(node: &mut Node, dir: &Path, msrs: &[u32]) -> Result<NodeSnapshot> 
         Some(machine) => {
             let state = machine.save_state(msrs)?;
             let path = memory_file(dir, &node.config.name);
-            write_sparse_memory(&path, machine.memory(), node.config.mem_size)?;
+            let memory_blake3 = write_sparse_memory(&path, machine.memory(), node.config.mem_size)?;
             Some(MachineSnapshot {
                 state,
                 clock: machine.clock(),
                 ready_at: machine.ready_at(),
                 exit_status: machine.exit_status(),
-                memory_blake3: memory_hash(machine.memory(), node.config.mem_size)?,
+                memory_blake3,
             })
         }
         None => None,
