@@ -138,21 +138,79 @@ pub enum Origin {
 /// its identity request, and nothing that differs between machines (name, MAC, seed, boot
 /// data, wall clock, disks' contents).
 pub fn template_key(kvm: &Kvm, config: &MachineConfig) -> Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update(b"simvm template\0");
-    h.update(&TEMPLATE_FORMAT.to_le_bytes());
-    h.update(SIMVM_BUILD.as_bytes());
-    h.update(b"\0");
-    let kernel = std::fs::read(&config.kernel).map_err(|source| Error::KernelOpen {
-        path: config.kernel.clone(),
-        source,
-    })?;
-    hash_part(&mut h, &kernel);
-    h.update(&(config.initramfs.len() as u64).to_le_bytes());
-    for archive in &config.initramfs {
-        hash_part(&mut h, archive);
+    TemplateKeys::default().key(kvm, config)
+}
+
+/// Computes template keys for the machines of a run, reading and hashing each image and
+/// asking KVM for the CPU model only once (a run's machines mostly share both).
+#[derive(Default)]
+pub struct TemplateKeys {
+    /// The hash of each image: its kernel file, and its initramfs archives by identity (the
+    /// machines of a run share the same `Arc`s, which outlive the world's construction, where
+    /// keys are computed).
+    images: Vec<(ImageId, blake3::Hash)>,
+    cpu: Option<String>,
+}
+
+/// An image as a run holds it: the kernel's path, and each initramfs archive's address and
+/// length in memory.
+type ImageId = (PathBuf, Vec<(usize, usize)>);
+
+impl TemplateKeys {
+    /// The key of the template for machines like `config` ([`template_key`]).
+    pub fn key(&mut self, kvm: &Kvm, config: &MachineConfig) -> Result<String> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"simvm template\0");
+        h.update(&TEMPLATE_FORMAT.to_le_bytes());
+        h.update(SIMVM_BUILD.as_bytes());
+        h.update(b"\0");
+        h.update(self.image(config)?.as_bytes());
+        config_part(&mut h, config);
+        // The saved vCPU state is only valid under the CPU model it ran with.
+        hash_part(&mut h, self.cpu(kvm)?.as_bytes());
+        Ok(h.finalize().to_hex()[..32].to_string())
     }
-    hash_part(&mut h, config.cmdline_extra.as_bytes());
+
+    fn image(&mut self, config: &MachineConfig) -> Result<blake3::Hash> {
+        let archives = config
+            .initramfs
+            .iter()
+            .map(|a| (a.as_ptr() as usize, a.len()))
+            .collect();
+        let id: ImageId = (config.kernel.clone(), archives);
+        if let Some((_, hash)) = self.images.iter().find(|(known, _)| *known == id) {
+            return Ok(*hash);
+        }
+        let kernel = std::fs::read(&config.kernel).map_err(|source| Error::KernelOpen {
+            path: config.kernel.clone(),
+            source,
+        })?;
+        let mut h = blake3::Hasher::new();
+        hash_part(&mut h, &kernel);
+        h.update(&(config.initramfs.len() as u64).to_le_bytes());
+        for archive in &config.initramfs {
+            hash_part(&mut h, archive);
+        }
+        let hash = h.finalize();
+        self.images.push((id, hash));
+        Ok(hash)
+    }
+
+    fn cpu(&mut self, kvm: &Kvm) -> Result<String> {
+        if let Some(cpu) = &self.cpu {
+            return Ok(cpu.clone());
+        }
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpu = crate::cpuid::template_hash(&crate::cpuid::guest_cpuid(&supported)?);
+        Ok(self.cpu.insert(cpu).clone())
+    }
+}
+
+/// The parts of a template's key that are the machine's configuration, not its image.
+fn config_part(h: &mut blake3::Hasher, config: &MachineConfig) {
+    hash_part(h, config.cmdline_extra.as_bytes());
     let costs = &config.costs;
     for word in [
         config.mem_size,
@@ -173,13 +231,6 @@ pub fn template_key(kvm: &Kvm, config: &MachineConfig) -> Result<String> {
     for sectors in &config.disks {
         h.update(&sectors.to_le_bytes());
     }
-    // The saved vCPU state is only valid under the CPU model it ran with.
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-    let cpu = crate::cpuid::template_hash(&crate::cpuid::guest_cpuid(&supported)?);
-    hash_part(&mut h, cpu.as_bytes());
-    Ok(h.finalize().to_hex()[..32].to_string())
 }
 
 fn hash_part(h: &mut blake3::Hasher, bytes: &[u8]) {
@@ -537,10 +588,12 @@ pub(crate) fn map_private(file: &File, mem_size: u64) -> Result<GuestMemoryMmap>
 
 /// Templates shared by the machines of a run, by key.
 #[derive(Default)]
-pub struct Templates(Vec<TemplateSlot>);
+pub struct Templates {
+    slots: Vec<TemplateSlot>,
+    keys: TemplateKeys,
+}
 
 struct TemplateSlot {
-    key: String,
     template: Option<Arc<Template>>,
     use_: TemplateUse,
 }
@@ -563,8 +616,8 @@ impl Templates {
         config: &MachineConfig,
         cache: &Path,
     ) -> Result<Option<Arc<Template>>> {
-        let key = template_key(kvm, config)?;
-        if let Some(slot) = self.0.iter().find(|s| s.key == key) {
+        let key = self.key(kvm, config)?;
+        if let Some(slot) = self.slots.iter().find(|s| s.use_.key == key) {
             return Ok(slot.template.clone());
         }
         let slot = match Template::obtain_keyed(kvm, config, cache, &key)? {
@@ -575,7 +628,6 @@ impl Templates {
                     origin: Ok(template.origin.clone()),
                 },
                 template: Some(Arc::from(template)),
-                key,
             },
             Availability::Unavailable { reason, dir } => TemplateSlot {
                 use_: TemplateUse {
@@ -584,17 +636,21 @@ impl Templates {
                     origin: Err(reason),
                 },
                 template: None,
-                key,
             },
         };
         let template = slot.template.clone();
-        self.0.push(slot);
+        self.slots.push(slot);
         Ok(template)
+    }
+
+    /// The key of the template for machines like `config`.
+    pub fn key(&mut self, kvm: &Kvm, config: &MachineConfig) -> Result<String> {
+        self.keys.key(kvm, config)
     }
 
     /// What the run used, for its outcome.
     pub fn uses(&self) -> Vec<TemplateUse> {
-        self.0.iter().map(|s| s.use_.clone()).collect()
+        self.slots.iter().map(|s| s.use_.clone()).collect()
     }
 }
 

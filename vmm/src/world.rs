@@ -377,9 +377,11 @@ impl World {
         } else {
             config.awaited
         };
+        let mut templates = Templates::default();
         let world_key = if config.snapshot.is_some() || config.from.is_some() {
             world_key(
                 &kvm,
+                &mut templates,
                 &shapes,
                 &config.timeline,
                 config.network.as_ref(),
@@ -395,7 +397,6 @@ impl World {
             .map(|dir| LoadedSnapshot::load(dir, &world_key))
             .transpose()?;
         let mut nodes = Vec::with_capacity(shapes.len());
-        let mut templates = Templates::default();
         for (i, (mut machine_config, disks)) in shapes.into_iter().enumerate() {
             if let Some(cache) = &config.templates {
                 machine_config.template = templates.for_machine(&kvm, &machine_config, cache)?;
@@ -1030,6 +1031,7 @@ impl World {
 /// are awaited and the crash policy. Only the seed may differ.
 fn world_key(
     kvm: &Kvm,
+    templates: &mut Templates,
     shapes: &[(MachineConfig, Vec<WorldDisk>)],
     timeline: &[(u64, MachineAction)],
     network: Option<&NetworkConfig>,
@@ -1041,7 +1043,7 @@ fn world_key(
     for (config, _) in shapes {
         h.update(config.name.as_bytes());
         h.update(b"\0");
-        h.update(crate::template::template_key(kvm, config)?.as_bytes());
+        h.update(templates.key(kvm, config)?.as_bytes());
         h.update(
             format!(
                 "{:?}",
