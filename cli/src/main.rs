@@ -13,6 +13,7 @@ use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
+use simvm_vmm::tuning::GuestTuning;
 use simvm_vmm::units::{format_ns, format_size, parse_duration_ns, parse_size};
 use simvm_vmm::world::{SnapshotCondition, SnapshotRequest};
 
@@ -101,6 +102,10 @@ struct RunArgs {
     /// Extra guest kernel parameters (for example `loglevel=7` to see boot messages).
     #[arg(long, default_value = "")]
     kernel_args: String,
+    /// Guests read the clock with system calls instead of the vDSO (for measuring what the vDSO
+    /// clock saves; docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_vdso_clock: bool,
     /// Do not offer checksum offload on virtio-net: every guest computes and verifies its own
     /// checksums (for measuring what the offload saves).
     #[arg(long)]
@@ -347,6 +352,9 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             watchdog: args.watchdog,
             until_ns: args.until,
             kernel_args: args.kernel_args.clone(),
+            tuning: GuestTuning {
+                vdso_clock: !args.no_vdso_clock,
+            },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
                 segmentation: !args.no_checksum_offload && !args.no_tso,
@@ -451,6 +459,9 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if args.no_tso {
         line.push_str(" --no-tso");
+    }
+    if args.no_vdso_clock {
+        line.push_str(" --no-vdso-clock");
     }
     if args.cold {
         line.push_str(" --cold");

@@ -18,7 +18,11 @@ pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
+/// The user kick page: guest-physical, outside RAM. A 32-bit write of `n` at its start is a clock
+/// kick of `n` reads, as `outl n` to [`PORT_CLOCK_KICK`], but one user mode can make: the guest's
+/// vDSO clock kicks through it.
+pub const USER_KICK_GPA: u64 = 0xcfff_f000;
 
 /// Clock page field offsets.
 pub mod clock_page {

@@ -226,16 +226,29 @@ impl SimvmPorts {
                 }
                 None => PortEvent::Ignored { port, value },
             },
-            abi::PORT_CLOCK_KICK if value > self.max_kick_reads() => {
-                PortEvent::Absurd(Absurd::ClockKick {
-                    reads: value,
-                    charged: self.max_kick_reads(),
-                })
-            }
-            abi::PORT_CLOCK_KICK => PortEvent::ClockKick(value),
+            abi::PORT_CLOCK_KICK => self.kick(value),
             abi::PORT_CONTROL => PortEvent::Control(ControlEvent::decode(value)),
             abi::PORT_IRQ_POLL => PortEvent::IrqPoll,
             _ => PortEvent::Ignored { port, value },
+        }
+    }
+
+    /// Handles a guest MMIO write: the clock kick it makes if it is a 32-bit write at the start
+    /// of the user kick page ([`abi::USER_KICK_GPA`]), else `None` (nothing happens).
+    pub fn mmio_write(&self, gpa: u64, size: u8, value: u64) -> Option<PortEvent> {
+        let reads = u32::try_from(value).ok()?;
+        (gpa == abi::USER_KICK_GPA && size == 4).then(|| self.kick(reads))
+    }
+
+    /// A clock kick of `reads` reads, from the port or the user kick page.
+    fn kick(&self, reads: u32) -> PortEvent {
+        if reads > self.max_kick_reads() {
+            PortEvent::Absurd(Absurd::ClockKick {
+                reads,
+                charged: self.max_kick_reads(),
+            })
+        } else {
+            PortEvent::ClockKick(reads)
         }
     }
 
@@ -346,6 +359,29 @@ mod tests {
         now: u64,
     ) -> PortEvent {
         ports.write(mem, port, &value.to_le_bytes(), now)
+    }
+
+    #[test]
+    fn a_32_bit_write_to_the_user_kick_page_is_a_clock_kick_and_nothing_else_is() {
+        let ports = SimvmPorts::new(0, 64);
+        let kick = abi::USER_KICK_GPA;
+        assert_eq!(
+            ports.mmio_write(kick, 4, 64),
+            Some(PortEvent::ClockKick(64))
+        );
+        let bound = ports.max_kick_reads();
+        assert_eq!(
+            ports.mmio_write(kick, 4, u64::from(bound) + 1),
+            Some(PortEvent::Absurd(Absurd::ClockKick {
+                reads: bound + 1,
+                charged: bound
+            }))
+        );
+        // Another size, another offset in the page, a virtio window: not kicks.
+        assert_eq!(ports.mmio_write(kick, 8, 64), None);
+        assert_eq!(ports.mmio_write(kick, 2, 64), None);
+        assert_eq!(ports.mmio_write(kick + 4, 4, 64), None);
+        assert_eq!(ports.mmio_write(abi::VIRTIO_MMIO_BASE, 4, 64), None);
     }
 
     #[test]

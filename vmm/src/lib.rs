@@ -35,6 +35,7 @@ pub mod state;
 pub mod template;
 pub mod test_elf;
 pub mod trace;
+pub mod tuning;
 pub mod units;
 pub mod vcpu_state;
 pub mod watchdog;

@@ -535,6 +535,9 @@ impl Machine {
                 self.stats.mmio += 1;
                 self.advance(self.costs.mmio_ns);
                 trace.record(step, index, now, &Event::MmioWrite { addr, size, value })?;
+                if let Some(kick) = self.ports.mmio_write(addr, size, value) {
+                    return self.port_event(step, kick, trace);
+                }
                 self.collect_device_output(step, trace)?;
                 return Ok(Status::Running);
             }
@@ -1261,6 +1264,7 @@ fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error
     let window = |addr: u64| addr.saturating_sub(abi::VIRTIO_MMIO_BASE) / abi::VIRTIO_MMIO_SIZE;
     match result {
         Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
+        Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {
             ExitReason::Mmio(window(*addr))
         }

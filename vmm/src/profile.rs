@@ -31,6 +31,8 @@ pub enum ExitReason {
     Pio(u16),
     /// An access to virtio-mmio window `n` (the NIC first, then the disks).
     Mmio(u64),
+    /// A write to the user kick page: the vDSO clock's stall rule.
+    UserClockKick,
     Hlt,
     Msr(u32),
     /// A signal: a sample, a watchdog kick or somebody else's.
@@ -44,6 +46,7 @@ impl std::fmt::Display for ExitReason {
         match self {
             Self::Pio(port) => write!(f, "pio {port:#06x}{}", port_name(*port)),
             Self::Mmio(window) => write!(f, "mmio virtio window {window}"),
+            Self::UserClockKick => f.write_str("mmio user kick page (vDSO clock kick)"),
             Self::Hlt => f.write_str("hlt"),
             Self::Msr(index) => write!(f, "msr {index:#x}"),
             Self::Signal => f.write_str("signal"),

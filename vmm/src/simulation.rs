@@ -34,6 +34,7 @@ use crate::network::{NetAction, NetworkConfig};
 use crate::scenario::{Action, DiskContents, Expect, Heal, Scenario};
 use crate::seed::Seed;
 use crate::trace::first_divergence;
+use crate::tuning::GuestTuning;
 use crate::world::{
     Ending, MachineAction, MachineOutcome, Outcome, SnapshotRequest, World, WorldConfig,
 };
@@ -64,6 +65,8 @@ pub struct Simulation {
     pub until_ns: Option<u64>,
     /// Extra guest kernel parameters.
     pub kernel_args: String,
+    /// The guest tunings every machine gets.
+    pub tuning: GuestTuning,
     /// The offloads each machine's virtio-net offers.
     pub offloads: Offloads,
     /// Overrides the scenario's crash policy.
@@ -168,6 +171,7 @@ impl Simulation {
             watchdog: Duration::from_secs(5),
             until_ns: None,
             kernel_args: String::new(),
+            tuning: GuestTuning::default(),
             offloads: Offloads::default(),
             crash_policy: None,
             keep_disks: None,
@@ -295,7 +299,12 @@ impl Simulation {
             machines.push(MachineConfig {
                 index: i,
                 boot: Some(boot),
-                cmdline_extra: self.kernel_args.clone(),
+                cmdline_extra: [self.tuning.kernel_args(), self.kernel_args.clone()]
+                    .iter()
+                    .filter(|a| !a.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
                 mac,
                 offloads: self.offloads,

@@ -1,0 +1,123 @@
+//! A real service's speed under simvm: `examples/etcd-cluster.toml` (three etcd 3.4 members and
+//! an etcdctl client putting a key a second), the same seed with the guest tunings off (as guests
+//! ran before any existed) and on, in one run.
+//!
+//! Figures per side: wall time to the client's "cluster up" (starting four machines, etcd's
+//! start and the first election), then the steady state from "cluster up" to the end: virtual
+//! seconds per wall minute, and puts that succeeded. Ratios on/off.
+//!
+//! Run: `cargo bench -p simvm-tests --bench etcd`. Environment: `SIMVM_BENCH_SEED` (default 1),
+//! `SIMVM_BENCH_UNTIL` (virtual seconds per run, default 40), `SIMVM_BENCH_ONLY` (`on` or `off`:
+//! one side only).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use simvm_tests::env_u64;
+use simvm_vmm::scenario::Scenario;
+use simvm_vmm::simulation::Simulation;
+use simvm_vmm::tuning::GuestTuning;
+
+struct Figures {
+    /// Wall time from the start of the run to "cluster up", and its virtual time.
+    up_wall: Duration,
+    up_virtual: Duration,
+    /// Wall and virtual time from "cluster up" to the end of the run.
+    steady_wall: Duration,
+    steady_virtual: Duration,
+    puts_ok: usize,
+    puts_failed: usize,
+}
+
+impl Figures {
+    fn virtual_per_wall_minute(&self) -> f64 {
+        self.steady_virtual.as_secs_f64() / self.steady_wall.as_secs_f64() * 60.0
+    }
+}
+
+/// The virtual time at the start of a console line: `STEP MACHINE HH:MM:SS.NNNNNNNNN > ...`.
+fn line_vtime(line: &str) -> Option<Duration> {
+    let mut fields = line.split_whitespace();
+    let (_, _, time) = (fields.next()?, fields.next()?, fields.next()?);
+    simvm_tests::parse_vtime(time)
+}
+
+fn run(tuning: GuestTuning, seed: u64, until_s: u64) -> Figures {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster.toml");
+    let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let simulation = Simulation {
+        tuning,
+        ..Simulation::new(scenario, seed)
+            .with_built_images()
+            .unwrap_or_else(|e| panic!("building the etcd image: {e}"))
+    };
+    let started = Instant::now();
+    let mut up: Option<(Instant, Duration)> = None;
+    let (mut ok, mut failed) = (0, 0);
+    let outcome = simulation
+        .run(&mut |line| {
+            if line.ends_with("> cluster up") && up.is_none() {
+                let vtime = line_vtime(line).expect("a console line has a virtual time");
+                up = Some((Instant::now(), vtime));
+            } else if line.contains("> put ") {
+                if line.ends_with(" ok") {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("the run failed: {e}"));
+    let end = Instant::now();
+    assert!(simulation.passed(&outcome), "the etcd scenario failed");
+    let (up_at, up_virtual) = up.expect("the client never saw the cluster up");
+    Figures {
+        up_wall: up_at - started,
+        up_virtual,
+        steady_wall: end - up_at,
+        steady_virtual: Duration::from_secs(until_s).saturating_sub(up_virtual),
+        puts_ok: ok,
+        puts_failed: failed,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("etcd: benchmark");
+        return;
+    }
+    let seed = env_u64("SIMVM_BENCH_SEED", 1);
+    let until = env_u64("SIMVM_BENCH_UNTIL", 40);
+    let only = std::env::var("SIMVM_BENCH_ONLY").unwrap_or_default();
+    let mut sides = Vec::new();
+    for (name, tuning) in [("off", GuestTuning::NONE), ("on", GuestTuning::default())] {
+        if only.is_empty() || only == name {
+            let figures = run(tuning, seed, until);
+            print_side(name, &figures);
+            sides.push(figures);
+        }
+    }
+    if let [off, on] = &sides[..] {
+        println!(
+            "on / off: to cluster up {:.2}x faster; steady state {:.2}x the virtual seconds per \
+             wall minute",
+            off.up_wall.as_secs_f64() / on.up_wall.as_secs_f64(),
+            on.virtual_per_wall_minute() / off.virtual_per_wall_minute()
+        );
+    }
+}
+
+fn print_side(name: &str, f: &Figures) {
+    println!(
+        "tuning {name}: cluster up after {:.1} s wall ({:.2} s virtual); steady state {:.2} \
+         virtual s in {:.1} s wall = {:.2} virtual s per wall minute; puts {} ok, {} failed",
+        f.up_wall.as_secs_f64(),
+        f.up_virtual.as_secs_f64(),
+        f.steady_virtual.as_secs_f64(),
+        f.steady_wall.as_secs_f64(),
+        f.virtual_per_wall_minute(),
+        f.puts_ok,
+        f.puts_failed
+    );
+}

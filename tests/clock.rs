@@ -1,0 +1,96 @@
+//! The vDSO clock (docs/guest-abi.md "The vDSO clock"): guest programs read the clock in user
+//! mode, a program spinning on it still sees time pass, deterministically, and
+//! `--no-vdso-clock` turns it off.
+
+use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, Run};
+
+/// The vDSO's mappings, a 10 ms busy-wait on the vDSO clock, and a few thousand reads.
+const PROBE: &str = "grep -c '\\[simvm_clock\\]' /proc/self/maps; simvm-clock spin 10; \
+                     simvm-clock calls 2000";
+
+/// The user kick page's guest-physical address, as the trace prints it.
+const USER_KICK: u64 = 0xcfff_f000;
+
+fn spin_reads(run: &Run) -> u64 {
+    run.console("m1")
+        .iter()
+        .find_map(|l| l.strip_prefix("spin done 10 ms, "))
+        .and_then(|l| l.strip_suffix(" reads"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the vDSO busy-wait did not finish:\n{}", run.all()))
+}
+
+/// The clock kicks in a trace: (through the user kick page, through the port).
+fn kicks(trace: &str) -> (usize, usize) {
+    let user = format!(r#""event":"mmio_write","addr":{USER_KICK},"#);
+    let user_kicks = trace.lines().filter(|l| l.contains(&user)).count();
+    let all_kicks = trace
+        .lines()
+        .filter(|l| l.contains(r#""event":"clock_kick""#))
+        .count();
+    (user_kicks, all_kicks - user_kicks)
+}
+
+#[test]
+fn the_vdso_clock_reads_in_user_mode_and_a_spin_on_it_ends_deterministically() {
+    if !kvm_or_skip("the_vdso_clock_reads_in_user_mode_and_a_spin_on_it_ends_deterministically") {
+        return;
+    }
+    let dir = temp_dir("vdso-clock");
+    let traces = [dir.join("on.jsonl"), dir.join("off.jsonl")];
+    let runs = side_by_side(3, |i| {
+        let trace = traces[i.min(1)].to_string_lossy().into_owned();
+        let mut args = vec!["--seed", "3"];
+        match i {
+            0 => args.extend(["--trace", &trace]),
+            2 => args.extend(["--trace", &trace, "--no-vdso-clock"]),
+            _ => {}
+        }
+        run_guest(&args, &["sh", "-c", PROBE])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    let (on, again, off) = (&runs[0], &runs[1], &runs[2]);
+
+    // With the vDSO clock: mapped, and the busy-wait ends the same way on every run.
+    let console = on.console("m1");
+    assert_eq!(
+        console.first().map(String::as_str),
+        Some("1"),
+        "{}",
+        on.all()
+    );
+    assert!(
+        console.iter().any(|l| l == "vdso clock_gettime"),
+        "{}",
+        on.all()
+    );
+    assert_eq!(again.field("digest"), on.field("digest"));
+    assert_eq!(again.console("m1"), console);
+    // The stall rule charges 1 µs a read: 10 ms of spinning is about 10 000 reads.
+    let reads = spin_reads(on);
+    assert!((5_000..=10_001).contains(&reads), "{reads} reads in 10 ms");
+
+    // Its kicks come through the user kick page: one per 64 unchanged reads (the default stall
+    // limit), about 12 000 reads in all here.
+    let trace = std::fs::read_to_string(&traces[0]).expect("the trace");
+    let (user, _) = kicks(&trace);
+    assert!(user >= 150, "{user} kicks through the user kick page");
+
+    // Without it: no mapping, and the same busy-wait kicks through the port (system calls).
+    let console = off.console("m1");
+    assert_eq!(
+        console.first().map(String::as_str),
+        Some("0"),
+        "{}",
+        off.all()
+    );
+    assert!((5_000..=10_001).contains(&spin_reads(off)));
+    let trace = std::fs::read_to_string(&traces[1]).expect("the trace");
+    let (user, port) = kicks(&trace);
+    assert_eq!(user, 0, "user kicks with --no-vdso-clock");
+    assert!(port >= 150, "{port} kicks through the port");
+    assert_ne!(off.field("digest"), on.field("digest"));
+    let _ = std::fs::remove_dir_all(dir);
+}
