@@ -6,6 +6,8 @@
 //! ```toml
 //! description = "a server, two clients, a partition"   # optional, shown in reports
 //! until = "60s"              # optional: stop the run at this virtual time
+//! clock_spread = "5ms"       # optional: each machine's wall clock is off by a seeded amount
+//!                            # in [-spread, +spread] (default 5ms, "0s": all agree)
 //!
 //! [network]                  # optional: settings of every link
 //! latency = "2ms"            # ns, us, ms, s, m, h; fractions allowed ("1.5ms")
@@ -134,7 +136,13 @@ pub struct Scenario {
     pub until_ns: Option<u64>,
     /// What a crash keeps of unflushed disk writes when a kill does not say.
     pub crash_policy: CrashPolicy,
+    /// Each machine's wall clock starts off by a seeded amount within ± this (ns), as NTP
+    /// keeps real machines within milliseconds of each other.
+    pub clock_spread_ns: u64,
 }
+
+/// The default [`Scenario::clock_spread_ns`]: 5 ms.
+pub const DEFAULT_CLOCK_SPREAD_NS: u64 = 5_000_000;
 
 /// Size of a disk whose scenario entry gives neither `size` nor `image`.
 pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
@@ -472,6 +480,7 @@ impl Scenario {
             timeline: Vec::new(),
             until_ns: None,
             crash_policy: CrashPolicy::default(),
+            clock_spread_ns: DEFAULT_CLOCK_SPREAD_NS,
         }
     }
 }
@@ -583,6 +592,7 @@ struct RawScenario {
     description: Option<String>,
     until: Option<Spanned<Nanos>>,
     crash_policy: Option<Spanned<String>>,
+    clock_spread: Option<Nanos>,
     #[serde(default)]
     network: RawNetwork,
     #[serde(default)]
@@ -701,6 +711,7 @@ impl RawScenario {
             timeline,
             until_ns: self.until.map(|u| u.into_inner().0),
             crash_policy,
+            clock_spread_ns: self.clock_spread.map_or(DEFAULT_CLOCK_SPREAD_NS, |s| s.0),
         };
         if !until_given && !scenario.ends_by_itself() {
             return Err(Problem::at(
@@ -1629,6 +1640,12 @@ impl Scenario {
         }
         if self.crash_policy != CrashPolicy::default() {
             root.insert("crash_policy".into(), self.crash_policy.to_string().into());
+        }
+        if self.clock_spread_ns != DEFAULT_CLOCK_SPREAD_NS {
+            root.insert(
+                "clock_spread".into(),
+                format_ns(self.clock_spread_ns).into(),
+            );
         }
         let mut network = settings_table(&self.network.defaults);
         let links: Vec<Value> = (self.network.links.iter())

@@ -26,6 +26,7 @@ use simvm_devices::net::MachineId;
 use simvm_devices::virtio::net::Offloads;
 
 use crate::boot_data::{BootData, Mount};
+use crate::clock::DEFAULT_WALL_BASE_NS;
 use crate::disk_image::ext4_image;
 use crate::disks::{DiskBase, DiskSetup};
 use crate::image::{self, GuestImage};
@@ -306,6 +307,10 @@ impl Simulation {
                     .collect::<Vec<_>>()
                     .join(" "),
                 rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
+                wall_base_ns: DEFAULT_WALL_BASE_NS.saturating_add_signed(seed.offset(
+                    &format!("machine/{}/wall-offset", machine.name),
+                    self.scenario.clock_spread_ns,
+                )),
                 mac,
                 offloads: self.offloads,
                 ..MachineConfig::new(
