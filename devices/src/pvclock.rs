@@ -119,6 +119,9 @@ pub struct SimvmPorts {
     published_irq: Option<bool>,
     /// The entropy generation as last written to the page, likewise.
     published_entropy: Option<u32>,
+    /// Whether the page holds this device's `wall_base_ns`; not after a restore, whose page
+    /// holds the saved machine's.
+    published_wall: bool,
     /// Bumped by each [`SimvmPorts::reseed`]; 0 until the first.
     entropy_gen: u32,
     entropy: [u8; clock_page::ENTROPY_SIZE],
@@ -136,6 +139,7 @@ impl SimvmPorts {
             published: None,
             published_irq: None,
             published_entropy: None,
+            published_wall: false,
             entropy_gen: 0,
             entropy: [0; clock_page::ENTROPY_SIZE],
             wall_base_ns,
@@ -268,6 +272,13 @@ impl SimvmPorts {
             let _ = mem.write_obj(flag, page.unchecked_add(clock_page::IRQ_PENDING));
             self.published_irq = Some(irq_pending);
         }
+        if !self.published_wall {
+            let _ = mem.write_obj(
+                self.wall_base_ns,
+                page.unchecked_add(clock_page::WALL_BASE_NS),
+            );
+            self.published_wall = true;
+        }
         if self.published_entropy != Some(self.entropy_gen) {
             let _ = mem.write_slice(&self.entropy, page.unchecked_add(clock_page::ENTROPY));
             let _ = mem.write_obj(
@@ -318,6 +329,7 @@ impl SimvmPorts {
         self.published = Some(now);
         self.published_irq = Some(false);
         self.published_entropy = Some(self.entropy_gen);
+        self.published_wall = true;
         PortEvent::ClockPageRegistered(gpa)
     }
 

@@ -8,8 +8,9 @@ use crate::abi::clock_page;
 use crate::snapshot::{Snapshot, SnapshotError};
 
 /// The clock page, the timer and the last reseed. The wall clock base is not saved: it is the
-/// restoring machine's own (its `CLOCK_REALTIME` continues the world's), so the fresh device's
-/// stays. What was last published is not saved either: the next publish rewrites the page.
+/// restoring machine's own (its `CLOCK_REALTIME` continues the world's, with the machine's own
+/// offset), so the fresh device's stays and the next publish writes it into the page. What was
+/// last published is not saved either: the next publish rewrites the page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortsState {
@@ -65,6 +66,7 @@ impl Snapshot for SimvmPorts {
         self.published = None;
         self.published_irq = None;
         self.published_entropy = None;
+        self.published_wall = false;
         Ok(())
     }
 }
@@ -98,13 +100,10 @@ mod tests {
         let json = serde_json::to_string(&original.save()).unwrap();
         let saved: PortsState = serde_json::from_str(&json).unwrap();
         let copy = copy_memory(&mem);
-        let mut restored = SimvmPorts::new(5, 64);
+        // Same wall clock base, so the pages can be compared (the next test gives it another).
+        let mut restored = SimvmPorts::new(1_700_000_000_000_000_000, 64);
         restored.restore(&saved, &copy).unwrap();
         assert_eq!(restored.save(), saved);
-        assert_eq!(
-            restored.wall_base_ns, 5,
-            "the restoring machine's wall clock stays"
-        );
         assert_eq!(restored.deadline(), Some(90_000));
         assert_eq!(restored.max_kick_reads(), original.max_kick_reads());
 
@@ -128,7 +127,8 @@ mod tests {
         let mut original = SimvmPorts::new(0, 64);
         out(&mut original, &mem, abi::PORT_CLOCK_PAGE, PAGE_NUMBER);
         original.publish(&mem, 2_000, false);
-        let mut restored = SimvmPorts::new(0, 64);
+        // The restoring machine has its own wall clock base.
+        let mut restored = SimvmPorts::new(9_000, 64);
         restored.restore(&original.save(), &mem).unwrap();
         mem.write_obj(7u64, GuestAddress(PAGE + clock_page::NOW_NS))
             .unwrap();
@@ -142,6 +142,13 @@ mod tests {
             .read_obj(GuestAddress(PAGE + clock_page::IRQ_PENDING))
             .unwrap();
         assert_eq!((now, flag), (2_000, 0));
+        let wall: u64 = mem
+            .read_obj(GuestAddress(PAGE + clock_page::WALL_BASE_NS))
+            .unwrap();
+        assert_eq!(
+            wall, 9_000,
+            "the page keeps the saved machine's wall clock base"
+        );
     }
 
     fn gen_and_entropy(mem: &GuestMemoryMmap) -> (u32, [u8; 32]) {
