@@ -137,12 +137,8 @@ static void calls(u64 n)
 
 static void spin(u64 ms)
 {
-	u64 start = now_ns(), now = start, reads = 1;
+	u64 reads = spin_ms(ms, now_ns);
 
-	while (now - start < ms * 1000000ul) {
-		now = now_ns();
-		reads++;
-	}
 	put("spin done ");
 	put_u64(ms);
 	put(" ms, ");

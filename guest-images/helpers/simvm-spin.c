@@ -11,12 +11,8 @@
 int main(int argc, char **argv)
 {
 	u64 ms = parse_u64(argc > 1 ? argv[1] : 0, 100);
-	u64 start = monotonic_ns(), now = start, reads = 1;
+	u64 reads = spin_ms(ms, monotonic_ns);
 
-	while (now - start < ms * 1000000ul) {
-		now = monotonic_ns();
-		reads++;
-	}
 	put("done ");
 	put_u64(ms);
 	put(" ms, ");

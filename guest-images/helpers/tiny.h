@@ -46,6 +46,18 @@ static inline u64 monotonic_ns(void)
 	return (u64)ts.tv_sec * 1000000000ul + (u64)ts.tv_nsec;
 }
 
+/* Reads the clock with `now` until `ms` milliseconds have passed; returns the number of reads. */
+static inline u64 spin_ms(u64 ms, u64 (*now)(void))
+{
+	u64 start = now(), t = start, reads = 1;
+
+	while (t - start < ms * 1000000ul) {
+		t = now();
+		reads++;
+	}
+	return reads;
+}
+
 static inline u64 str_len(const char *s)
 {
 	u64 n = 0;
