@@ -456,23 +456,17 @@ fn reproduce_command(args: &RunArgs) -> String {
         "kernel-args",
         (!args.kernel_args.is_empty()).then(|| args.kernel_args.clone()),
     );
-    if args.strict {
-        line.push_str(" --strict");
-    }
-    if args.no_checksum_offload {
-        line.push_str(" --no-checksum-offload");
-    }
-    if args.no_tso {
-        line.push_str(" --no-tso");
-    }
-    if args.no_vdso_clock {
-        line.push_str(" --no-vdso-clock");
-    }
-    if args.no_small_port_table {
-        line.push_str(" --no-small-port-table");
-    }
-    if args.cold {
-        line.push_str(" --cold");
+    let flags = [
+        (args.strict, "--strict"),
+        (args.no_checksum_offload, "--no-checksum-offload"),
+        (args.no_tso, "--no-tso"),
+        (args.no_vdso_clock, "--no-vdso-clock"),
+        (args.no_small_port_table, "--no-small-port-table"),
+        (args.cold, "--cold"),
+    ];
+    for (_, flag) in flags.iter().filter(|(set, _)| *set) {
+        line.push(' ');
+        line.push_str(flag);
     }
     if let Some(dir) = &args.from {
         line.push_str(&format!(" --from {}", shell_quote(&dir.to_string_lossy())));

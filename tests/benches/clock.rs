@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use simvm_tests::{env_u64, image};
+use simvm_tests::{env_u64, image, ConsoleLine};
 use simvm_vmm::image::GuestImage;
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
@@ -32,8 +32,12 @@ fn run(tuning: GuestTuning, calls: u64) -> Phases {
     };
     let mut marks: Vec<(String, Instant)> = Vec::new();
     let outcome = simulation
-        .run(&mut |line| {
-            if let Some((_, mark)) = line.split_once("clock calls ") {
+        .run(&mut |raw| {
+            let line = ConsoleLine::parse(raw, Duration::ZERO);
+            if let Some(mark) = line
+                .as_ref()
+                .and_then(|l| l.text.strip_prefix("clock calls "))
+            {
                 marks.push((mark.to_string(), Instant::now()));
             }
         })

@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use simvm_tests::env_u64;
+use simvm_tests::{env_u64, ConsoleLine};
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::tuning::GuestTuning;
@@ -35,13 +35,6 @@ impl Figures {
     }
 }
 
-/// The virtual time at the start of a console line: `STEP MACHINE HH:MM:SS.NNNNNNNNN > ...`.
-fn line_vtime(line: &str) -> Option<Duration> {
-    let mut fields = line.split_whitespace();
-    let (_, _, time) = (fields.next()?, fields.next()?, fields.next()?);
-    simvm_tests::parse_vtime(time)
-}
-
 fn run(tuning: GuestTuning, seed: u64, until_s: u64) -> Figures {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster.toml");
     let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
@@ -56,12 +49,14 @@ fn run(tuning: GuestTuning, seed: u64, until_s: u64) -> Figures {
     let mut up: Option<(Instant, Duration)> = None;
     let (mut ok, mut failed) = (0, 0);
     let outcome = simulation
-        .run(&mut |line| {
-            if line.ends_with("> cluster up") && up.is_none() {
-                let vtime = line_vtime(line).expect("a console line has a virtual time");
-                up = Some((Instant::now(), vtime));
-            } else if line.contains("> put ") {
-                if line.ends_with(" ok") {
+        .run(&mut |raw| {
+            let Some(line) = ConsoleLine::parse(raw, started.elapsed()) else {
+                return;
+            };
+            if line.text == "cluster up" && up.is_none() {
+                up = Some((Instant::now(), line.vtime));
+            } else if line.text.starts_with("put ") {
+                if line.text.ends_with(" ok") {
                     ok += 1;
                 } else {
                     failed += 1;
