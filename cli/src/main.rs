@@ -1,7 +1,9 @@
 //! The `simvm` command.
 
+mod check;
 mod progress;
 mod run;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
+use simvm_vmm::nemesis::{FaultKind, Nemesis};
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
 use simvm_vmm::tuning::GuestTuning;
@@ -31,6 +34,12 @@ struct Cli {
 enum Command {
     /// Boot machines from a seed, run a command in each, and report.
     Run(Box<RunArgs>),
+    /// Run many seeds of a scenario, each in its own `simvm run` process, and report the
+    /// failures with their reproduce lines (docs/soak.md).
+    Soak(Box<soak::SoakArgs>),
+    /// Decide whether a history of key-value operations is linearizable (exit 0), is not
+    /// (exit 1, with the operations that cannot be ordered), or could not be decided (exit 3).
+    Check(check::CheckArgs),
     /// Build or locate guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -57,6 +66,10 @@ struct RunArgs {
     /// The run's master seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run these seeds one after another instead (N, A-B or a comma list such as 1-10,20),
+    /// each in its own `simvm run`, and sum up (docs/soak.md).
+    #[arg(long, conflicts_with = "seed", value_parser = soak::SeedSet::parse)]
+    seeds: Option<soak::SeedSet>,
     /// Number of machines (m1..mN) running the command.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     machines: Option<u16>,
@@ -110,6 +123,16 @@ struct RunArgs {
     /// (seconds of emulated ChaCha20 on a PVM host) instead of 1 KiB of it.
     #[arg(long)]
     no_small_port_table: bool,
+    /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
+    /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
+    /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
+    #[arg(long, value_name = "PROBABILITY", value_parser = parse_chaos)]
+    chaos: Option<u32>,
+    /// Seeded faults of these kinds (a comma list of partition, kill, pause, clock, disk) at
+    /// the default interval (5s), duration (2s) and quiet tail (10s), instead of the
+    /// scenario's `[nemesis]`. Needs the run's end (`until` or --until).
+    #[arg(long, value_name = "KINDS", value_parser = parse_nemesis)]
+    nemesis: Option<NemesisArg>,
     /// Do not offer checksum offload on virtio-net: every guest computes and verifies its own
     /// checksums (for measuring what the offload saves).
     #[arg(long)]
@@ -176,6 +199,48 @@ fn parse_mem(text: &str) -> Result<u64, String> {
         ));
     }
     Ok(bytes)
+}
+
+/// `--nemesis KINDS`, as given and as parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NemesisArg {
+    text: String,
+    kinds: Vec<FaultKind>,
+}
+
+fn parse_nemesis(text: &str) -> Result<NemesisArg, String> {
+    let mut kinds = Vec::new();
+    for name in text.split(',').map(str::trim) {
+        let kind = FaultKind::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown fault `{name}`; the kinds are {}", known.join(", "))
+        })?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(NemesisArg {
+        text: text.to_string(),
+        kinds,
+    })
+}
+
+/// `--chaos`: a probability (`0.02`, `2%`) in thousandths.
+fn parse_chaos(text: &str) -> Result<u32, String> {
+    let probability = match text.trim().strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("expected a probability like 0.02 or 2%, found {text:?}"))?;
+    if !(0.0..=1.0).contains(&probability) {
+        return Err(format!("a probability is between 0 and 1, found {text}"));
+    }
+    Ok(simvm_vmm::scenario::per_mille(probability))
+}
+
+/// `--chaos` as given back to `simvm run`: `2%`, `0.1%`.
+fn format_chaos(per_mille: u32) -> String {
+    format!("{}%", f64::from(per_mille) / 10.0)
 }
 
 /// A duration, with the scenario files' exact parser.
@@ -292,7 +357,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Run(args) if args.seeds.is_some() => soak::run_seeds(&args, &argv),
         Command::Run(args) => run(*args, &argv),
+        Command::Soak(args) => soak::soak(*args),
+        Command::Check(args) => check::run(args),
         Command::Image(ImageCommand::Build { recipe }) => image::build(recipe.as_deref())
             .map(|image| {
                 println!("kernel={}", image.kernel.display());
@@ -375,6 +443,11 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 },
             ),
             from: args.from.clone(),
+            chaos_per_mille: args.chaos,
+            nemesis: args
+                .nemesis
+                .as_ref()
+                .map(|n| Nemesis::with_faults(n.kinds.clone())),
             sample_every: args
                 .profile
                 .as_ref()
@@ -391,6 +464,22 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             .with_recipe_images(args.recipe.as_deref())
             .map_err(|e| e.to_string())?,
     };
+    if args.nemesis.is_some()
+        && simulation
+            .until_ns
+            .or(simulation.scenario.until_ns)
+            .is_none()
+    {
+        return Err("--nemesis needs the run's end, to keep its quiet tail: give --until".into());
+    }
+    let schedule = simulation.nemesis_schedule();
+    if !schedule.is_empty() {
+        eprintln!(
+            "simvm: the nemesis's faults for seed {}:\n{}",
+            args.seed,
+            simulation.scenario.timeline_toml(&schedule).trim_end()
+        );
+    }
     let plan = RunPlan {
         reproduce: reproduce_command(&args),
         simulation,
@@ -452,6 +541,8 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.watchdog != DEFAULT_WATCHDOG)
             .then(|| format_ns(u64::try_from(args.watchdog.as_nanos()).unwrap_or(u64::MAX))),
     );
+    option("nemesis", args.nemesis.as_ref().map(|n| n.text.clone()));
+    option("chaos", args.chaos.map(format_chaos));
     option(
         "kernel-args",
         (!args.kernel_args.is_empty()).then(|| args.kernel_args.clone()),

@@ -121,8 +121,15 @@ impl RunPlan {
                 format_vtime(outcome.vtime_ns)
             );
         }
+        eprint!("{}", outcome.assertions.report());
+        for failed in outcome.assertions.failures() {
+            if let Some(at) = &failed.first_failure {
+                eprintln!("simvm: assertion failed: {} {at}", failed.title());
+            }
+        }
         let success = self.simulation.passed(outcome) && !snapshot_missing;
-        let machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
+        let mut machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
+        machines.extend(outcome.assertions.failed_token());
         println!(
             "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} start={} result={} {}{}",
             outcome.seed.0,

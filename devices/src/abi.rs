@@ -18,7 +18,7 @@ pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 /// The user kick page: guest-physical, outside RAM. A 32-bit write of `n` at its start is a clock
 /// kick of `n` reads, as `outl n` to [`PORT_CLOCK_KICK`], but one user mode can make: the guest's
 /// vDSO clock kicks through it.
@@ -35,6 +35,9 @@ pub mod clock_page {
     pub const IRQ_PENDING: u64 = 0x28;
     /// u32: bumped by the VMM with each reseed; the guest mixes in [`ENTROPY`] when it changes.
     pub const ENTROPY_GEN: u64 = 0x30;
+    /// u32: bumped by the VMM with each wall clock step; the guest steps `CLOCK_REALTIME` to
+    /// `WALL_BASE_NS + NOW_NS` when it changes.
+    pub const WALL_GEN: u64 = 0x34;
     /// [`ENTROPY_SIZE`] bytes of entropy for the guest's RNG.
     pub const ENTROPY: u64 = 0x38;
     pub const ENTROPY_SIZE: usize = 32;

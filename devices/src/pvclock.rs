@@ -124,6 +124,10 @@ pub struct SimvmPorts {
     published_wall: bool,
     /// Bumped by each [`SimvmPorts::reseed`]; 0 until the first.
     entropy_gen: u32,
+    /// Bumped by each [`SimvmPorts::step_wall`]; 0 until the first.
+    wall_gen: u32,
+    /// The sum of the wall clock steps, which `wall_base_ns` includes.
+    wall_steps_ns: i64,
     entropy: [u8; clock_page::ENTROPY_SIZE],
     wall_base_ns: u64,
     stall_limit: u32,
@@ -141,6 +145,8 @@ impl SimvmPorts {
             published_entropy: None,
             published_wall: false,
             entropy_gen: 0,
+            wall_gen: 0,
+            wall_steps_ns: 0,
             entropy: [0; clock_page::ENTROPY_SIZE],
             wall_base_ns,
             stall_limit: stall_limit.max(1),
@@ -171,6 +177,22 @@ impl SimvmPorts {
         // 0 means "never reseeded" to a guest that just booted; skip it when wrapping.
         self.entropy_gen = self.entropy_gen.checked_add(1).unwrap_or(1);
         self.entropy = entropy;
+    }
+
+    /// Steps the guest's wall clock by `delta_ns`: the next [`SimvmPorts::publish`] writes the
+    /// new base with a new generation, and the guest kernel steps `CLOCK_REALTIME` to it at its
+    /// next timer interrupt. Its monotonic clock does not move.
+    pub fn step_wall(&mut self, delta_ns: i64) {
+        self.wall_base_ns = self.wall_base_ns.saturating_add_signed(delta_ns);
+        self.wall_steps_ns = self.wall_steps_ns.saturating_add(delta_ns);
+        self.wall_gen = self.wall_gen.checked_add(1).unwrap_or(1);
+        self.published_wall = false;
+    }
+
+    /// `CLOCK_REALTIME` minus the guest's clock: what the guest's wall clock reads at its
+    /// clock's zero, steps included.
+    pub fn wall_base_ns(&self) -> u64 {
+        self.wall_base_ns
     }
 
     /// Disarms the timer because it fired.
@@ -277,6 +299,8 @@ impl SimvmPorts {
                 self.wall_base_ns,
                 page.unchecked_add(clock_page::WALL_BASE_NS),
             );
+            // After the base: the guest reads the base once it sees a new generation.
+            let _ = mem.write_obj(self.wall_gen, page.unchecked_add(clock_page::WALL_GEN));
             self.published_wall = true;
         }
         if self.published_entropy != Some(self.entropy_gen) {
@@ -315,6 +339,7 @@ impl SimvmPorts {
                 clock_page::ENTROPY_GEN,
                 self.entropy_gen.to_le_bytes().to_vec(),
             ),
+            (clock_page::WALL_GEN, self.wall_gen.to_le_bytes().to_vec()),
         ];
         // Check the whole page before writing any of it, so a bad address changes nothing.
         if !page_fits(mem, gpa) {
@@ -484,6 +509,35 @@ mod tests {
         ports.reseed([9; 32]);
         ports.publish(&mem, 30, false);
         assert_eq!(entropy_on_page(&mem, 0x42000), (3, [9; 32]));
+    }
+
+    #[test]
+    fn a_wall_step_writes_the_new_base_and_generation_at_the_next_publish() {
+        use crate::snapshot::Snapshot;
+        let mem = memory();
+        let mut ports = SimvmPorts::new(1_000_000, 64);
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        let page = GuestAddress(0x42000);
+        let wall = |mem: &GuestMemoryMmap| {
+            (
+                mem.read_obj::<u64>(page.unchecked_add(clock_page::WALL_BASE_NS))
+                    .unwrap(),
+                mem.read_obj::<u32>(page.unchecked_add(clock_page::WALL_GEN))
+                    .unwrap(),
+            )
+        };
+        assert_eq!(wall(&mem), (1_000_000, 0));
+        ports.step_wall(-400_000);
+        assert_eq!(wall(&mem), (1_000_000, 0), "written at publish");
+        ports.publish(&mem, 10, false);
+        assert_eq!(wall(&mem), (600_000, 1));
+        ports.step_wall(2_000_000);
+        ports.publish(&mem, 20, false);
+        assert_eq!(wall(&mem), (2_600_000, 2));
+        // A restored machine's own base moves by the saved steps; the generation stays.
+        let mut restored = SimvmPorts::new(5_000_000, 64);
+        restored.restore(&ports.save(), &mem).unwrap();
+        assert_eq!((restored.wall_base_ns(), restored.wall_gen), (6_600_000, 2));
     }
 
     #[test]

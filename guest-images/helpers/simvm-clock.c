@@ -10,13 +10,16 @@
  *                         passed, then prints "spin done MS ms, R reads".
  *                         It only ends because the vDSO's stall rule kicks
  *                         the VMM (docs/guest-abi.md "The vDSO clock").
+ *   simvm-clock now       prints "realtime_ns R monotonic_ns M" (for tests of
+ *                         clock faults; date shows whole seconds).
  *
- * Both print "vdso" first with whether the vDSO has the function; without it
+ * calls and spin print "vdso" first with whether the vDSO has the function; without it
  * the system call stands in.
  */
 #include "tiny.h"
 
 #define SYS_getppid 110
+#define CLOCK_REALTIME 0
 #define AT_SYSINFO_EHDR 33
 #define PT_LOAD 1
 #define PT_DYNAMIC 2
@@ -105,15 +108,30 @@ static void *vdso_symbol(const struct elf_ehdr *ehdr, const char *name)
 
 static clock_gettime_fn vdso_clock_gettime;
 
-static u64 now_ns(void)
+static u64 clock_ns(int clock)
 {
 	struct timespec ts;
 
 	if (vdso_clock_gettime)
-		vdso_clock_gettime(CLOCK_MONOTONIC, &ts);
+		vdso_clock_gettime(clock, &ts);
 	else
-		syscall3(SYS_clock_gettime, CLOCK_MONOTONIC, (s64)&ts, 0);
+		syscall3(SYS_clock_gettime, clock, (s64)&ts, 0);
 	return (u64)ts.tv_sec * 1000000000ul + (u64)ts.tv_nsec;
+}
+
+static u64 now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
+}
+
+/* Both clocks to the nanosecond, for tests of clock faults (date has whole seconds). */
+static void now(void)
+{
+	put("realtime_ns ");
+	put_u64(clock_ns(CLOCK_REALTIME));
+	put(" monotonic_ns ");
+	put_u64(now_ns());
+	put("\n");
 }
 
 static void calls(u64 n)
@@ -152,6 +170,10 @@ int main(int argc, char **argv)
 
 	if (vdso)
 		vdso_clock_gettime = (clock_gettime_fn)vdso_symbol(vdso, "__vdso_clock_gettime");
+	if (argc == 2 && streq(argv[1], "now")) {
+		now();
+		return 0;
+	}
 	put(vdso_clock_gettime ? "vdso clock_gettime\n" : "vdso none\n");
 	if (argc == 3 && streq(argv[1], "calls")) {
 		calls(parse_u64(argv[2], 20000));
@@ -161,6 +183,6 @@ int main(int argc, char **argv)
 		spin(parse_u64(argv[2], 10));
 		return 0;
 	}
-	put("usage: simvm-clock calls N | spin MS\n");
+	put("usage: simvm-clock calls N | spin MS | now\n");
 	return 2;
 }

@@ -8,6 +8,7 @@
 // Every unsafe block says why it is sound.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod assertions;
 pub mod boot;
 pub mod boot_data;
 pub mod clock;
@@ -26,11 +27,13 @@ pub mod kvm_ext;
 pub mod layout;
 pub mod machine;
 pub mod msr;
+pub mod nemesis;
 pub mod network;
 pub mod profile;
 pub mod scenario;
 pub mod seed;
 pub mod simulation;
+pub mod skew;
 pub mod state;
 pub mod template;
 pub mod test_elf;

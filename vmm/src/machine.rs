@@ -40,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
+use crate::skew::ClockSkew;
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
 use crate::trace::{Event, Note, Stable, Trace};
@@ -84,6 +85,9 @@ pub struct MachineConfig {
     /// starts at zero there (at the template's clock, when started from one), its wall clock
     /// goes on from the world's.
     pub epoch_ns: u64,
+    /// Parts per million the guest's clock gains against world time from power-on (a clock
+    /// rate fault outlives the incarnation: it is the machine's oscillator).
+    pub clock_ppm: i64,
     /// Start from this template instead of booting (`None`: boot).
     pub template: Option<Arc<Template>>,
 }
@@ -110,6 +114,7 @@ impl MachineConfig {
             disks: Vec::new(),
             incarnation: 1,
             epoch_ns: 0,
+            clock_ppm: 0,
             template: None,
         }
     }
@@ -248,6 +253,8 @@ pub struct Machine {
     epoch: u64,
     /// The guest's clock at power-on: zero after a boot, the template's clock after a restore.
     clock_offset: u64,
+    /// How fast the guest's clock runs against world time since power-on (clock faults).
+    skew: ClockSkew,
     /// World virtual time.
     now: u64,
     console_lines: LineBuffer,
@@ -387,6 +394,7 @@ impl Machine {
             user_mode_since: None,
             epoch: config.epoch_ns,
             clock_offset: 0,
+            skew: ClockSkew::with_rate(config.clock_ppm),
             now: config.epoch_ns,
             console_lines: LineBuffer::default(),
             pending_lines: Vec::new(),
@@ -422,20 +430,54 @@ impl Machine {
         self.incarnation
     }
 
-    /// The guest's own clock: virtual time since this incarnation powered on, plus the
-    /// template's time for a restored machine.
+    /// The guest's own clock: virtual time since this incarnation powered on, at the clock's
+    /// rate, plus the template's time for a restored machine.
     fn guest_now(&self) -> u64 {
-        self.now
-            .saturating_sub(self.epoch)
+        self.guest_time_at(self.now)
+    }
+
+    /// The guest's clock at world time `world`.
+    fn guest_time_at(&self, world: u64) -> u64 {
+        self.skew
+            .guest(world.saturating_sub(self.epoch))
             .saturating_add(self.clock_offset)
     }
 
     /// The armed timer's deadline in world time (a deadline from before power-on is due now).
     pub fn timer_deadline(&self) -> Option<u64> {
         self.ports.deadline().map(|d| {
-            d.saturating_sub(self.clock_offset)
+            self.skew
+                .world(d.saturating_sub(self.clock_offset))
                 .saturating_add(self.epoch)
         })
+    }
+
+    /// From world time `at` on, the guest's clocks (monotonic, wall, TSC) gain `ppm` parts per
+    /// million against world time; they stay continuous.
+    pub fn set_clock_rate(&mut self, at: u64, ppm: i64) {
+        self.skew.set_rate(at.saturating_sub(self.epoch), ppm);
+    }
+
+    /// How far the guest's wall clock is ahead of the world's wall time at world time `at`
+    /// (negative: behind): its seeded offset, clock steps and what its rate has gained. A
+    /// halted machine's clock reads its halt time, but its rate runs on to `at`.
+    pub fn wall_clock_error_ns(&self, at: u64) -> i64 {
+        let at = at.max(self.now);
+        let guest = i128::from(self.ports.wall_base_ns()) + i128::from(self.guest_time_at(at));
+        let world = i128::from(crate::clock::DEFAULT_WALL_BASE_NS) + i128::from(at);
+        i64::try_from(guest - world).unwrap_or(if guest > world { i64::MAX } else { i64::MIN })
+    }
+
+    /// The guest's clock rate, in parts per million gained.
+    pub fn clock_rate(&self) -> i64 {
+        self.skew.ppm()
+    }
+
+    /// Steps the guest's wall clock (`CLOCK_REALTIME`) by `delta_ns`, as a settimeofday would;
+    /// its monotonic clock does not move. The guest kernel applies it at its next timer
+    /// interrupt (docs/guest-abi.md, "Wall clock steps").
+    pub fn step_wall_clock(&mut self, delta_ns: i64) {
+        self.ports.step_wall(delta_ns);
     }
 
     /// Virtual time of this machine.

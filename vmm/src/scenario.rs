@@ -8,6 +8,10 @@
 //! until = "60s"              # optional: stop the run at this virtual time
 //! clock_spread = "5ms"       # optional: each machine's wall clock is off by a seeded amount
 //!                            # in [-spread, +spread] (default 5ms, "0s": all agree)
+//! start_spread = "10ms"      # optional: each boot starts a seeded delay in [0, spread] late
+//!                            # (default 10ms, "0s": machines start together)
+//! chaos = "2%"               # optional: each guest system call yields the CPU with this
+//!                            # seeded probability (0.1% steps; default 0: off)
 //!
 //! [network]                  # optional: settings of every link
 //! latency = "2ms"            # ns, us, ms, s, m, h; fractions allowed ("1.5ms")
@@ -65,6 +69,24 @@
 //! # stall = "2s"             # nothing completes for 2 s
 //! # slow = "5ms"             # every request takes 5 ms longer ("0s" ends it)
 //! # clear = true             # ends write errors, stalls and slowness
+//!
+//! [[timeline]]
+//! at = "25s"
+//! pause = "m3"               # m3 is not stepped (SIGSTOP of a VM); its clock shows the gap
+//! for = "2s"                 # optional: else until a `resume = "m3"` event
+//!
+//! [[timeline]]
+//! at = "30s"
+//! clock = "m2"               # a clock fault: one of the keys below
+//! rate = "+200ppm"           # m2's clocks gain 200 µs a second from now ("0ppm" ends it)
+//! # step = "-1.5s"           # its wall clock jumps (the monotonic clock does not)
+//! # offset = "0s"            # its wall clock is set to world time plus this
+//!
+//! [nemesis]                  # optional: seeded faults besides the timeline's
+//! faults = ["partition", "kill", "pause", "clock", "disk"]
+//! interval = "5s"            # mean time between faults (default 5s)
+//! duration = "2s"            # mean length of a fault before it heals (default 2s)
+//! quiet = "10s"              # no fault in this tail before `until` (default 10s)
 //! ```
 //!
 //! Disks, per machine (`vda`, `vdb`, ... in order), and the crash policy of the run:
@@ -115,6 +137,8 @@ use simvm_devices::disk::{CrashPolicy, Fault, Latency, UnknownCrashPolicy};
 use thiserror::Error;
 use toml::{Spanned, Table, Value};
 
+use crate::nemesis::{self, FaultKind, Nemesis};
+pub use crate::skew::ClockChange;
 use crate::units::{self, format_bandwidth, format_ns, parse_scaled, BANDWIDTH_UNITS};
 
 /// The most machines one run can have (the CLI's `--machines` limit).
@@ -139,10 +163,21 @@ pub struct Scenario {
     /// Each machine's wall clock starts off by a seeded amount within ± this (ns), as NTP
     /// keeps real machines within milliseconds of each other.
     pub clock_spread_ns: u64,
+    /// Each boot of a machine starts a seeded delay within `[0, this]` (ns) after it is due,
+    /// so that machines started together are not clones of each other.
+    pub start_spread_ns: u64,
+    /// Chaos scheduling: per mille of guest system calls at which the calling task yields the
+    /// CPU, drawn from the machine's seeded RNG (0: off; docs/determinism.md).
+    pub chaos_per_mille: u32,
+    /// Seeded faults besides the timeline's.
+    pub nemesis: Option<Nemesis>,
 }
 
 /// The default [`Scenario::clock_spread_ns`]: 5 ms.
 pub const DEFAULT_CLOCK_SPREAD_NS: u64 = 5_000_000;
+
+/// The default [`Scenario::start_spread_ns`]: 10 ms.
+pub const DEFAULT_START_SPREAD_NS: u64 = 10_000_000;
 
 /// Size of a disk whose scenario entry gives neither `size` nor `image`.
 pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
@@ -330,6 +365,20 @@ pub enum Action {
         disk: usize,
         fault: Fault,
     },
+    /// The machine is not stepped until it resumes, after `for_ns` if given (or at a `Resume`);
+    /// its clock then shows the gap, as a VM stopped with SIGSTOP.
+    Pause {
+        machine: usize,
+        for_ns: Option<u64>,
+    },
+    Resume {
+        machine: usize,
+    },
+    /// A change to the machine's clocks.
+    Clock {
+        machine: usize,
+        change: ClockChange,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -481,6 +530,9 @@ impl Scenario {
             until_ns: None,
             crash_policy: CrashPolicy::default(),
             clock_spread_ns: DEFAULT_CLOCK_SPREAD_NS,
+            start_spread_ns: DEFAULT_START_SPREAD_NS,
+            chaos_per_mille: 0,
+            nemesis: None,
         }
     }
 }
@@ -593,12 +645,24 @@ struct RawScenario {
     until: Option<Spanned<Nanos>>,
     crash_policy: Option<Spanned<String>>,
     clock_spread: Option<Nanos>,
+    start_spread: Option<Nanos>,
+    chaos: Option<Probability>,
     #[serde(default)]
     network: RawNetwork,
     #[serde(default)]
     machine: Vec<Spanned<RawMachine>>,
     #[serde(default)]
     timeline: Vec<Spanned<RawEvent>>,
+    nemesis: Option<Spanned<RawNemesis>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNemesis {
+    faults: Spanned<Vec<Spanned<String>>>,
+    interval: Option<Spanned<Nanos>>,
+    duration: Option<Spanned<Nanos>>,
+    quiet: Option<Nanos>,
 }
 
 #[derive(Default, Deserialize)]
@@ -669,6 +733,14 @@ struct RawEvent {
     kill: Option<Spanned<String>>,
     policy: Option<Spanned<String>>,
     restart: Option<Spanned<String>>,
+    pause: Option<Spanned<String>>,
+    #[serde(rename = "for")]
+    pause_for: Option<Spanned<Nanos>>,
+    resume: Option<Spanned<String>>,
+    clock: Option<Spanned<String>>,
+    rate: Option<Spanned<String>>,
+    step: Option<Spanned<String>>,
+    offset: Option<Spanned<String>>,
     disk: Option<Spanned<String>>,
     latent_errors: Option<Spanned<String>>,
     write_errors: Option<Spanned<String>>,
@@ -698,6 +770,17 @@ impl RawScenario {
         let network = self.network.check(&names)?;
         let disks: Vec<usize> = machines.iter().map(|m| m.disks.len()).collect();
         let timeline = check_timeline(self.timeline, &names, &disks, self.until.as_ref())?;
+        let nemesis = self.nemesis.map(check_nemesis).transpose()?;
+        if let Some(nemesis) = nemesis
+            .as_ref()
+            .filter(|_| self.until.is_none() && !until_given)
+        {
+            return Err(Problem::at(
+                nemesis.1.clone(),
+                "a nemesis needs the run's end, to keep its quiet tail: add `until` at the top (or run with --until)",
+            ));
+        }
+        let nemesis = nemesis.map(|(n, _)| n);
         let crash_policy = self
             .crash_policy
             .as_ref()
@@ -712,6 +795,9 @@ impl RawScenario {
             until_ns: self.until.map(|u| u.into_inner().0),
             crash_policy,
             clock_spread_ns: self.clock_spread.map_or(DEFAULT_CLOCK_SPREAD_NS, |s| s.0),
+            start_spread_ns: self.start_spread.map_or(DEFAULT_START_SPREAD_NS, |s| s.0),
+            chaos_per_mille: self.chaos.map_or(0, |p| per_mille(p.0)),
+            nemesis,
         };
         if !until_given && !scenario.ends_by_itself() {
             return Err(Problem::at(
@@ -726,6 +812,54 @@ impl RawScenario {
         }
         Ok(scenario)
     }
+}
+
+/// The `[nemesis]` table, and where it is (for the check that needs `until`).
+fn check_nemesis(raw: Spanned<RawNemesis>) -> Result<(Nemesis, Range<usize>), Problem> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let mut faults = Vec::new();
+    for name in raw.faults.get_ref() {
+        let kind = FaultKind::parse(name.get_ref()).ok_or_else(|| {
+            let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+            Problem::at(
+                name.span(),
+                format!(
+                    "unknown fault `{}`; the kinds are {}",
+                    name.get_ref(),
+                    known.join(", ")
+                ),
+            )
+        })?;
+        if faults.contains(&kind) {
+            return Err(Problem::at(
+                name.span(),
+                format!("`{}` is listed twice", kind.name()),
+            ));
+        }
+        faults.push(kind);
+    }
+    if faults.is_empty() {
+        return Err(Problem::at(
+            raw.faults.span(),
+            "list the kinds of fault, e.g. [\"partition\", \"kill\", \"pause\", \"clock\", \"disk\"]",
+        ));
+    }
+    let positive = |value: Option<Spanned<Nanos>>, default: u64, key: &str| match value {
+        Some(v) if v.get_ref().0 == 0 => Err(Problem::at(
+            v.span(),
+            format!("`{key}` must be longer than 0s"),
+        )),
+        Some(v) => Ok(v.into_inner().0),
+        None => Ok(default),
+    };
+    let nemesis = Nemesis {
+        faults,
+        interval_ns: positive(raw.interval, nemesis::DEFAULT_INTERVAL_NS, "interval")?,
+        duration_ns: positive(raw.duration, nemesis::DEFAULT_DURATION_NS, "duration")?,
+        quiet_ns: raw.quiet.map_or(nemesis::DEFAULT_QUIET_NS, |q| q.0),
+    };
+    Ok((nemesis, span))
 }
 
 /// Machine names in order, to resolve references.
@@ -1116,6 +1250,9 @@ impl RawEvent {
             ("link", self.link.as_ref().map(Spanned::span)),
             ("kill", self.kill.as_ref().map(Spanned::span)),
             ("restart", self.restart.as_ref().map(Spanned::span)),
+            ("pause", self.pause.as_ref().map(Spanned::span)),
+            ("resume", self.resume.as_ref().map(Spanned::span)),
+            ("clock", self.clock.as_ref().map(Spanned::span)),
             ("disk", self.disk.as_ref().map(Spanned::span)),
         ]
         .into_iter()
@@ -1125,7 +1262,7 @@ impl RawEvent {
             [] => {
                 return Err(Problem::at(
                     span,
-                    "a timeline event needs one of `partition`, `heal`, `link`, `kill`, `restart` or `disk`",
+                    "a timeline event needs one of `partition`, `heal`, `link`, `kill`, `restart`, `pause`, `resume`, `clock` or `disk`",
                 ))
             }
             [(first, _), (second, span), ..] => {
@@ -1149,6 +1286,43 @@ impl RawEvent {
         }
         if self.disk.is_none() {
             self.reject_disk_fault_options()?;
+        }
+        if self.pause.is_none() {
+            if let Some(pause_for) = &self.pause_for {
+                return Err(Problem::at(
+                    pause_for.span(),
+                    "`for` belongs to a `pause` event",
+                ));
+            }
+        }
+        if self.clock.is_none() {
+            if let Some((key, span)) = self
+                .clock_options()
+                .into_iter()
+                .find_map(|(k, s)| Some((k, s?)))
+            {
+                return Err(Problem::at(
+                    span,
+                    format!("`{key}` belongs to a `clock` event"),
+                ));
+            }
+        }
+        if let Some(machine) = &self.pause {
+            return Ok(Action::Pause {
+                machine: names.index(machine)?,
+                for_ns: self.pause_for.as_ref().map(|f| f.get_ref().0),
+            });
+        }
+        if let Some(machine) = &self.resume {
+            return Ok(Action::Resume {
+                machine: names.index(machine)?,
+            });
+        }
+        if let Some(machine) = &self.clock {
+            return Ok(Action::Clock {
+                machine: names.index(machine)?,
+                change: self.check_clock_change(machine)?,
+            });
         }
         if let Some(machine) = &self.kill {
             let policy = self.policy.as_ref().map(check_crash_policy).transpose()?;
@@ -1175,6 +1349,65 @@ impl RawEvent {
             link.get_ref().check(link.span(), names).map(Action::Link)
         } else {
             unreachable!("exactly one action was found above")
+        }
+    }
+
+    fn clock_options(&self) -> [(&'static str, Option<Range<usize>>); 3] {
+        [
+            ("rate", self.rate.as_ref().map(Spanned::span)),
+            ("step", self.step.as_ref().map(Spanned::span)),
+            ("offset", self.offset.as_ref().map(Spanned::span)),
+        ]
+    }
+
+    /// `clock = "m1"` with exactly one of `rate`, `step` or `offset`.
+    fn check_clock_change(&self, clock: &Spanned<String>) -> Result<ClockChange, Problem> {
+        let given: Vec<(&str, Range<usize>)> = self
+            .clock_options()
+            .into_iter()
+            .filter_map(|(k, s)| Some((k, s?)))
+            .collect();
+        match given.as_slice() {
+            [] => {
+                return Err(Problem::at(
+                    clock.span(),
+                    "a clock event needs one of `rate` (\"+200ppm\"), `step` (\"-1.5s\") or `offset` (\"250ms\")",
+                ))
+            }
+            [(first, _), (second, span), ..] => {
+                return Err(Problem::at(
+                    span.clone(),
+                    format!("a clock event does one thing, this one has `{first}` and `{second}`"),
+                ))
+            }
+            [_] => {}
+        }
+        let signed = |value: &Spanned<String>| {
+            units::parse_signed_duration_ns(value.get_ref())
+                .map_err(|e| Problem::at(value.span(), e))
+        };
+        if let Some(rate) = &self.rate {
+            let ppm = units::parse_ppm(rate.get_ref()).map_err(|e| Problem::at(rate.span(), e))?;
+            if ppm.abs() > crate::skew::MAX_RATE_PPM {
+                return Err(Problem::at(
+                    rate.span(),
+                    format!(
+                        "a clock rate within ±{}ppm (±50%), found {ppm}ppm",
+                        crate::skew::MAX_RATE_PPM
+                    ),
+                ));
+            }
+            Ok(ClockChange::Rate { ppm })
+        } else if let Some(step) = &self.step {
+            Ok(ClockChange::Step {
+                delta_ns: signed(step)?,
+            })
+        } else if let Some(offset) = &self.offset {
+            Ok(ClockChange::Offset {
+                offset_ns: signed(offset)?,
+            })
+        } else {
+            unreachable!("exactly one option was found above")
         }
     }
 
@@ -1481,6 +1714,13 @@ impl Quantity for Nanos {
     }
 }
 
+/// A probability in `[0, 1]` in thousandths, rounded (the guest kernel's `simvm_chaos=`).
+// A whole number in [0, 1000] (`as` turns NaN into 0): nothing to truncate.
+#[allow(clippy::cast_possible_truncation)]
+pub fn per_mille(probability: f64) -> u32 {
+    (probability.clamp(0.0, 1.0) * 1000.0).round() as u32
+}
+
 /// A probability in `[0, 1]`.
 #[derive(Clone, Copy, Debug)]
 struct Probability(f64);
@@ -1647,6 +1887,16 @@ impl Scenario {
                 format_ns(self.clock_spread_ns).into(),
             );
         }
+        if self.chaos_per_mille != 0 {
+            let percent = format!("{}%", f64::from(self.chaos_per_mille) / 10.0);
+            root.insert("chaos".into(), percent.into());
+        }
+        if self.start_spread_ns != DEFAULT_START_SPREAD_NS {
+            root.insert(
+                "start_spread".into(),
+                format_ns(self.start_spread_ns).into(),
+            );
+        }
         let mut network = settings_table(&self.network.defaults);
         let links: Vec<Value> = (self.network.links.iter())
             .map(|o| self.link_table(o).into())
@@ -1661,6 +1911,15 @@ impl Scenario {
             .map(|m| machine_table(m).into())
             .collect();
         root.insert("machine".into(), machines.into());
+        if let Some(nemesis) = &self.nemesis {
+            let mut table = Table::new();
+            let faults: Vec<Value> = nemesis.faults.iter().map(|k| k.name().into()).collect();
+            table.insert("faults".into(), faults.into());
+            table.insert("interval".into(), format_ns(nemesis.interval_ns).into());
+            table.insert("duration".into(), format_ns(nemesis.duration_ns).into());
+            table.insert("quiet".into(), format_ns(nemesis.quiet_ns).into());
+            root.insert("nemesis".into(), table.into());
+        }
         if !self.timeline.is_empty() {
             let events: Vec<Value> = self
                 .timeline
@@ -1670,6 +1929,15 @@ impl Scenario {
             root.insert("timeline".into(), events.into());
         }
         root
+    }
+
+    /// `events` as `[[timeline]]` tables of this scenario's file format (to print a generated
+    /// schedule that a person can read, or paste into a scenario).
+    pub fn timeline_toml(&self, events: &[Event]) -> String {
+        let tables: Vec<Value> = events.iter().map(|e| self.event_table(e).into()).collect();
+        let mut root = Table::new();
+        root.insert("timeline".into(), tables.into());
+        toml::to_string(&root).unwrap_or_default()
     }
 
     fn name(&self, index: usize) -> Value {
@@ -1724,6 +1992,26 @@ impl Scenario {
             }
             Action::Restart { machine } => {
                 table.insert("restart".into(), self.name(*machine));
+            }
+            Action::Pause { machine, for_ns } => {
+                table.insert("pause".into(), self.name(*machine));
+                if let Some(for_ns) = for_ns {
+                    table.insert("for".into(), format_ns(*for_ns).into());
+                }
+            }
+            Action::Resume { machine } => {
+                table.insert("resume".into(), self.name(*machine));
+            }
+            Action::Clock { machine, change } => {
+                table.insert("clock".into(), self.name(*machine));
+                let (key, value) = match *change {
+                    ClockChange::Rate { ppm } => ("rate", units::format_ppm(ppm)),
+                    ClockChange::Step { delta_ns } => ("step", units::format_signed_ns(delta_ns)),
+                    ClockChange::Offset { offset_ns } => {
+                        ("offset", units::format_signed_ns(offset_ns))
+                    }
+                };
+                table.insert(key.into(), value.into());
             }
             Action::DiskFault {
                 machine,
@@ -1881,6 +2169,66 @@ mod tests {
             }
         }
         assert!(seen >= 3, "expected at least three examples, found {seen}");
+    }
+
+    #[test]
+    fn pauses_and_clock_faults_parse_and_round_trip() {
+        let text = "start_spread = \"0s\"\n[[machine]]\ncount = 2\ncommand = \"x\"\n\
+                    [[timeline]]\nat = \"1s\"\npause = \"m2\"\nfor = \"2s\"\n\
+                    [[timeline]]\nat = \"2s\"\npause = \"m1\"\n\
+                    [[timeline]]\nat = \"4s\"\nresume = \"m1\"\n\
+                    [[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"+200ppm\"\n\
+                    [[timeline]]\nat = \"6s\"\nclock = \"m2\"\nstep = \"-1.5s\"\n\
+                    [[timeline]]\nat = \"7s\"\nclock = \"m2\"\noffset = \"250ms\"\n";
+        let s = parse(&format!("chaos = \"2.5%\"\n{text}")).expect("parses");
+        assert_eq!(s.start_spread_ns, 0);
+        assert_eq!(s.chaos_per_mille, 25);
+        let actions: Vec<&Action> = s.timeline.iter().map(|e| &e.action).collect();
+        assert_eq!(
+            actions,
+            [
+                &Action::Pause {
+                    machine: 1,
+                    for_ns: Some(2_000_000_000)
+                },
+                &Action::Pause {
+                    machine: 0,
+                    for_ns: None
+                },
+                &Action::Resume { machine: 0 },
+                &Action::Clock {
+                    machine: 0,
+                    change: ClockChange::Rate { ppm: 200 }
+                },
+                &Action::Clock {
+                    machine: 1,
+                    change: ClockChange::Step {
+                        delta_ns: -1_500_000_000
+                    }
+                },
+                &Action::Clock {
+                    machine: 1,
+                    change: ClockChange::Offset {
+                        offset_ns: 250_000_000
+                    }
+                },
+            ]
+        );
+        assert_eq!(parse(&s.to_string()).expect("round trip"), s);
+        let nemesis = parse(&format!(
+            "until = \"1m\"\n{text}[nemesis]\nfaults = [\"pause\", \"clock\"]\nquiet = \"5s\"\n"
+        ))
+        .expect("parses");
+        assert_eq!(
+            nemesis.nemesis,
+            Some(Nemesis {
+                faults: vec![FaultKind::Pause, FaultKind::Clock],
+                interval_ns: nemesis::DEFAULT_INTERVAL_NS,
+                duration_ns: nemesis::DEFAULT_DURATION_NS,
+                quiet_ns: 5_000_000_000,
+            })
+        );
+        assert_eq!(parse(&nemesis.to_string()).expect("round trip"), nemesis);
     }
 
     #[test]
@@ -2142,6 +2490,19 @@ mod tests {
             (format!("{M}[[timeline]]\nat = \"5s\"\ndisk = \"m1/vda\"\nstall = \"1s\"\n"), (6, 8), "m1 has no disk `vda`"),
             (format!("{M}[[timeline]]\nat = \"5s\"\ndisk = \"m1\"\n"), (6, 8), "MACHINE/DISK"),
             (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m1\"\nstall = \"1s\"\n"), (7, 9), "belongs to a `disk` event"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nkill = \"m1\"\nfor = \"1s\"\n"), (7, 7), "belongs to a `pause` event"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\npause = \"m1\"\nrate = \"+1ppm\"\n"), (7, 8), "belongs to a `clock` event"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\n"), (6, 9), "needs one of `rate`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"+1ppm\"\nstep = \"1s\"\n"), (8, 8), "has `rate` and `step`"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"600000ppm\"\n"), (7, 8), "within ±500000ppm"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"200\"\n"), (7, 8), "like \"+200ppm\""),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nstep = \"-1\"\n"), (7, 8), "needs a unit"),
+            (format!("{M}[[timeline]]\nat = \"5s\"\nresume = \"m7\"\n"), (6, 10), "unknown machine `m7`"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\", \"flood\"]\n"), (6, 19), "unknown fault `flood`"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\", \"kill\"]\n"), (6, 19), "listed twice"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = []\n"), (6, 10), "list the kinds"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\"]\ninterval = \"0s\"\n"), (7, 12), "longer than 0s"),
+            (format!("{M}[nemesis]\nfaults = [\"kill\"]\n"), (4, 1), "a nemesis needs the run's end"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ size = \"100K\" }]\n".into(), (3, 10), "at least 1M"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"xfs\" }]\n".into(), (3, 17), "unknown `fs`"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"raw\", mount = \"/d\" }]\n".into(), (3, 32), "raw disk"),

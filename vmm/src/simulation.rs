@@ -31,8 +31,9 @@ use crate::disk_image::ext4_image;
 use crate::disks::{DiskBase, DiskSetup};
 use crate::image::{self, GuestImage};
 use crate::machine::{disk_name, MachineConfig, Stop};
+use crate::nemesis::Nemesis;
 use crate::network::{NetAction, NetworkConfig};
-use crate::scenario::{Action, DiskContents, Expect, Heal, Scenario};
+use crate::scenario::{Action, DiskContents, Event, Expect, Heal, Scenario};
 use crate::seed::Seed;
 use crate::trace::first_divergence;
 use crate::tuning::GuestTuning;
@@ -86,6 +87,10 @@ pub struct Simulation {
     pub from: Option<PathBuf>,
     /// Profile the run, sampling the guests this often in real time (`--profile`).
     pub sample_every: Option<Duration>,
+    /// Chaos scheduling in thousandths of system calls, instead of the scenario's `chaos`.
+    pub chaos_per_mille: Option<u32>,
+    /// Seeded faults instead of the scenario's `[nemesis]`.
+    pub nemesis: Option<Nemesis>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +188,8 @@ impl Simulation {
             snapshot: None,
             from: None,
             sample_every: None,
+            chaos_per_mille: None,
+            nemesis: None,
         }
     }
 
@@ -224,6 +231,34 @@ impl Simulation {
         self
     }
 
+    /// The nemesis in force: the one given here, else the scenario's.
+    fn nemesis(&self) -> Option<&Nemesis> {
+        self.nemesis.as_ref().or(self.scenario.nemesis.as_ref())
+    }
+
+    /// The faults the nemesis schedules for this seed, in time order (none without a nemesis
+    /// or an end of the run).
+    pub fn nemesis_schedule(&self) -> Vec<Event> {
+        match (self.nemesis(), self.until_ns.or(self.scenario.until_ns)) {
+            (Some(nemesis), Some(until)) => nemesis.schedule(
+                Seed(self.seed),
+                &self.scenario.machines,
+                self.networked(),
+                until,
+            ),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The scenario's timeline with the nemesis's faults merged in (the file's first at equal
+    /// times).
+    pub fn timeline(&self) -> Vec<Event> {
+        let mut timeline = self.scenario.timeline.clone();
+        timeline.extend(self.nemesis_schedule());
+        timeline.sort_by_key(|e| e.at_ns);
+        timeline
+    }
+
     fn networked(&self) -> bool {
         self.scenario.machines.len() > 1
     }
@@ -253,6 +288,7 @@ impl Simulation {
         }
         let seed = Seed(self.seed);
         let networked = self.networked();
+        let timeline = self.timeline();
         let hosts: Vec<(String, String)> = self
             .scenario
             .machines
@@ -300,12 +336,19 @@ impl Simulation {
             machines.push(MachineConfig {
                 index: i,
                 boot: Some(boot),
-                cmdline_extra: [self.tuning.kernel_args(), self.kernel_args.clone()]
-                    .iter()
-                    .filter(|a| !a.is_empty())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                cmdline_extra: [
+                    self.tuning.kernel_args(),
+                    chaos_args(
+                        self.chaos_per_mille
+                            .unwrap_or(self.scenario.chaos_per_mille),
+                    ),
+                    self.kernel_args.clone(),
+                ]
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" "),
                 rng_seed: seed.key(&format!("machine/{}/kernel-rng", machine.name)),
                 wall_base_ns: DEFAULT_WALL_BASE_NS.saturating_add_signed(seed.offset(
                     &format!("machine/{}/wall-offset", machine.name),
@@ -324,7 +367,7 @@ impl Simulation {
         }
         Ok(WorldConfig {
             disks,
-            timeline: machine_timeline(&self.scenario),
+            timeline: machine_timeline(&timeline),
             crash_policy: self.crash_policy.unwrap_or(self.scenario.crash_policy),
             keep_disks: self.keep_disks.clone(),
             until_ns: self.until_ns.or(self.scenario.until_ns),
@@ -334,12 +377,13 @@ impl Simulation {
             trace_state: self.trace_state,
             cpu: self.cpu,
             kvm_device: self.kvm_device.clone(),
-            network: networked.then(|| network_config(&self.scenario)),
+            network: networked.then(|| network_config(&self.scenario, &timeline)),
             pcap: self.pcap.clone(),
             templates: (!self.cold).then(|| self.cache_dir.clone()),
             snapshot: self.snapshot.clone(),
             from: self.from.clone(),
             sample_every: self.sample_every,
+            start_spread_ns: self.scenario.start_spread_ns,
             awaited: self
                 .scenario
                 .machines
@@ -442,7 +486,8 @@ impl Simulation {
         Ok(run.write(dir)?)
     }
 
-    /// Whether every machine met its expectation and the run as a whole succeeded.
+    /// Whether every machine met its expectation and the run as a whole succeeded (no guest
+    /// assertion failed, among others).
     pub fn passed(&self, outcome: &Outcome) -> bool {
         let machines_ok = outcome
             .machines
@@ -452,16 +497,38 @@ impl Simulation {
         machines_ok
             && outcome.ending != Ending::Idle
             && (!self.strict || outcome.watchdog_kicks.is_empty())
+            && outcome.assertions.passed()
     }
 }
 
-/// The kills, restarts and disk faults of a scenario's timeline.
-fn machine_timeline(scenario: &Scenario) -> Vec<(u64, MachineAction)> {
-    scenario
-        .timeline
+/// The guest kernel parameter of chaos scheduling at `per_mille` (none when off).
+fn chaos_args(per_mille: u32) -> String {
+    match per_mille {
+        0 => String::new(),
+        n => format!("simvm_chaos={}", n.min(1000)),
+    }
+}
+
+/// The kills, restarts, pauses, clock and disk faults of a scenario's timeline, in time order
+/// (a pause `for` a while brings its resume).
+fn machine_timeline(timeline: &[Event]) -> Vec<(u64, MachineAction)> {
+    let mut timeline: Vec<(u64, MachineAction)> = timeline
         .iter()
-        .filter_map(|event| {
+        .flat_map(|event| {
             let action = match &event.action {
+                Action::Pause { machine, for_ns } => {
+                    let pause = (event.at_ns, MachineAction::Pause { machine: *machine });
+                    let resume = for_ns.map(|d| {
+                        let at = event.at_ns.saturating_add(d);
+                        (at, MachineAction::Resume { machine: *machine })
+                    });
+                    return [Some(pause), resume];
+                }
+                Action::Resume { machine } => MachineAction::Resume { machine: *machine },
+                Action::Clock { machine, change } => MachineAction::Clock {
+                    machine: *machine,
+                    change: *change,
+                },
                 Action::Kill { machine, policy } => MachineAction::Kill {
                     machine: *machine,
                     policy: *policy,
@@ -476,15 +543,19 @@ fn machine_timeline(scenario: &Scenario) -> Vec<(u64, MachineAction)> {
                     disk: *disk,
                     fault: *fault,
                 },
-                Action::Partition(_) | Action::Heal(_) | Action::Link(_) => return None,
+                Action::Partition(_) | Action::Heal(_) | Action::Link(_) => return [None, None],
             };
-            Some((event.at_ns, action))
+            [Some((event.at_ns, action)), None]
         })
-        .collect()
+        .flatten()
+        .collect();
+    // Stable: actions at the same time keep the file's order.
+    timeline.sort_by_key(|(at, _)| *at);
+    timeline
 }
 
 /// The network of a scenario: per-link settings, and its timeline as switch actions.
-fn network_config(scenario: &Scenario) -> NetworkConfig {
+fn network_config(scenario: &Scenario, timeline: &[Event]) -> NetworkConfig {
     let n = scenario.machines.len();
     let defaults = scenario.network.defaults.apply(LinkConfig::default());
     let mut links = Vec::new();
@@ -499,8 +570,9 @@ fn network_config(scenario: &Scenario) -> NetworkConfig {
             }
         }
     }
+    let events = timeline;
     let mut timeline = Vec::new();
-    for event in &scenario.timeline {
+    for event in events {
         match &event.action {
             Action::Partition(partition) => {
                 let cut = if partition.one_way {
@@ -526,7 +598,12 @@ fn network_config(scenario: &Scenario) -> NetworkConfig {
                     timeline.push((event.at_ns, NetAction::PatchLink { from, to, patch }));
                 }
             }
-            Action::Kill { .. } | Action::Restart { .. } | Action::DiskFault { .. } => {}
+            Action::Kill { .. }
+            | Action::Restart { .. }
+            | Action::DiskFault { .. }
+            | Action::Pause { .. }
+            | Action::Resume { .. }
+            | Action::Clock { .. } => {}
         }
     }
     NetworkConfig {

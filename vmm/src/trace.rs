@@ -55,6 +55,11 @@ impl Stable {
         self
     }
 
+    pub fn i64(mut self, value: i64) -> Self {
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
     pub fn opt_u64(self, value: Option<u64>) -> Self {
         match value {
             Some(v) => self.u64(1).u64(v),

@@ -65,6 +65,47 @@ pub fn parse_duration_ns(text: &str) -> Result<u64, String> {
     })
 }
 
+/// Parses a duration with an optional sign (`"-1.5s"`, `"+250ms"`, `"2s"`) into nanoseconds.
+pub fn parse_signed_duration_ns(text: &str) -> Result<i64, String> {
+    let (negative, magnitude) = split_sign(text);
+    let ns = parse_duration_ns(magnitude)?;
+    let ns = i64::try_from(ns).map_err(|_| format!("{text:?} is too long a duration"))?;
+    Ok(if negative { -ns } else { ns })
+}
+
+/// Parses a clock rate in parts per million (`"+200ppm"`, `"-50ppm"`, `"1000 ppm"`).
+pub fn parse_ppm(text: &str) -> Result<i64, String> {
+    let expecting = || format!("expected a rate like \"+200ppm\" or \"-50ppm\", found {text:?}");
+    let (negative, magnitude) = split_sign(text);
+    let digits = magnitude
+        .trim()
+        .strip_suffix("ppm")
+        .ok_or_else(expecting)?
+        .trim();
+    let value: i64 = digits.parse().map_err(|_| expecting())?;
+    Ok(if negative { -value } else { value })
+}
+
+/// `-x` and `+x` into the sign and `x`.
+fn split_sign(text: &str) -> (bool, &str) {
+    let text = text.trim();
+    match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    }
+}
+
+/// A signed duration as [`parse_signed_duration_ns`] reads it, with its sign: `"-1500us"`.
+pub fn format_signed_ns(ns: i64) -> String {
+    let sign = if ns < 0 { "-" } else { "+" };
+    format!("{sign}{}", format_ns(ns.unsigned_abs()))
+}
+
+/// A rate as [`parse_ppm`] reads it: `"+200ppm"`.
+pub fn format_ppm(ppm: i64) -> String {
+    format!("{ppm:+}ppm")
+}
+
 /// Parses a size (`"256M"`, `"100000K"`, `"0.5k"`, `"4096"`) into bytes, exactly.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     parse_scaled(text, SIZE_UNITS).map_err(|e| e.describe(text, SIZE_EXPECTING, "a size"))
@@ -210,6 +251,22 @@ pub fn parse_scaled(text: &str, units: &[(&str, u64)]) -> Result<u64, ScaledErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signed_durations_and_rates_parse_and_format_back() {
+        assert_eq!(parse_signed_duration_ns("-1.5s"), Ok(-1_500_000_000));
+        assert_eq!(parse_signed_duration_ns("+250ms"), Ok(250_000_000));
+        assert_eq!(parse_signed_duration_ns("2s"), Ok(2_000_000_000));
+        assert!(parse_signed_duration_ns("--2s").is_err());
+        assert_eq!(format_signed_ns(-1_500_000_000), "-1500ms");
+        assert_eq!(parse_signed_duration_ns(&format_signed_ns(-7)), Ok(-7));
+        assert_eq!(parse_ppm("+200ppm"), Ok(200));
+        assert_eq!(parse_ppm("-50 ppm"), Ok(-50));
+        assert!(parse_ppm("200").unwrap_err().contains("+200ppm"));
+        assert!(parse_ppm("1.5ppm").is_err());
+        assert_eq!(format_ppm(-50), "-50ppm");
+        assert_eq!(parse_ppm(&format_ppm(200)), Ok(200));
+    }
 
     #[test]
     fn durations_are_exact() {

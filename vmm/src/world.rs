@@ -16,6 +16,7 @@ use simvm_devices::net::switch::MachineCounters;
 use simvm_devices::virtio::block::BlockOp;
 use simvm_devices::virtio::net::RxDrop;
 
+use crate::assertions::Assertions;
 use crate::console::format_line;
 use crate::crash::CrashReport;
 use crate::disks::{DiskSetup, WorldDisk};
@@ -26,6 +27,7 @@ use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop}
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::profile::{MachineProfile, ProcessProbe};
 use crate::seed::Seed;
+use crate::skew::ClockChange;
 use crate::template::{TemplateUse, Templates};
 
 mod snapshot;
@@ -44,12 +46,27 @@ pub enum MachineAction {
         policy: Option<CrashPolicy>,
     },
     /// Boot a new incarnation on the same disks (a running machine is killed first).
-    Restart { machine: usize },
+    Restart {
+        machine: usize,
+    },
     /// Inject a fault into one disk of a machine.
     DiskFault {
         machine: usize,
         disk: usize,
         fault: Fault,
+    },
+    /// Stop stepping the machine until it resumes (SIGSTOP of a VM): frames and disk
+    /// completions wait for it, and its clock shows the gap.
+    Pause {
+        machine: usize,
+    },
+    Resume {
+        machine: usize,
+    },
+    /// Change the machine's clocks (and those of its later incarnations).
+    Clock {
+        machine: usize,
+        change: ClockChange,
     },
 }
 
@@ -94,6 +111,9 @@ pub struct WorldConfig {
     pub from: Option<PathBuf>,
     /// Profile the run, sampling the guests this often (real time).
     pub sample_every: Option<Duration>,
+    /// Each power-on of a machine comes a seeded delay within `[0, this]` (ns) after it is
+    /// due, so that machines started together do not run in lockstep.
+    pub start_spread_ns: u64,
 }
 
 impl WorldConfig {
@@ -122,6 +142,7 @@ impl WorldConfig {
             snapshot: None,
             from: None,
             sample_every: None,
+            start_spread_ns: 0,
         }
     }
 }
@@ -198,6 +219,8 @@ pub struct Outcome {
     pub resumed_from: Option<SnapshotInfo>,
     /// Profiling samples that found simvm's own code running (`--profile`).
     pub simvm_samples: u64,
+    /// What the guests asserted (`simvm-assert`, docs/guest-abi.md "Assertions").
+    pub assertions: Assertions,
 }
 
 impl Outcome {
@@ -235,6 +258,8 @@ struct Node {
     frames_unplugged: u64,
     /// Profiles of earlier incarnations, when profiling.
     profile: Option<MachineProfile>,
+    /// Paused by the timeline since this virtual time: not stepped until it resumes.
+    paused: Option<u64>,
 }
 
 impl Node {
@@ -318,6 +343,9 @@ pub struct World {
     printed: Vec<bool>,
     /// Collecting a profile (`--profile`).
     profiling: bool,
+    start_spread_ns: u64,
+    /// The guests' assertion lines so far.
+    assertions: Assertions,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -412,9 +440,11 @@ impl World {
                 )?);
                 continue;
             }
+            machine_config.epoch_ns =
+                start_delay(config.seed, &machine_config.name, 1, config.start_spread_ns);
             let machine = Machine::power_on(&kvm, machine_config.clone())?;
             if let Some(template) = &machine_config.template {
-                trace.record(0, i, 0, &template_event(template))?;
+                trace.record(0, i, machine_config.epoch_ns, &template_event(template))?;
             }
             nodes.push(Node {
                 config: machine_config,
@@ -429,6 +459,7 @@ impl World {
                 ready_wall: None,
                 frames_unplugged: 0,
                 profile: None,
+                paused: None,
             });
         }
         let mut network = network;
@@ -492,6 +523,8 @@ impl World {
             resumed_from: resume.map(|r| r.info),
             printed,
             profiling: config.sample_every.is_some(),
+            start_spread_ns: config.start_spread_ns,
+            assertions: Assertions::default(),
         })
     }
 
@@ -600,8 +633,9 @@ impl World {
         for (vtime, line) in &lines {
             print(&format_line(self.step, &label, *vtime, line));
         }
-        for (_, line) in &lines {
+        for (vtime, line) in &lines {
             self.note_console_line(index, line);
+            self.assertions.note(self.step, &label, *vtime, line);
         }
         let node = &mut self.nodes[index];
         let Some(machine) = node.machine.as_mut() else {
@@ -642,7 +676,12 @@ impl World {
         let incarnation = node.incarnation() + 1;
         let mut config = node.config.clone();
         config.incarnation = incarnation;
-        config.epoch_ns = at;
+        config.epoch_ns = at.saturating_add(start_delay(
+            seed,
+            &config.name,
+            incarnation,
+            self.start_spread_ns,
+        ));
         // Each incarnation's guest randomness has its own stream: (seed, machine, incarnation).
         config.rng_seed = seed.key(&format!(
             "machine/{}/incarnation/{incarnation}/kernel-rng",
@@ -655,9 +694,11 @@ impl World {
         if self.profiling {
             machine.enable_profile(ProcessProbe::beside(&config.kernel));
         }
+        let at = config.epoch_ns;
         node.config = config;
         node.machine = Some(machine);
         node.slot = Slot::Runnable;
+        node.paused = None;
         self.trace
             .record(self.step, index, at, &Event::PowerOn { incarnation })?;
         if let Some(template) = &node.config.template {
@@ -736,7 +777,89 @@ impl World {
                     stable_fault(Stable::new(5).u64(machine as u64).u64(disk as u64), fault);
                 Ok(vec![Note::new(line, stable)])
             }
+            MachineAction::Pause { machine } => Ok(vec![self.pause(machine, at)]),
+            MachineAction::Resume { machine } => self.resume(machine, at).map(|note| vec![note]),
+            MachineAction::Clock { machine, change } => {
+                Ok(vec![self.change_clock(machine, change, at)])
+            }
         }
+    }
+
+    /// Stops stepping machine `index` until it resumes.
+    fn pause(&mut self, index: usize, at: u64) -> Note {
+        let node = &mut self.nodes[index];
+        let label = node.label();
+        let stable = Stable::new(6).u64(index as u64);
+        if node.machine.is_none() || node.paused.is_some() {
+            return Note::new(format!("pause {label}: not running"), stable.u64(0));
+        }
+        node.paused = Some(at);
+        Note::new(format!("pause {label}"), stable.u64(1))
+    }
+
+    /// Steps machine `index` again from `at`: its clock jumps over the pause.
+    fn resume(&mut self, index: usize, at: u64) -> Result<Note> {
+        let node = &mut self.nodes[index];
+        let label = node.label();
+        let stable = Stable::new(7).u64(index as u64);
+        let (Some(machine), Some(since)) = (node.machine.as_mut(), node.paused) else {
+            return Ok(Note::new(
+                format!("resume {label}: not paused"),
+                stable.u64(0),
+            ));
+        };
+        let gap = at.saturating_sub(since);
+        machine.wake(self.step, at, &mut self.trace)?;
+        node.paused = None;
+        Ok(Note::new(
+            format!(
+                "resume {label}: its clock jumps {}",
+                crate::units::format_ns(gap)
+            ),
+            stable.u64(1).u64(gap),
+        ))
+    }
+
+    /// Applies a clock fault to machine `index` and to its later incarnations.
+    fn change_clock(&mut self, index: usize, change: ClockChange, at: u64) -> Note {
+        let node = &mut self.nodes[index];
+        let label = node.label();
+        let config = &mut node.config;
+        let stable = Stable::new(8).u64(index as u64);
+        let stable = match change {
+            ClockChange::Rate { ppm } => {
+                config.clock_ppm = ppm;
+                if let Some(machine) = node.machine.as_mut() {
+                    // A halted machine's clock still reads its halt time; it runs at the old
+                    // rate until `at`. A machine already past `at` has shown its guest the old
+                    // rate up to its own time, which must not change.
+                    machine.set_clock_rate(at.max(machine.now()), ppm);
+                }
+                stable.u64(1).i64(ppm)
+            }
+            ClockChange::Step { delta_ns } => {
+                config.wall_base_ns = config.wall_base_ns.saturating_add_signed(delta_ns);
+                if let Some(machine) = node.machine.as_mut() {
+                    machine.step_wall_clock(delta_ns);
+                }
+                stable.u64(2).i64(delta_ns)
+            }
+            ClockChange::Offset { offset_ns } => {
+                // How far the guest's wall clock is from the world's now, and the step that
+                // puts it at `offset_ns`.
+                let error = match node.machine.as_ref() {
+                    Some(machine) => machine.wall_clock_error_ns(at),
+                    None => wall_error(config.wall_base_ns),
+                };
+                let delta_ns = offset_ns.saturating_sub(error);
+                config.wall_base_ns = config.wall_base_ns.saturating_add_signed(delta_ns);
+                if let Some(machine) = node.machine.as_mut() {
+                    machine.step_wall_clock(delta_ns);
+                }
+                stable.u64(3).i64(offset_ns)
+            }
+        };
+        Note::new(format!("clock {label}: {change}"), stable)
     }
 
     /// Power loss on machine `index`: the VM is discarded, frames on their way to it are
@@ -814,7 +937,7 @@ impl World {
             .iter()
             .enumerate()
             .filter_map(|(i, node)| {
-                let machine = node.machine.as_ref()?;
+                let machine = node.machine.as_ref().filter(|_| node.paused.is_none())?;
                 let wake = match node.slot {
                     Slot::Runnable => return Some((i, machine.now())),
                     Slot::Halted(timer) => {
@@ -1022,6 +1145,7 @@ impl World {
             snapshot: self.snapshot_taken,
             resumed_from: self.resumed_from,
             simvm_samples,
+            assertions: self.assertions,
         })
     }
 }
@@ -1116,6 +1240,7 @@ fn resume_node(
         ready_wall: None,
         frames_unplugged: 0,
         profile: None,
+        paused: None,
     })
 }
 
@@ -1151,6 +1276,22 @@ fn stable_fault(stable: Stable, fault: Fault) -> Stable {
     }
 }
 
+/// The seeded delay of a machine's power-on within `[0, spread]`, from its own stream.
+fn start_delay(seed: Seed, name: &str, incarnation: u32, spread: u64) -> u64 {
+    use rand_core::RngCore;
+    if spread == 0 {
+        return 0;
+    }
+    let component = format!("machine/{name}/incarnation/{incarnation}/start-delay");
+    seed.stream(&component).next_u64() % spread.saturating_add(1)
+}
+
+/// How far a wall clock base (`CLOCK_REALTIME` at the guest clock's zero) is from the world's.
+fn wall_error(wall_base_ns: u64) -> i64 {
+    let world = i128::from(crate::clock::DEFAULT_WALL_BASE_NS);
+    i64::try_from(i128::from(wall_base_ns) - world).unwrap_or(i64::MAX)
+}
+
 /// Refuses timeline actions that name a machine or disk the world does not have, or come out
 /// of time order.
 fn check_timeline(
@@ -1161,9 +1302,11 @@ fn check_timeline(
     let mut previous = 0;
     for (at, action) in timeline {
         let (machine, disk) = match action {
-            MachineAction::Kill { machine, .. } | MachineAction::Restart { machine } => {
-                (*machine, None)
-            }
+            MachineAction::Kill { machine, .. }
+            | MachineAction::Restart { machine }
+            | MachineAction::Pause { machine }
+            | MachineAction::Resume { machine }
+            | MachineAction::Clock { machine, .. } => (*machine, None),
             MachineAction::DiskFault { machine, disk, .. } => (*machine, Some(*disk)),
         };
         let problem = if *at < previous {

@@ -25,6 +25,12 @@ pub struct PortsState {
     pub entropy_gen: u32,
     /// The entropy of that reseed.
     pub entropy: [u8; clock_page::ENTROPY_SIZE],
+    /// The generation of the last wall clock step (0: none), kept like `entropy_gen`.
+    #[serde(default)]
+    pub wall_gen: u32,
+    /// The sum of the wall clock steps: the restoring machine's own base moves by as much.
+    #[serde(default)]
+    pub wall_steps_ns: i64,
 }
 
 impl Snapshot for SimvmPorts {
@@ -37,6 +43,8 @@ impl Snapshot for SimvmPorts {
             stall_limit: self.stall_limit,
             entropy_gen: self.entropy_gen,
             entropy: self.entropy,
+            wall_gen: self.wall_gen,
+            wall_steps_ns: self.wall_steps_ns,
         }
     }
 
@@ -63,6 +71,9 @@ impl Snapshot for SimvmPorts {
         self.stall_limit = state.stall_limit;
         self.entropy_gen = state.entropy_gen;
         self.entropy = state.entropy;
+        self.wall_base_ns = self.wall_base_ns.saturating_add_signed(state.wall_steps_ns);
+        self.wall_steps_ns = state.wall_steps_ns;
+        self.wall_gen = state.wall_gen;
         self.published = None;
         self.published_irq = None;
         self.published_entropy = None;
@@ -222,6 +233,8 @@ mod tests {
             stall_limit: 8,
             entropy_gen: 0,
             entropy: [0; clock_page::ENTROPY_SIZE],
+            wall_gen: 0,
+            wall_steps_ns: 0,
         };
         assert!(ports.restore(&outside, &mem).is_ok(), "the last page fits");
         let mut ports = SimvmPorts::new(0, 64);

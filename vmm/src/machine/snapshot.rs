@@ -30,6 +30,9 @@ pub struct MachineClock {
     pub now_ns: u64,
     pub epoch_ns: u64,
     pub offset_ns: u64,
+    /// The clock's rate since power-on (absent from snapshots taken before clock faults).
+    #[serde(default)]
+    pub skew: crate::skew::ClockSkew,
 }
 
 /// Everything a restore needs besides the memory.
@@ -138,6 +141,7 @@ impl Machine {
             now_ns: config.epoch_ns,
             epoch_ns: config.epoch_ns,
             offset_ns: state.guest_now_ns,
+            skew: crate::skew::ClockSkew::with_rate(config.clock_ppm),
         });
         // The guest reads CLOCK_REALTIME as wall base + its clock, which was `offset_ns` at
         // power-on: the base goes back by as much, so the guest reads the world's wall time.
@@ -156,6 +160,7 @@ impl Machine {
         machine.now = clock.now_ns;
         machine.epoch = clock.epoch_ns;
         machine.clock_offset = clock.offset_ns;
+        machine.skew = clock.skew;
         Ok(machine)
     }
 
@@ -165,6 +170,7 @@ impl Machine {
             now_ns: self.now,
             epoch_ns: self.epoch,
             offset_ns: self.clock_offset,
+            skew: self.skew,
         }
     }
 

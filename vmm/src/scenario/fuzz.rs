@@ -128,6 +128,21 @@ const KEYS: &[&str] = &[
     "heal",
     "kill",
     "policy",
+    "pause",
+    "for",
+    "resume",
+    "clock",
+    "rate",
+    "step",
+    "offset",
+    "start_spread",
+    "chaos",
+    "nemesis",
+    "faults",
+    "interval",
+    "duration",
+    "quiet",
+    "clock_spread",
     "restart",
     "disk",
     "latent_errors",
@@ -340,7 +355,17 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
                 format!("{{ {} }}", fields.join(", "))
             })
             .boxed(),
-        "kill" | "restart" => machine_name().boxed(),
+        "kill" | "restart" | "pause" | "resume" | "clock" => machine_name().boxed(),
+        "rate" => {
+            prop::sample::select(&["+200ppm", "-50ppm", "500001ppm", "1.5ppm", "200", ""][..])
+                .prop_map(toml_string)
+                .boxed()
+        }
+        "step" | "offset" => {
+            prop::sample::select(&["-1.5s", "+250ms", "2s", "--1s", "-9223372036854775808ns"][..])
+                .prop_map(toml_string)
+                .boxed()
+        }
         "disk" => prop::sample::select(&["m1/vda", "m1/vdb", "m2/vdc", "m3", "m9/vda", "/"][..])
             .prop_map(toml_string)
             .boxed(),
@@ -370,7 +395,17 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
 
 /// A timeline after three good machines with disks: reaches the event checks.
 fn timeline() -> impl Strategy<Value = String> {
-    const ACTIONS: &[&str] = &["partition", "heal", "link", "kill", "restart", "disk"];
+    const ACTIONS: &[&str] = &[
+        "partition",
+        "heal",
+        "link",
+        "kill",
+        "restart",
+        "disk",
+        "pause",
+        "resume",
+        "clock",
+    ];
     const OPTIONS: &[&str] = &[
         "one_way",
         "name",
@@ -380,6 +415,10 @@ fn timeline() -> impl Strategy<Value = String> {
         "stall",
         "slow",
         "clear",
+        "for",
+        "rate",
+        "step",
+        "offset",
     ];
     let event = (
         prop::sample::select(ACTIONS).prop_flat_map(|a| (Just(a), value_for(a))),

@@ -186,11 +186,12 @@ impl World {
 
     /// Nothing on its way: no frame in the network, no disk request in flight.
     pub(super) fn quiescent(&self) -> bool {
+        // A paused machine's pause is not part of what a snapshot keeps.
         self.network.as_ref().is_none_or(|n| n.is_quiet())
             && self
                 .nodes
                 .iter()
-                .all(|n| n.disks.iter().all(|d| !d.has_in_flight()))
+                .all(|n| n.paused.is_none() && n.disks.iter().all(|d| !d.has_in_flight()))
     }
 
     /// Saves the world into the requested directory (written beside it, then renamed).
