@@ -18,22 +18,23 @@ fn scenario(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// `simvm run SCENARIO --seed SEED` with the default image, and `extra` options.
-fn run_scenario(path: &Path, seed: u64, extra: &[&str]) -> Run {
+/// `simvm ARGS` with the default image's kernel and initramfs.
+fn with_image(args: &[&str]) -> Run {
     let image = image(None);
-    let seed = seed.to_string();
-    let mut args = vec![
-        "run",
-        path.to_str().expect("a UTF-8 path"),
-        "--seed",
-        &seed,
+    let mut all = args.to_vec();
+    all.extend([
         "--kernel",
         image.kernel.to_str().expect("a UTF-8 path"),
         "--initramfs",
         image.initramfs.to_str().expect("a UTF-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    simvm(&args, &[])
+    ]);
+    simvm(&all, &[])
+}
+
+/// `simvm run SCENARIO --seed SEED` with the default image.
+fn run_scenario(path: &Path, seed: u64) -> Run {
+    let seed = seed.to_string();
+    with_image(&["run", path.to_str().expect("a UTF-8 path"), "--seed", &seed])
 }
 
 /// One `simvm-clock now` line of a machine: world virtual time, guest wall and monotonic.
@@ -75,7 +76,7 @@ fn clock_faults_pauses_and_start_delays_show_in_the_guest_and_replay() {
         return;
     }
     let path = scenario("clock_faults.toml");
-    let runs = side_by_side(3, |i| run_scenario(&path, [4, 4, 5][i], &[]));
+    let runs = side_by_side(3, |i| run_scenario(&path, [4, 4, 5][i]));
     for run in &runs {
         assert_eq!(run.code, Some(0), "{}", run.all());
     }
@@ -161,8 +162,9 @@ fn clock_faults_pauses_and_start_delays_show_in_the_guest_and_replay() {
             *world < 11 * MS,
             "a start later than the spread: {these:?} {others:?}"
         );
+        // The line's time is when the console took it, a little after the clock read.
         assert!(
-            error.abs() <= 5 * MS,
+            error.abs() <= 6 * MS,
             "a wall clock beyond the spread: {these:?}"
         );
     }
@@ -286,30 +288,22 @@ fn nemesis_schedules_differ_by_seed_and_each_replays_exactly() {
     assert_eq!(distinct.len(), 10, "two seeds drew the same fault schedule");
 
     // Every seed run twice, side by side, by the soak's determinism check.
-    let image = image(None);
     let out = temp_dir("nemesis-soak");
     let junit = out.join("junit.xml");
-    let run = simvm(
-        &[
-            "soak",
-            path.to_str().expect("UTF-8"),
-            "--seeds",
-            "1-10",
-            "--jobs",
-            "2",
-            "--determinism-check",
-            "100",
-            "--out",
-            out.to_str().expect("UTF-8"),
-            "--junit",
-            junit.to_str().expect("UTF-8"),
-            "--kernel",
-            image.kernel.to_str().expect("UTF-8"),
-            "--initramfs",
-            image.initramfs.to_str().expect("UTF-8"),
-        ],
-        &[],
-    );
+    let run = with_image(&[
+        "soak",
+        path.to_str().expect("UTF-8"),
+        "--seeds",
+        "1-10",
+        "--jobs",
+        "2",
+        "--determinism-check",
+        "100",
+        "--out",
+        out.to_str().expect("UTF-8"),
+        "--junit",
+        junit.to_str().expect("UTF-8"),
+    ]);
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert!(
         run.stdout.lines().any(|l| l == "10 passed, 0 failed"),
@@ -329,25 +323,17 @@ fn a_soak_finds_a_bug_that_one_fault_at_one_phase_triggers_and_its_repro_fails_a
         return;
     }
     let path = scenario("lease.toml");
-    let image = image(None);
     let out = temp_dir("lease-soak");
-    let soak = simvm(
-        &[
-            "soak",
-            path.to_str().expect("UTF-8"),
-            "--seeds",
-            "1-10",
-            "--jobs",
-            "2",
-            "--out",
-            out.to_str().expect("UTF-8"),
-            "--kernel",
-            image.kernel.to_str().expect("UTF-8"),
-            "--initramfs",
-            image.initramfs.to_str().expect("UTF-8"),
-        ],
-        &[],
-    );
+    let soak = with_image(&[
+        "soak",
+        path.to_str().expect("UTF-8"),
+        "--seeds",
+        "1-10",
+        "--jobs",
+        "2",
+        "--out",
+        out.to_str().expect("UTF-8"),
+    ]);
     assert_eq!(
         soak.code,
         Some(1),

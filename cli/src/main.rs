@@ -297,6 +297,11 @@ const NOT_KEPT: [(&str, bool); 10] = [
 
 /// `simvm run` arguments without those in [`NOT_KEPT`].
 fn world_args(args: &[String]) -> Vec<String> {
+    without(args, &NOT_KEPT)
+}
+
+/// `args` without the options named in `drop` (`true`: it takes a value), up to a `--`.
+fn without(args: &[String], drop: &[(&str, bool)]) -> Vec<String> {
     let mut kept = Vec::new();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -306,7 +311,7 @@ fn world_args(args: &[String]) -> Vec<String> {
             break;
         }
         let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
-        match NOT_KEPT.iter().find(|(n, _)| *n == name) {
+        match drop.iter().find(|(n, _)| *n == name) {
             Some((_, true)) if !arg.contains('=') => {
                 iter.next();
             }

@@ -17,7 +17,7 @@ use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::units::{format_ns, format_size};
 
-use crate::{Cli, Command, RunArgs};
+use crate::{without, Cli, Command, RunArgs};
 use child::ChildTemplate;
 use progress::Progress;
 use report::Summary;
@@ -340,28 +340,6 @@ fn prepare(args: &RunArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(())
-}
-
-/// `args` without the options named in `drop` (`true`: it takes a value), up to a `--`.
-fn without(args: &[String], drop: &[(&str, bool)]) -> Vec<String> {
-    let mut kept = Vec::new();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        if arg == "--" {
-            kept.push(arg.clone());
-            kept.extend(iter.by_ref().cloned());
-            break;
-        }
-        let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
-        match drop.iter().find(|(n, _)| *n == name) {
-            Some((_, true)) if !arg.contains('=') => {
-                iter.next();
-            }
-            Some(_) => {}
-            None => kept.push(arg.clone()),
-        }
-    }
-    kept
 }
 
 fn own_binary() -> Result<PathBuf, String> {

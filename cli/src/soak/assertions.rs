@@ -7,46 +7,41 @@ use std::collections::BTreeMap;
 
 use simvm_vmm::assertions::{Assertions, Kind};
 
+use super::child::LineSplitter;
 use super::report::SeedResult;
 
 /// A line longer than this is cut: console lines are at most 4096 bytes plus the annotation.
 const LONGEST_LINE: usize = 8192;
 
 /// Collects one seed's assertions from its stdout, fed in chunks as they arrive.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SeedAssertions {
-    partial: Vec<u8>,
+    splitter: LineSplitter,
     assertions: Assertions,
 }
 
-impl SeedAssertions {
-    pub fn push(&mut self, mut bytes: &[u8]) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
-            self.extend_partial(&bytes[..end]);
-            self.end_line();
-            bytes = &bytes[end + 1..];
+impl Default for SeedAssertions {
+    fn default() -> Self {
+        SeedAssertions {
+            splitter: LineSplitter::new(LONGEST_LINE),
+            assertions: Assertions::default(),
         }
-        self.extend_partial(bytes);
+    }
+}
+
+impl SeedAssertions {
+    pub fn push(&mut self, bytes: &[u8]) {
+        let assertions = &mut self.assertions;
+        self.splitter
+            .push(bytes, &mut |line| assertions.note_printed(line));
     }
 
     /// The stream ended: a last line without a newline counts.
     pub fn finish(mut self) -> Assertions {
-        if !self.partial.is_empty() {
-            self.end_line();
-        }
+        let assertions = &mut self.assertions;
+        self.splitter
+            .finish(&mut |line| assertions.note_printed(line));
         self.assertions
-    }
-
-    fn extend_partial(&mut self, bytes: &[u8]) {
-        let room = LONGEST_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-
-    fn end_line(&mut self) {
-        self.assertions
-            .note_printed(&String::from_utf8_lossy(&self.partial));
-        self.partial.clear();
     }
 }
 

@@ -209,11 +209,56 @@ impl Ending<'_> {
     }
 }
 
+/// Splits an output stream, fed in chunks as they arrive, into lines of at most `longest`
+/// bytes (longer ones are cut: the log file keeps everything).
+#[derive(Debug)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+    longest: usize,
+}
+
+impl LineSplitter {
+    pub fn new(longest: usize) -> Self {
+        LineSplitter {
+            partial: Vec::new(),
+            longest,
+        }
+    }
+
+    /// Feeds `bytes`, handing each line they complete to `line`.
+    pub fn push(&mut self, mut bytes: &[u8], line: &mut dyn FnMut(&str)) {
+        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+            self.extend_partial(&bytes[..end]);
+            self.end_line(line);
+            bytes = &bytes[end + 1..];
+        }
+        self.extend_partial(bytes);
+    }
+
+    /// The stream ended: a last line without a newline counts.
+    pub fn finish(&mut self, line: &mut dyn FnMut(&str)) {
+        if !self.partial.is_empty() {
+            self.end_line(line);
+        }
+    }
+
+    fn extend_partial(&mut self, bytes: &[u8]) {
+        let room = self.longest.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    fn end_line(&mut self, line: &mut dyn FnMut(&str)) {
+        line(&String::from_utf8_lossy(&self.partial));
+        self.partial.clear();
+    }
+}
+
 /// The last lines of an output stream, fed in chunks as they arrive.
 #[derive(Debug)]
 pub struct Tail {
     lines: VecDeque<String>,
-    partial: Vec<u8>,
+    splitter: LineSplitter,
     keep: usize,
 }
 
@@ -224,45 +269,40 @@ impl Tail {
     pub fn new(keep: usize) -> Self {
         Tail {
             lines: VecDeque::new(),
-            partial: Vec::new(),
+            splitter: LineSplitter::new(LONGEST_LINE),
             keep,
         }
     }
 
-    pub fn push(&mut self, mut bytes: &[u8]) {
-        while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
-            self.extend_partial(&bytes[..end]);
-            self.end_line();
-            bytes = &bytes[end + 1..];
-        }
-        self.extend_partial(bytes);
+    pub fn push(&mut self, bytes: &[u8]) {
+        let Tail {
+            lines,
+            splitter,
+            keep,
+        } = self;
+        splitter.push(bytes, &mut |line| keep_last(lines, *keep, line));
     }
 
     /// The stream ended: a last line without a newline counts.
     pub fn finish(&mut self) {
-        if !self.partial.is_empty() {
-            self.end_line();
-        }
+        let Tail {
+            lines,
+            splitter,
+            keep,
+        } = self;
+        splitter.finish(&mut |line| keep_last(lines, *keep, line));
     }
 
     pub fn lines(&self) -> impl DoubleEndedIterator<Item = &str> {
         self.lines.iter().map(String::as_str)
     }
+}
 
-    fn extend_partial(&mut self, bytes: &[u8]) {
-        let room = LONGEST_LINE.saturating_sub(self.partial.len());
-        self.partial
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+fn keep_last(lines: &mut VecDeque<String>, keep: usize, line: &str) {
+    if lines.len() == keep {
+        lines.pop_front();
     }
-
-    fn end_line(&mut self) {
-        let line = String::from_utf8_lossy(&self.partial).into_owned();
-        self.partial.clear();
-        if self.lines.len() == self.keep {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line);
-    }
+    lines.push_back(line.to_string());
 }
 
 #[cfg(test)]
