@@ -190,10 +190,11 @@ fn clock_faults_pauses_and_start_delays_show_in_the_guest_and_replay() {
 /// appending to one buffer, ten times each (`simvm-threads`, which prints `order ...`).
 const RACE: &str = "(for i in 1 2 3 4 5 6 7 8 9 10; do echo -n a >> /tmp/f; done) & \
                     (for i in 1 2 3 4 5 6 7 8 9 10; do echo -n b >> /tmp/f; done); \
-                    wait; echo; echo \"processes $(cat /tmp/f)\"; simvm-threads 4 10";
+                    wait; echo; echo \"processes $(cat /tmp/f)\"; simvm-threads 4 10; \
+                    echo \"stack $(grep -F '[stack]' /proc/self/maps | cut -d' ' -f1)\"";
 
-/// The processes' and the threads' orders.
-fn race_order(run: &Run) -> (String, String) {
+/// The processes' and the threads' orders, and where the shell's stack was.
+fn race_order(run: &Run) -> (String, String, String) {
     assert_eq!(run.code, Some(0), "{}", run.all());
     let line = |prefix: &str| {
         run.console("m1")
@@ -201,36 +202,37 @@ fn race_order(run: &Run) -> (String, String) {
             .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
             .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", run.all()))
     };
-    (line("processes "), line("order "))
+    (line("processes "), line("order "), line("stack "))
 }
 
 #[test]
-fn chaos_scheduling_explores_interleavings_per_seed_and_replays_each() {
-    if !kvm_or_skip("chaos_scheduling_explores_interleavings_per_seed_and_replays_each") {
+fn chaos_scheduling_and_aslr_explore_per_seed_and_replay_each() {
+    if !kvm_or_skip("chaos_scheduling_and_aslr_explore_per_seed_and_replay_each") {
         return;
     }
-    let cases: [(&str, Option<&str>); 5] = [
-        ("1", Some("30%")),
-        ("2", Some("30%")),
-        ("1", Some("30%")),
-        ("1", None),
-        ("2", None),
+    // Seeds 1, 2 and 1 again with chaos scheduling and ASLR, then seeds 1 and 2 without.
+    let cases: [(&str, bool); 5] = [
+        ("1", true),
+        ("2", true),
+        ("1", true),
+        ("1", false),
+        ("2", false),
     ];
     let runs = side_by_side(cases.len(), |i| {
-        let (seed, chaos) = cases[i];
+        let (seed, explore) = cases[i];
         let mut args = vec!["--seed", seed];
-        if let Some(p) = chaos {
-            args.extend(["--chaos", p]);
+        if explore {
+            args.extend(["--chaos", "30%", "--aslr"]);
         }
         run_guest(&args, &["sh", "-c", RACE])
     });
-    let orders: Vec<(String, String)> = runs.iter().map(race_order).collect();
+    let orders: Vec<(String, String, String)> = runs.iter().map(race_order).collect();
     let letters = |order: &str| {
         let mut sorted: Vec<char> = order.chars().collect();
         sorted.sort_unstable();
         sorted.into_iter().collect::<String>()
     };
-    for (processes, threads) in &orders {
+    for (processes, threads, _) in &orders {
         assert_eq!(letters(processes), "a".repeat(10) + &"b".repeat(10));
         assert_eq!(
             letters(threads),
@@ -266,6 +268,19 @@ fn chaos_scheduling_explores_interleavings_per_seed_and_replays_each() {
         );
     }
     assert_eq!(runs[0].field("digest"), runs[2].field("digest"));
+    // ASLR from the seeded RNG: another stack for another seed, the same for the same seed;
+    // without it, one layout for every seed.
+    let stacks: Vec<&str> = orders.iter().map(|o| o.2.as_str()).collect();
+    assert_ne!(stacks[0], stacks[1], "two seeds, one stack with --aslr");
+    assert_eq!(stacks[0], stacks[2], "seed 1 moved its stack");
+    assert_eq!(
+        stacks[3], stacks[4],
+        "without --aslr the layout depends on the seed"
+    );
+    assert_ne!(
+        stacks[0], stacks[3],
+        "--aslr left the stack where it always is"
+    );
 }
 
 #[test]

@@ -128,6 +128,10 @@ struct RunArgs {
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
     #[arg(long, value_name = "PROBABILITY", value_parser = parse_chaos)]
     chaos: Option<u32>,
+    /// User address-space randomisation from each guest's seeded RNG (another layout for
+    /// every seed, the same for a seed), instead of one layout for all. Also `aslr = true`.
+    #[arg(long)]
+    aslr: bool,
     /// Seeded faults of these kinds (a comma list of partition, kill, pause, clock, disk) at
     /// the default interval (5s), duration (2s) and quiet tail (10s), instead of the
     /// scenario's `[nemesis]`. Needs the run's end (`until` or --until).
@@ -449,6 +453,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             ),
             from: args.from.clone(),
             chaos_per_mille: args.chaos,
+            aslr: args.aslr,
             nemesis: args
                 .nemesis
                 .as_ref()
@@ -559,6 +564,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_vdso_clock, "--no-vdso-clock"),
         (args.no_small_port_table, "--no-small-port-table"),
         (args.cold, "--cold"),
+        (args.aslr, "--aslr"),
     ];
     for (_, flag) in flags.iter().filter(|(set, _)| *set) {
         line.push(' ');

@@ -12,6 +12,8 @@
 //!                            # (default 10ms, "0s": machines start together)
 //! chaos = "2%"               # optional: each guest system call yields the CPU with this
 //!                            # seeded probability (0.1% steps; default 0: off)
+//! aslr = true                # optional: user address-space randomisation from the seeded
+//!                            # RNG (default false: the same layout for every seed)
 //!
 //! [network]                  # optional: settings of every link
 //! latency = "2ms"            # ns, us, ms, s, m, h; fractions allowed ("1.5ms")
@@ -171,6 +173,8 @@ pub struct Scenario {
     pub chaos_per_mille: u32,
     /// Seeded faults besides the timeline's.
     pub nemesis: Option<Nemesis>,
+    /// User address-space randomisation from the guests' seeded RNG.
+    pub aslr: bool,
 }
 
 /// The default [`Scenario::clock_spread_ns`]: 5 ms.
@@ -533,6 +537,7 @@ impl Scenario {
             start_spread_ns: DEFAULT_START_SPREAD_NS,
             chaos_per_mille: 0,
             nemesis: None,
+            aslr: false,
         }
     }
 }
@@ -647,6 +652,8 @@ struct RawScenario {
     clock_spread: Option<Nanos>,
     start_spread: Option<Nanos>,
     chaos: Option<Probability>,
+    #[serde(default)]
+    aslr: bool,
     #[serde(default)]
     network: RawNetwork,
     #[serde(default)]
@@ -798,6 +805,7 @@ impl RawScenario {
             start_spread_ns: self.start_spread.map_or(DEFAULT_START_SPREAD_NS, |s| s.0),
             chaos_per_mille: self.chaos.map_or(0, |p| per_mille(p.0)),
             nemesis,
+            aslr: self.aslr,
         };
         if !until_given && !scenario.ends_by_itself() {
             return Err(Problem::at(
@@ -1887,6 +1895,9 @@ impl Scenario {
                 format_ns(self.clock_spread_ns).into(),
             );
         }
+        if self.aslr {
+            root.insert("aslr".into(), true.into());
+        }
         if self.chaos_per_mille != 0 {
             let percent = format!("{}%", f64::from(self.chaos_per_mille) / 10.0);
             root.insert("chaos".into(), percent.into());
@@ -2180,9 +2191,10 @@ mod tests {
                     [[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"+200ppm\"\n\
                     [[timeline]]\nat = \"6s\"\nclock = \"m2\"\nstep = \"-1.5s\"\n\
                     [[timeline]]\nat = \"7s\"\nclock = \"m2\"\noffset = \"250ms\"\n";
-        let s = parse(&format!("chaos = \"2.5%\"\n{text}")).expect("parses");
+        let s = parse(&format!("chaos = \"2.5%\"\naslr = true\n{text}")).expect("parses");
         assert_eq!(s.start_spread_ns, 0);
         assert_eq!(s.chaos_per_mille, 25);
+        assert!(s.aslr);
         let actions: Vec<&Action> = s.timeline.iter().map(|e| &e.action).collect();
         assert_eq!(
             actions,

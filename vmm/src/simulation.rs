@@ -91,6 +91,8 @@ pub struct Simulation {
     pub chaos_per_mille: Option<u32>,
     /// Seeded faults instead of the scenario's `[nemesis]`.
     pub nemesis: Option<Nemesis>,
+    /// User address-space randomisation from the seeded RNG, whatever the scenario says.
+    pub aslr: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,7 @@ impl Simulation {
             sample_every: None,
             chaos_per_mille: None,
             nemesis: None,
+            aslr: false,
         }
     }
 
@@ -342,6 +345,7 @@ impl Simulation {
                         self.chaos_per_mille
                             .unwrap_or(self.scenario.chaos_per_mille),
                     ),
+                    aslr_args(self.aslr || self.scenario.aslr),
                     self.kernel_args.clone(),
                 ]
                 .iter()
@@ -498,6 +502,15 @@ impl Simulation {
             && outcome.ending != Ending::Idle
             && (!self.strict || outcome.watchdog_kicks.is_empty())
             && outcome.assertions.passed()
+    }
+}
+
+/// User address-space randomisation from the guest's seeded RNG: the sysctl, set at boot,
+/// overrides the fixed `norandmaps` (none when off).
+fn aslr_args(on: bool) -> String {
+    match on {
+        true => "sysctl.kernel.randomize_va_space=2".to_string(),
+        false => String::new(),
     }
 }
 

@@ -137,6 +137,7 @@ const KEYS: &[&str] = &[
     "offset",
     "start_spread",
     "chaos",
+    "aslr",
     "nemesis",
     "faults",
     "interval",
