@@ -524,45 +524,43 @@ fn chaos_args(per_mille: u32) -> String {
 
 /// The kills, restarts, pauses, clock and disk faults of a scenario's timeline, in time order
 /// (a pause `for` a while brings its resume).
-fn machine_timeline(timeline: &[Event]) -> Vec<(u64, MachineAction)> {
-    let mut timeline: Vec<(u64, MachineAction)> = timeline
-        .iter()
-        .flat_map(|event| {
-            let action = match &event.action {
-                Action::Pause { machine, for_ns } => {
-                    let pause = (event.at_ns, MachineAction::Pause { machine: *machine });
-                    let resume = for_ns.map(|d| {
-                        let at = event.at_ns.saturating_add(d);
-                        (at, MachineAction::Resume { machine: *machine })
-                    });
-                    return [Some(pause), resume];
+fn machine_timeline(events: &[Event]) -> Vec<(u64, MachineAction)> {
+    let mut timeline = Vec::new();
+    for event in events {
+        let at = event.at_ns;
+        let action = match &event.action {
+            Action::Pause { machine, for_ns } => {
+                let machine = *machine;
+                timeline.push((at, MachineAction::Pause { machine }));
+                if let Some(d) = for_ns {
+                    timeline.push((at.saturating_add(*d), MachineAction::Resume { machine }));
                 }
-                Action::Resume { machine } => MachineAction::Resume { machine: *machine },
-                Action::Clock { machine, change } => MachineAction::Clock {
-                    machine: *machine,
-                    change: *change,
-                },
-                Action::Kill { machine, policy } => MachineAction::Kill {
-                    machine: *machine,
-                    policy: *policy,
-                },
-                Action::Restart { machine } => MachineAction::Restart { machine: *machine },
-                Action::DiskFault {
-                    machine,
-                    disk,
-                    fault,
-                } => MachineAction::DiskFault {
-                    machine: *machine,
-                    disk: *disk,
-                    fault: *fault,
-                },
-                Action::Partition(_) | Action::Heal(_) | Action::Link(_) => return [None, None],
-            };
-            [Some((event.at_ns, action)), None]
-        })
-        .flatten()
-        .collect();
-    // Stable: actions at the same time keep the file's order.
+                continue;
+            }
+            Action::Resume { machine } => MachineAction::Resume { machine: *machine },
+            Action::Clock { machine, change } => MachineAction::Clock {
+                machine: *machine,
+                change: *change,
+            },
+            Action::Kill { machine, policy } => MachineAction::Kill {
+                machine: *machine,
+                policy: *policy,
+            },
+            Action::Restart { machine } => MachineAction::Restart { machine: *machine },
+            Action::DiskFault {
+                machine,
+                disk,
+                fault,
+            } => MachineAction::DiskFault {
+                machine: *machine,
+                disk: *disk,
+                fault: *fault,
+            },
+            Action::Partition(_) | Action::Heal(_) | Action::Link(_) => continue,
+        };
+        timeline.push((at, action));
+    }
+    // Stable: actions at the same time keep the file's order (a pause before its resume).
     timeline.sort_by_key(|(at, _)| *at);
     timeline
 }
@@ -642,6 +640,51 @@ pub fn machine_met(m: &MachineOutcome, expect: Expect) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_for_a_while_brings_its_resume_in_time_order() {
+        let event = |at_ns, action| Event { at_ns, action };
+        let timeline = machine_timeline(&[
+            event(
+                1,
+                Action::Pause {
+                    machine: 0,
+                    for_ns: Some(0),
+                },
+            ),
+            event(
+                2,
+                Action::Pause {
+                    machine: 1,
+                    for_ns: Some(5),
+                },
+            ),
+            event(
+                3,
+                Action::Kill {
+                    machine: 0,
+                    policy: None,
+                },
+            ),
+            event(4, Action::Heal(Heal::All)),
+        ]);
+        assert_eq!(
+            timeline,
+            [
+                (1, MachineAction::Pause { machine: 0 }),
+                (1, MachineAction::Resume { machine: 0 }),
+                (2, MachineAction::Pause { machine: 1 }),
+                (
+                    3,
+                    MachineAction::Kill {
+                        machine: 0,
+                        policy: None
+                    }
+                ),
+                (7, MachineAction::Resume { machine: 1 }),
+            ]
+        );
+    }
 
     #[test]
     fn a_run_that_nothing_ends_is_refused_and_until_bounds_it() {
