@@ -105,11 +105,7 @@ fn clock_faults_pauses_and_start_delays_show_in_the_guest_and_replay() {
 
     // The wall clock stepped back 100 s at 2 s: (wall - monotonic) drops by 100 s, within
     // the stepping's granularity.
-    let last_before_step = m1
-        .iter()
-        .filter(before(2000))
-        .last()
-        .expect("a sample before 2s");
+    let last_before_step = m1.iter().rfind(before(2000)).expect("a sample before 2s");
     let first_after_step = m1.iter().find(at(2000)).expect("a sample after 2s");
     let drop = (first_after_step.wall - first_after_step.mono)
         - (last_before_step.wall - last_before_step.mono);
