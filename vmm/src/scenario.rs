@@ -870,6 +870,39 @@ fn check_nemesis(raw: Spanned<RawNemesis>) -> Result<(Nemesis, Range<usize>), Pr
     Ok((nemesis, span))
 }
 
+/// An option given (`Some` span) without the action it belongs to is an error at it.
+fn reject_misplaced(owner: &str, options: &[(&str, Option<Range<usize>>)]) -> Result<(), Problem> {
+    match options.iter().find_map(|(k, s)| Some((k, s.clone()?))) {
+        Some((key, span)) => Err(Problem::at(
+            span,
+            format!("`{key}` belongs to a `{owner}` event"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A `what` event takes exactly one of `options`: none is `missing` (at `span`), two are an
+/// error at the second.
+fn exactly_one(
+    what: &str,
+    options: &[(&str, Option<Range<usize>>)],
+    span: Range<usize>,
+    missing: &str,
+) -> Result<(), Problem> {
+    let given: Vec<(&str, Range<usize>)> = options
+        .iter()
+        .filter_map(|(k, s)| Some((*k, s.clone()?)))
+        .collect();
+    match given.as_slice() {
+        [] => Err(Problem::at(span, missing)),
+        [(first, _), (second, span), ..] => Err(Problem::at(
+            span.clone(),
+            format!("a {what} event does one thing, this one has `{first}` and `{second}`"),
+        )),
+        [_] => Ok(()),
+    }
+}
+
 /// Machine names in order, to resolve references.
 struct Names(Vec<String>);
 
@@ -1281,38 +1314,26 @@ impl RawEvent {
             }
             [_] => {}
         }
-        if self.partition.is_none() {
-            self.reject_partition_options()?;
-        }
-        if self.kill.is_none() {
-            if let Some(policy) = &self.policy {
-                return Err(Problem::at(
-                    policy.span(),
-                    "`policy` belongs to a `kill` event",
-                ));
-            }
-        }
-        if self.disk.is_none() {
-            self.reject_disk_fault_options()?;
-        }
-        if self.pause.is_none() {
-            if let Some(pause_for) = &self.pause_for {
-                return Err(Problem::at(
-                    pause_for.span(),
-                    "`for` belongs to a `pause` event",
-                ));
-            }
-        }
-        if self.clock.is_none() {
-            if let Some((key, span)) = self
-                .clock_options()
-                .into_iter()
-                .find_map(|(k, s)| Some((k, s?)))
-            {
-                return Err(Problem::at(
-                    span,
-                    format!("`{key}` belongs to a `clock` event"),
-                ));
+        // Options that only mean something beside their action.
+        let partition_options = [
+            ("one_way", self.one_way.as_ref().map(Spanned::span)),
+            ("name", self.name.as_ref().map(Spanned::span)),
+        ];
+        let policy = [("policy", self.policy.as_ref().map(Spanned::span))];
+        let pause_for = [("for", self.pause_for.as_ref().map(Spanned::span))];
+        for (owner, present, options) in [
+            (
+                "partition",
+                self.partition.is_some(),
+                &partition_options[..],
+            ),
+            ("kill", self.kill.is_some(), &policy[..]),
+            ("disk", self.disk.is_some(), &self.disk_fault_options()[..]),
+            ("pause", self.pause.is_some(), &pause_for[..]),
+            ("clock", self.clock.is_some(), &self.clock_options()[..]),
+        ] {
+            if !present {
+                reject_misplaced(owner, options)?;
             }
         }
         if let Some(machine) = &self.pause {
@@ -1370,26 +1391,12 @@ impl RawEvent {
 
     /// `clock = "m1"` with exactly one of `rate`, `step` or `offset`.
     fn check_clock_change(&self, clock: &Spanned<String>) -> Result<ClockChange, Problem> {
-        let given: Vec<(&str, Range<usize>)> = self
-            .clock_options()
-            .into_iter()
-            .filter_map(|(k, s)| Some((k, s?)))
-            .collect();
-        match given.as_slice() {
-            [] => {
-                return Err(Problem::at(
-                    clock.span(),
-                    "a clock event needs one of `rate` (\"+200ppm\"), `step` (\"-1.5s\") or `offset` (\"250ms\")",
-                ))
-            }
-            [(first, _), (second, span), ..] => {
-                return Err(Problem::at(
-                    span.clone(),
-                    format!("a clock event does one thing, this one has `{first}` and `{second}`"),
-                ))
-            }
-            [_] => {}
-        }
+        exactly_one(
+            "clock",
+            &self.clock_options(),
+            clock.span(),
+            "a clock event needs one of `rate` (\"+200ppm\"), `step` (\"-1.5s\") or `offset` (\"250ms\")",
+        )?;
         let signed = |value: &Spanned<String>| {
             units::parse_signed_duration_ns(value.get_ref())
                 .map_err(|e| Problem::at(value.span(), e))
@@ -1435,20 +1442,6 @@ impl RawEvent {
         ]
     }
 
-    fn reject_disk_fault_options(&self) -> Result<(), Problem> {
-        match self
-            .disk_fault_options()
-            .into_iter()
-            .find_map(|(k, s)| Some((k, s?)))
-        {
-            Some((key, span)) => Err(Problem::at(
-                span,
-                format!("`{key}` belongs to a `disk` event"),
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// `disk = "m1/vda"` with exactly one fault key.
     fn check_disk_fault(
         &self,
@@ -1473,48 +1466,33 @@ impl RawEvent {
                     format!("{machine_name} has no disk `{disk_name}` (it has {count})"),
                 )
             })?;
-        let given: Vec<(&str, Range<usize>)> = self
-            .disk_fault_options()
-            .into_iter()
-            .filter_map(|(k, s)| Some((k, s?)))
-            .collect();
-        let fault = match given.as_slice() {
-            [] => {
-                return Err(Problem::at(
-                    disk.span(),
-                    "a disk event needs one of `latent_errors`, `write_errors`, `stall`, `slow` or `clear`",
-                ))
+        exactly_one(
+            "disk",
+            &self.disk_fault_options(),
+            disk.span(),
+            "a disk event needs one of `latent_errors`, `write_errors`, `stall`, `slow` or `clear`",
+        )?;
+        let fault = if let Some(range) = &self.latent_errors {
+            let (start, count) = check_sector_range(range)?;
+            Fault::LatentErrors { start, count }
+        } else if let Some(range) = &self.write_errors {
+            let (start, count) = check_sector_range(range)?;
+            Fault::WriteErrors { start, count }
+        } else if let Some(stall) = &self.stall {
+            let at = self.at.get_ref().0;
+            Fault::Stall {
+                until_ns: at.saturating_add(stall.get_ref().0),
             }
-            [(first, _), (second, span), ..] => {
-                return Err(Problem::at(
-                    span.clone(),
-                    format!("a disk event does one thing, this one has `{first}` and `{second}`"),
-                ))
+        } else if let Some(slow) = &self.slow {
+            Fault::Slow {
+                extra_ns: slow.get_ref().0,
             }
-            [_] => {
-                if let Some(range) = &self.latent_errors {
-                    let (start, count) = check_sector_range(range)?;
-                    Fault::LatentErrors { start, count }
-                } else if let Some(range) = &self.write_errors {
-                    let (start, count) = check_sector_range(range)?;
-                    Fault::WriteErrors { start, count }
-                } else if let Some(stall) = &self.stall {
-                    let at = self.at.get_ref().0;
-                    Fault::Stall {
-                        until_ns: at.saturating_add(stall.get_ref().0),
-                    }
-                } else if let Some(slow) = &self.slow {
-                    Fault::Slow {
-                        extra_ns: slow.get_ref().0,
-                    }
-                } else {
-                    match &self.clear {
-                        Some(clear) if !*clear.get_ref() => {
-                            return Err(Problem::at(clear.span(), "`clear` can only be true"))
-                        }
-                        _ => Fault::Clear,
-                    }
+        } else {
+            match &self.clear {
+                Some(clear) if !*clear.get_ref() => {
+                    return Err(Problem::at(clear.span(), "`clear` can only be true"))
                 }
+                _ => Fault::Clear,
             }
         };
         Ok(Action::DiskFault {
@@ -1522,20 +1500,6 @@ impl RawEvent {
             disk: index,
             fault,
         })
-    }
-
-    fn reject_partition_options(&self) -> Result<(), Problem> {
-        let misplaced = [
-            ("one_way", self.one_way.as_ref().map(Spanned::span)),
-            ("name", self.name.as_ref().map(Spanned::span)),
-        ];
-        match misplaced.into_iter().find_map(|(k, s)| Some((k, s?))) {
-            Some((key, span)) => Err(Problem::at(
-                span,
-                format!("`{key}` belongs to a `partition` event"),
-            )),
-            None => Ok(()),
-        }
     }
 
     fn check_partition(
