@@ -14,6 +14,7 @@ use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
 use simvm_vmm::nemesis::{FaultKind, Nemesis};
+use simvm_vmm::scenario::format_per_mille;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
 use simvm_vmm::tuning::GuestTuning;
@@ -240,11 +241,6 @@ fn parse_chaos(text: &str) -> Result<u32, String> {
         return Err(format!("a probability is between 0 and 1, found {text}"));
     }
     Ok(simvm_vmm::scenario::per_mille(probability))
-}
-
-/// `--chaos` as given back to `simvm run`: `2%`, `0.1%`.
-fn format_chaos(per_mille: u32) -> String {
-    format!("{}%", f64::from(per_mille) / 10.0)
 }
 
 /// A duration, with the scenario files' exact parser.
@@ -552,7 +548,7 @@ fn reproduce_command(args: &RunArgs) -> String {
             .then(|| format_ns(u64::try_from(args.watchdog.as_nanos()).unwrap_or(u64::MAX))),
     );
     option("nemesis", args.nemesis.as_ref().map(|n| n.text.clone()));
-    option("chaos", args.chaos.map(format_chaos));
+    option("chaos", args.chaos.map(format_per_mille));
     option(
         "kernel-args",
         (!args.kernel_args.is_empty()).then(|| args.kernel_args.clone()),

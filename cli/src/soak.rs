@@ -254,7 +254,10 @@ fn forwarded(args: &SoakArgs) -> Result<Vec<String>, String> {
         "--initramfs",
         args.initramfs.as_deref().map(utf8).transpose()?,
     );
-    option("--chaos", soak_chaos(args).map(crate::format_chaos));
+    option(
+        "--chaos",
+        soak_chaos(args).map(simvm_vmm::scenario::format_per_mille),
+    );
     for (set, flag) in [(args.strict, "--strict"), (args.cold, "--cold")] {
         if set {
             out.push(flag.to_string());

@@ -1693,6 +1693,11 @@ pub fn per_mille(probability: f64) -> u32 {
     (probability.clamp(0.0, 1.0) * 1000.0).round() as u32
 }
 
+/// Thousandths as the percentage [`per_mille`] reads back: `"2.5%"`.
+pub fn format_per_mille(per_mille: u32) -> String {
+    format!("{}%", f64::from(per_mille) / 10.0)
+}
+
 /// A probability in `[0, 1]`.
 #[derive(Clone, Copy, Debug)]
 struct Probability(f64);
@@ -1863,8 +1868,10 @@ impl Scenario {
             root.insert("aslr".into(), true.into());
         }
         if self.chaos_per_mille != 0 {
-            let percent = format!("{}%", f64::from(self.chaos_per_mille) / 10.0);
-            root.insert("chaos".into(), percent.into());
+            root.insert(
+                "chaos".into(),
+                format_per_mille(self.chaos_per_mille).into(),
+            );
         }
         if self.start_spread_ns != DEFAULT_START_SPREAD_NS {
             root.insert(
