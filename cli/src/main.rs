@@ -179,6 +179,10 @@ struct RunArgs {
     /// summary on stderr (docs/profiling.md). The digest is the same as without.
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
+    /// Write the workload's history (the scenario's `[check]`) to FILE as JSON lines, times in
+    /// virtual time, and its timeline to FILE with `.html` (open it in a browser).
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
     /// Samples per second of real time for --profile.
     #[arg(long, value_name = "HZ", default_value_t = 250, requires = "profile",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -450,10 +454,11 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             from: args.from.clone(),
             chaos_per_mille: args.chaos,
             aslr: args.aslr,
-            nemesis: args
-                .nemesis
-                .as_ref()
-                .map(|n| Nemesis::with_faults(n.kinds.clone())),
+            // The command line picks the kinds; the scenario's `machines`, if any, still holds.
+            nemesis: args.nemesis.as_ref().map(|n| Nemesis {
+                machines: (scenario.nemesis.as_ref()).and_then(|s| s.machines.clone()),
+                ..Nemesis::with_faults(n.kinds.clone())
+            }),
             sample_every: args
                 .profile
                 .as_ref()
@@ -490,6 +495,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         reproduce: reproduce_command(&args),
         simulation,
         profile: args.profile.clone(),
+        history: args.history.clone(),
     };
     let result = if args.check_determinism {
         plan.check_determinism()

@@ -15,6 +15,8 @@ pub struct RunPlan {
     pub reproduce: String,
     /// Write the run's profile here (`--profile`).
     pub profile: Option<std::path::PathBuf>,
+    /// Write the workload's history here, and its timeline beside it (`--history`).
+    pub history: Option<std::path::PathBuf>,
 }
 
 impl RunPlan {
@@ -127,9 +129,11 @@ impl RunPlan {
                 eprintln!("simvm: assertion failed: {} {at}", failed.title());
             }
         }
+        self.report_history(outcome);
         let success = self.simulation.passed(outcome) && !snapshot_missing;
         let mut machines: Vec<String> = outcome.machines.iter().map(machine_summary).collect();
         machines.extend(outcome.assertions.failed_token());
+        machines.extend(outcome.verdict.as_ref().map(|v| v.token().to_string()));
         println!(
             "seed={} steps={} vtime={} wall={:.2}s digest={} cpu={} start={} result={} {}{}",
             outcome.seed.0,
@@ -164,6 +168,37 @@ impl RunPlan {
                 _ => 1,
             },
             (false, _) => 1,
+        }
+    }
+}
+
+impl RunPlan {
+    /// The checker's verdict on stderr, and the history and its timeline saved if asked.
+    fn report_history(&self, outcome: &Outcome) {
+        let Some(verdict) = &outcome.verdict else {
+            if let Some(path) = &self.history {
+                eprintln!(
+                    "simvm: no history written to {}: the scenario has no [check]",
+                    path.display()
+                );
+            }
+            return;
+        };
+        eprint!("{}", verdict.to_text());
+        match &self.history {
+            Some(path) => match verdict.write(path) {
+                Ok(html) => eprintln!(
+                    "simvm: history written to {}{}",
+                    path.display(),
+                    html.map(|h| format!(", its timeline to {}", h.display()))
+                        .unwrap_or_default()
+                ),
+                Err(e) => eprintln!("simvm: error: cannot write {}: {e}", path.display()),
+            },
+            None if !verdict.passed() => {
+                eprintln!("simvm: save the history and its timeline with --history FILE")
+            }
+            None => {}
         }
     }
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use simvm_devices::disk::{
     BaseImage, Completion, CrashOutcome, CrashPolicy, Disk, DiskState, Fault, IoError, Latency,
-    Request, RequestId, Response,
+    Request, RequestId, Response, SECTOR_SIZE,
 };
 use simvm_devices::virtio::block::{BlockOp, BlockRequest, BlockResult, RequestToken};
 
@@ -237,6 +237,34 @@ impl WorldDisk {
     /// Every crash this disk went through, in order.
     pub fn crashes(&self) -> &[CrashOutcome] {
         &self.crashes
+    }
+
+    /// The disk's contents as the guest would read them now, up to the first zero byte: the
+    /// text a workload wrote from sector 0 on (a history, docs/etcd.md).
+    pub fn text(&self) -> Vec<u8> {
+        const CHUNK: usize = 64 << 10;
+        let sector_bytes = SECTOR_SIZE as u64;
+        let end = self.sectors() * sector_bytes;
+        let mut text = Vec::new();
+        let mut chunk = vec![0u8; CHUNK];
+        let mut offset = 0u64;
+        while offset < end {
+            // At most CHUNK bytes: the conversion cannot fail.
+            let len = usize::try_from((end - offset).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let buf = &mut chunk[..len];
+            if self.disk.read_visible(offset / sector_bytes, buf).is_err() {
+                break;
+            }
+            match buf.iter().position(|&b| b == 0) {
+                Some(zero) => {
+                    text.extend_from_slice(&buf[..zero]);
+                    break;
+                }
+                None => text.extend_from_slice(buf),
+            }
+            offset += len as u64;
+        }
+        text
     }
 
     /// Writes the disk's contents as the guest would read them now.

@@ -20,6 +20,7 @@ pub mod crash;
 pub mod disk_image;
 pub mod disks;
 pub mod error;
+pub mod history;
 pub mod host_cpu;
 pub mod host_tsc;
 pub mod image;

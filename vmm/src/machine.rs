@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
-use crate::skew::ClockSkew;
+use crate::skew::{ClockSkew, GuestClock};
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
 use crate::trace::{Event, Note, Stable, Trace};
@@ -438,18 +438,22 @@ impl Machine {
 
     /// The guest's clock at world time `world`.
     fn guest_time_at(&self, world: u64) -> u64 {
-        self.skew
-            .guest(world.saturating_sub(self.epoch))
-            .saturating_add(self.clock_offset)
+        self.guest_clock().guest(world)
+    }
+
+    /// This incarnation's clock against world time (to read back times the guest recorded).
+    pub fn guest_clock(&self) -> GuestClock {
+        GuestClock {
+            epoch: self.epoch,
+            offset: self.clock_offset,
+            skew: self.skew,
+        }
     }
 
     /// The armed timer's deadline in world time (a deadline from before power-on is due now).
     pub fn timer_deadline(&self) -> Option<u64> {
-        self.ports.deadline().map(|d| {
-            self.skew
-                .world(d.saturating_sub(self.clock_offset))
-                .saturating_add(self.epoch)
-        })
+        let clock = self.guest_clock();
+        self.ports.deadline().map(|d| clock.world(d))
     }
 
     /// From world time `at` on, the guest's clocks (monotonic, wall, TSC) gain `ppm` parts per

@@ -88,6 +88,9 @@ pub struct Nemesis {
     pub duration_ns: u64,
     /// No fault is active in the last `quiet_ns` before the run's end.
     pub quiet_ns: u64,
+    /// The machines faults may touch (indices, ascending); `None`: every machine. The others
+    /// (a workload's client, say) keep their links, power, clocks and disks.
+    pub machines: Option<Vec<usize>>,
 }
 
 impl Nemesis {
@@ -98,6 +101,7 @@ impl Nemesis {
             interval_ns: DEFAULT_INTERVAL_NS,
             duration_ns: DEFAULT_DURATION_NS,
             quiet_ns: DEFAULT_QUIET_NS,
+            machines: None,
         }
     }
 
@@ -110,6 +114,13 @@ impl Nemesis {
         networked: bool,
         until_ns: u64,
     ) -> Vec<Event> {
+        // Faults are drawn among the targets only, then renumbered into the whole world.
+        let targets: Vec<usize> = match &self.machines {
+            Some(targets) => targets.clone(),
+            None => (0..machines.len()).collect(),
+        };
+        let machines: Vec<Machine> = targets.iter().map(|&m| machines[m].clone()).collect();
+        let machines = machines.as_slice();
         let kinds: Vec<FaultKind> = (self.faults.iter().copied())
             .filter(|kind| match kind {
                 FaultKind::Partition => networked && machines.len() >= 2,
@@ -136,6 +147,7 @@ impl Nemesis {
             let kind = kinds[draw.below(kinds.len())];
             let name = format!("nemesis-{count}");
             for (at, action) in fault(kind, &name, &mut draw, machines, t, healed) {
+                let action = renumbered(action, &targets);
                 events.push(Event { at_ns: at, action });
             }
             t = healed;
@@ -143,6 +155,52 @@ impl Nemesis {
         // Stable: a fault's start comes before its heal at equal times.
         events.sort_by_key(|e| e.at_ns);
         events
+    }
+}
+
+/// `action` with each machine index `i` among the targets replaced by `targets[i]`.
+fn renumbered(action: Action, targets: &[usize]) -> Action {
+    let world = |i: usize| targets[i];
+    match action {
+        Action::Partition(mut partition) => {
+            for group in &mut partition.groups {
+                group.iter_mut().for_each(|m| *m = world(*m));
+            }
+            Action::Partition(partition)
+        }
+        Action::Link(mut link) => {
+            link.links.from = link.links.from.map(world);
+            link.links.to = link.links.to.map(world);
+            Action::Link(link)
+        }
+        Action::Kill { machine, policy } => Action::Kill {
+            machine: world(machine),
+            policy,
+        },
+        Action::Restart { machine } => Action::Restart {
+            machine: world(machine),
+        },
+        Action::DiskFault {
+            machine,
+            disk,
+            fault,
+        } => Action::DiskFault {
+            machine: world(machine),
+            disk,
+            fault,
+        },
+        Action::Pause { machine, for_ns } => Action::Pause {
+            machine: world(machine),
+            for_ns,
+        },
+        Action::Resume { machine } => Action::Resume {
+            machine: world(machine),
+        },
+        Action::Clock { machine, change } => Action::Clock {
+            machine: world(machine),
+            change,
+        },
+        heal @ Action::Heal(_) => heal,
     }
 }
 
@@ -354,6 +412,7 @@ impl Draw {
 mod tests {
     use super::*;
     use crate::scenario::Scenario;
+    use std::collections::BTreeSet;
 
     fn machines(text: &str) -> Vec<Machine> {
         Scenario::parse(text, "t.toml").expect("parses").machines
@@ -376,6 +435,52 @@ mod tests {
         assert!(
             a.len() >= 4,
             "about 7 faults a minute at the defaults: {a:?}"
+        );
+    }
+
+    /// The machine indices an action touches.
+    fn touched(action: &Action) -> Vec<usize> {
+        match action {
+            Action::Partition(p) => p.groups.concat(),
+            Action::Link(l) => [l.links.from, l.links.to].into_iter().flatten().collect(),
+            Action::Kill { machine, .. }
+            | Action::Restart { machine }
+            | Action::DiskFault { machine, .. }
+            | Action::Pause { machine, .. }
+            | Action::Resume { machine }
+            | Action::Clock { machine, .. } => vec![*machine],
+            Action::Heal(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn faults_touch_only_the_target_machines() {
+        let four = machines(
+            "until = \"1m\"\n[[machine]]\ncount = 4\ncommand = \"x\"\ndisks = [{ size = \"8M\" }]\n",
+        );
+        let targeted = Nemesis {
+            machines: Some(vec![1, 2, 3]),
+            ..every_kind()
+        };
+        let mut seen = BTreeSet::new();
+        for seed in 0..50 {
+            for event in targeted.schedule(Seed(seed), &four, true, MINUTE) {
+                seen.extend(touched(&event.action));
+            }
+        }
+        assert_eq!(
+            seen,
+            BTreeSet::from([1, 2, 3]),
+            "machine 0 is never touched"
+        );
+        // Naming every machine is the same as naming none.
+        let all = Nemesis {
+            machines: Some(vec![0, 1, 2, 3]),
+            ..every_kind()
+        };
+        assert_eq!(
+            all.schedule(Seed(3), &four, true, MINUTE),
+            every_kind().schedule(Seed(3), &four, true, MINUTE)
         );
     }
 

@@ -89,6 +89,12 @@
 //! interval = "5s"            # mean time between faults (default 5s)
 //! duration = "2s"            # mean length of a fault before it heals (default 2s)
 //! quiet = "10s"              # no fault in this tail before `until` (default 10s)
+//! machines = ["m1", "m2"]    # optional: only these (default: every machine)
+//!
+//! [check]                    # optional: judge a workload's history after the run
+//! history = "m3/vdb"         # the raw disk (`fs = "raw"`) the client writes JSON lines to
+//! model = "register"         # the default (the only model)
+//! timeout = "60s"            # real time the checker may take before it says "unknown"
 //! ```
 //!
 //! Disks, per machine (`vda`, `vdb`, ... in order), and the crash policy of the run:
@@ -175,7 +181,23 @@ pub struct Scenario {
     pub nemesis: Option<Nemesis>,
     /// User address-space randomisation from the guests' seeded RNG.
     pub aslr: bool,
+    /// The history a workload leaves on a disk, judged after the run.
+    pub check: Option<HistoryCheck>,
 }
+
+/// `[check]`: a workload client writes its history (JSON lines, docs/etcd.md) to a raw disk;
+/// after the run simvm reads it back, checks it against `model` and fails the run if it is
+/// not linearizable (or the checker cannot decide within `timeout_ns` of real time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryCheck {
+    pub machine: usize,
+    pub disk: usize,
+    pub model: simvm_checker::Model,
+    pub timeout_ns: u64,
+}
+
+/// The default [`HistoryCheck::timeout_ns`]: 60 s of real time.
+pub const DEFAULT_CHECK_TIMEOUT_NS: u64 = 60_000_000_000;
 
 /// The default [`Scenario::clock_spread_ns`]: 5 ms.
 pub const DEFAULT_CLOCK_SPREAD_NS: u64 = 5_000_000;
@@ -537,6 +559,7 @@ impl Scenario {
             start_spread_ns: DEFAULT_START_SPREAD_NS,
             chaos_per_mille: 0,
             nemesis: None,
+            check: None,
             aslr: false,
         }
     }
@@ -661,6 +684,15 @@ struct RawScenario {
     #[serde(default)]
     timeline: Vec<Spanned<RawEvent>>,
     nemesis: Option<Spanned<RawNemesis>>,
+    check: Option<RawCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    history: Spanned<String>,
+    model: Option<Spanned<String>>,
+    timeout: Option<Spanned<Nanos>>,
 }
 
 #[derive(Deserialize)]
@@ -670,6 +702,7 @@ struct RawNemesis {
     interval: Option<Spanned<Nanos>>,
     duration: Option<Spanned<Nanos>>,
     quiet: Option<Nanos>,
+    machines: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -777,7 +810,9 @@ impl RawScenario {
         let network = self.network.check(&names)?;
         let disks: Vec<usize> = machines.iter().map(|m| m.disks.len()).collect();
         let timeline = check_timeline(self.timeline, &names, &disks, self.until.as_ref())?;
-        let nemesis = self.nemesis.map(check_nemesis).transpose()?;
+        let nemesis = (self.nemesis)
+            .map(|n| check_nemesis(n, &names))
+            .transpose()?;
         if let Some(nemesis) = nemesis
             .as_ref()
             .filter(|_| self.until.is_none() && !until_given)
@@ -806,6 +841,14 @@ impl RawScenario {
             chaos_per_mille: self.chaos.map_or(0, |p| per_mille(p.0)),
             nemesis,
             aslr: self.aslr,
+            check: None,
+        };
+        let scenario = Scenario {
+            check: self
+                .check
+                .map(|c| c.check(&names, &scenario.machines))
+                .transpose()?,
+            ..scenario
         };
         if !until_given && !scenario.ends_by_itself() {
             return Err(Problem::at(
@@ -823,7 +866,10 @@ impl RawScenario {
 }
 
 /// The `[nemesis]` table, and where it is (for the check that needs `until`).
-fn check_nemesis(raw: Spanned<RawNemesis>) -> Result<(Nemesis, Range<usize>), Problem> {
+fn check_nemesis(
+    raw: Spanned<RawNemesis>,
+    names: &Names,
+) -> Result<(Nemesis, Range<usize>), Problem> {
     let span = raw.span();
     let raw = raw.into_inner();
     let mut faults = Vec::new();
@@ -866,8 +912,98 @@ fn check_nemesis(raw: Spanned<RawNemesis>) -> Result<(Nemesis, Range<usize>), Pr
         interval_ns: positive(raw.interval, nemesis::DEFAULT_INTERVAL_NS, "interval")?,
         duration_ns: positive(raw.duration, nemesis::DEFAULT_DURATION_NS, "duration")?,
         quiet_ns: raw.quiet.map_or(nemesis::DEFAULT_QUIET_NS, |q| q.0),
+        machines: raw
+            .machines
+            .map(|m| check_nemesis_machines(m, names))
+            .transpose()?,
     };
     Ok((nemesis, span))
+}
+
+impl RawCheck {
+    fn check(self, names: &Names, machines: &[Machine]) -> Result<HistoryCheck, Problem> {
+        let disks: Vec<usize> = machines.iter().map(|m| m.disks.len()).collect();
+        let (machine, disk) = resolve_disk(&self.history, names, &disks)?;
+        if machines[machine].disks[disk].contents != DiskContents::Raw {
+            return Err(Problem::at(
+                self.history.span(),
+                format!(
+                    "the history disk `{}` must be raw (`fs = \"raw\"`): simvm reads its bytes \
+                     after the run, up to the first zero byte",
+                    self.history.get_ref()
+                ),
+            ));
+        }
+        let model = match &self.model {
+            Some(name) => name
+                .get_ref()
+                .parse()
+                .map_err(|e: String| Problem::at(name.span(), e))?,
+            None => simvm_checker::Model::default(),
+        };
+        let timeout_ns = match self.timeout {
+            Some(t) if t.get_ref().0 == 0 => {
+                return Err(Problem::at(t.span(), "`timeout` must be longer than 0s"))
+            }
+            Some(t) => t.into_inner().0,
+            None => DEFAULT_CHECK_TIMEOUT_NS,
+        };
+        Ok(HistoryCheck {
+            machine,
+            disk,
+            model,
+            timeout_ns,
+        })
+    }
+}
+
+/// `MACHINE/DISK` (e.g. "m1/vda") as (machine, disk) indices.
+fn resolve_disk(
+    disk: &Spanned<String>,
+    names: &Names,
+    disks: &[usize],
+) -> Result<(usize, usize), Problem> {
+    let text = disk.get_ref();
+    let Some((machine_name, disk_name)) = text.split_once('/') else {
+        return Err(Problem::at(
+            disk.span(),
+            format!("`{text}` does not name a disk: write MACHINE/DISK, like \"m1/vda\""),
+        ));
+    };
+    let machine = names.index(&Spanned::new(disk.span(), machine_name.to_string()))?;
+    let count = disks.get(machine).copied().unwrap_or(0);
+    let index = (0..count)
+        .find(|&d| crate::machine::disk_name(d) == disk_name)
+        .ok_or_else(|| {
+            Problem::at(
+                disk.span(),
+                format!("{machine_name} has no disk `{disk_name}` (it has {count})"),
+            )
+        })?;
+    Ok((machine, index))
+}
+
+/// `[nemesis] machines`: known, not repeated, not empty; ascending indices.
+fn check_nemesis_machines(
+    list: Spanned<Vec<Spanned<String>>>,
+    names: &Names,
+) -> Result<Vec<usize>, Problem> {
+    if list.get_ref().is_empty() {
+        return Err(Problem::at(
+            list.span(),
+            "name the machines faults may touch, e.g. [\"m1\", \"m2\", \"m3\"] (or leave              `machines` out for all of them)",
+        ));
+    }
+    let mut targets = BTreeSet::new();
+    for name in list.get_ref() {
+        if !targets.insert(names.index(name)?) {
+            return Err(Problem::at(
+                name.span(),
+                format!("`{}` is listed twice", name.get_ref()),
+            ));
+        }
+    }
+    Ok(targets.into_iter().collect())
 }
 
 /// An option given (`Some` span) without the action it belongs to is an error at it.
@@ -1449,23 +1585,7 @@ impl RawEvent {
         names: &Names,
         disks: &[usize],
     ) -> Result<Action, Problem> {
-        let text = disk.get_ref();
-        let Some((machine_name, disk_name)) = text.split_once('/') else {
-            return Err(Problem::at(
-                disk.span(),
-                format!("`{text}` does not name a disk: write MACHINE/DISK, like \"m1/vda\""),
-            ));
-        };
-        let machine = names.index(&Spanned::new(disk.span(), machine_name.to_string()))?;
-        let count = disks.get(machine).copied().unwrap_or(0);
-        let index = (0..count)
-            .find(|&d| crate::machine::disk_name(d) == disk_name)
-            .ok_or_else(|| {
-                Problem::at(
-                    disk.span(),
-                    format!("{machine_name} has no disk `{disk_name}` (it has {count})"),
-                )
-            })?;
+        let (machine, index) = resolve_disk(disk, names, disks)?;
         exactly_one(
             "disk",
             &self.disk_fault_options(),
@@ -1900,7 +2020,22 @@ impl Scenario {
             table.insert("interval".into(), format_ns(nemesis.interval_ns).into());
             table.insert("duration".into(), format_ns(nemesis.duration_ns).into());
             table.insert("quiet".into(), format_ns(nemesis.quiet_ns).into());
+            if let Some(targets) = &nemesis.machines {
+                let names: Vec<Value> = (targets.iter())
+                    .map(|&m| self.machines[m].name.clone().into())
+                    .collect();
+                table.insert("machines".into(), names.into());
+            }
             root.insert("nemesis".into(), table.into());
+        }
+        if let Some(check) = &self.check {
+            let mut table = Table::new();
+            let machine = &self.machines[check.machine].name;
+            let disk = crate::machine::disk_name(check.disk);
+            table.insert("history".into(), format!("{machine}/{disk}").into());
+            table.insert("model".into(), check.model.to_string().into());
+            table.insert("timeout".into(), format_ns(check.timeout_ns).into());
+            root.insert("check".into(), table.into());
         }
         if !self.timeline.is_empty() {
             let events: Vec<Value> = self
@@ -2209,9 +2344,35 @@ mod tests {
                 interval_ns: nemesis::DEFAULT_INTERVAL_NS,
                 duration_ns: nemesis::DEFAULT_DURATION_NS,
                 quiet_ns: 5_000_000_000,
+                machines: None,
             })
         );
         assert_eq!(parse(&nemesis.to_string()).expect("round trip"), nemesis);
+        let targeted = parse(&format!(
+            "until = \"1m\"\n{text}[nemesis]\nfaults = [\"kill\"]\nmachines = [\"m2\", \"m1\"]\n"
+        ))
+        .expect("parses");
+        let targets = targeted.nemesis.as_ref().and_then(|n| n.machines.clone());
+        assert_eq!(targets, Some(vec![0, 1]));
+        assert_eq!(parse(&targeted.to_string()).expect("round trip"), targeted);
+    }
+
+    #[test]
+    fn a_check_names_a_raw_disk_and_round_trips() {
+        let text = "until = \"1m\"\n[[machine]]\ncount = 2\ncommand = \"x\"\n\
+                    disks = [{ size = \"8M\" }, { size = \"1M\", fs = \"raw\" }]\n\
+                    [check]\nhistory = \"m2/vdb\"\ntimeout = \"5s\"\n";
+        let s = parse(text).expect("parses");
+        assert_eq!(
+            s.check,
+            Some(HistoryCheck {
+                machine: 1,
+                disk: 1,
+                model: simvm_checker::Model::Register,
+                timeout_ns: 5_000_000_000,
+            })
+        );
+        assert_eq!(parse(&s.to_string()).expect("round trip"), s);
     }
 
     #[test]
@@ -2486,6 +2647,12 @@ mod tests {
             (format!("until = \"1m\"\n{M}[nemesis]\nfaults = []\n"), (6, 10), "list the kinds"),
             (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\"]\ninterval = \"0s\"\n"), (7, 12), "longer than 0s"),
             (format!("{M}[nemesis]\nfaults = [\"kill\"]\n"), (4, 1), "a nemesis needs the run's end"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\"]\nmachines = [\"m9\"]\n"), (7, 13), "unknown machine `m9`"),
+            (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\"]\nmachines = []\n"), (7, 12), "name the machines faults may touch"),
+            (format!("{M}disks = [{{ size = \"8M\" }}]\n[check]\nhistory = \"m1/vda\"\n"), (6, 11), "must be raw"),
+            (format!("{M}[check]\nhistory = \"m1/vdb\"\n"), (5, 11), "m1 has no disk `vdb` (it has 0)"),
+            (format!("{M}[check]\nhistory = \"m1\"\n"), (5, 11), "does not name a disk"),
+            (format!("{M}disks = [{{ size = \"8M\", fs = \"raw\" }}]\n[check]\nhistory = \"m1/vda\"\nmodel = \"set\"\n"), (7, 9), "unknown model `set`"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ size = \"100K\" }]\n".into(), (3, 10), "at least 1M"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"xfs\" }]\n".into(), (3, 17), "unknown `fs`"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"raw\", mount = \"/d\" }]\n".into(), (3, 32), "raw disk"),

@@ -29,6 +29,7 @@ use crate::boot_data::{BootData, Mount};
 use crate::clock::DEFAULT_WALL_BASE_NS;
 use crate::disk_image::ext4_image;
 use crate::disks::{DiskBase, DiskSetup};
+use crate::history::{self, HistoryVerdict};
 use crate::image::{self, GuestImage};
 use crate::machine::{disk_name, MachineConfig, Stop};
 use crate::nemesis::Nemesis;
@@ -388,6 +389,7 @@ impl Simulation {
             from: self.from.clone(),
             sample_every: self.sample_every,
             start_spread_ns: self.scenario.start_spread_ns,
+            history: (self.scenario.check.as_ref()).map(|c| (c.machine, c.disk)),
             awaited: self
                 .scenario
                 .machines
@@ -441,7 +443,28 @@ impl Simulation {
     /// Runs once, passing every console line to `print`.
     pub fn run(&self, print: &mut dyn FnMut(&str)) -> Result<Outcome, SimulationError> {
         let world = World::new(self.world_config(false, self.trace.clone())?)?;
-        Ok(world.run(print)?)
+        Ok(self.judged(world.run(print)?))
+    }
+
+    /// `outcome` with its workload history checked, if the scenario asks (`[check]`).
+    fn judged(&self, mut outcome: Outcome) -> Outcome {
+        let (Some(check), Some(recorded)) = (&self.scenario.check, &outcome.history) else {
+            return outcome;
+        };
+        let names: Vec<String> = (self.scenario.machines.iter())
+            .map(|m| m.name.clone())
+            .collect();
+        let source = format!("{}/{}", names[check.machine], disk_name(check.disk));
+        let faults = history::fault_intervals(&self.timeline(), &names, outcome.vtime_ns);
+        let timeout = Duration::from_nanos(check.timeout_ns);
+        outcome.verdict = Some(history::judge(
+            recorded,
+            &source,
+            check.model,
+            timeout,
+            faults,
+        ));
+        outcome
     }
 
     /// Runs twice, the first run printing through `print`, and compares them.
@@ -450,6 +473,7 @@ impl Simulation {
         print: &mut dyn FnMut(&str),
     ) -> Result<DeterminismCheck, SimulationError> {
         let first = World::new(self.world_config(true, self.trace.clone())?)?.run(print)?;
+        let first = self.judged(first);
         // The second run takes no snapshot: taking one must not change the run either.
         let second = WorldConfig {
             snapshot: None,
@@ -502,6 +526,7 @@ impl Simulation {
             && outcome.ending != Ending::Idle
             && (!self.strict || outcome.watchdog_kicks.is_empty())
             && outcome.assertions.passed()
+            && outcome.verdict.as_ref().is_none_or(HistoryVerdict::passed)
     }
 }
 

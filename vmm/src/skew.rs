@@ -69,6 +69,28 @@ impl ClockSkew {
     }
 }
 
+/// One incarnation's guest clock against world time, to read back times the guest recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestClock {
+    /// World time at the incarnation's power-on.
+    pub epoch: u64,
+    /// Guest time at power-on (the template's clock for a restored machine).
+    pub offset: u64,
+    pub skew: ClockSkew,
+}
+
+impl GuestClock {
+    /// The guest's clock at world time `world`.
+    pub fn guest(&self, world: u64) -> u64 {
+        (self.skew.guest(world.saturating_sub(self.epoch))).saturating_add(self.offset)
+    }
+
+    /// The earliest world time at which the guest's clock reads `guest`.
+    pub fn world(&self, guest: u64) -> u64 {
+        (self.skew.world(guest.saturating_sub(self.offset))).saturating_add(self.epoch)
+    }
+}
+
 /// A clock fault: what a timeline event does to one machine's clocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClockChange {

@@ -27,7 +27,7 @@ use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop}
 use crate::network::{NetEvent, Network, NetworkConfig};
 use crate::profile::{MachineProfile, ProcessProbe};
 use crate::seed::Seed;
-use crate::skew::ClockChange;
+use crate::skew::{ClockChange, GuestClock};
 use crate::template::{TemplateUse, Templates};
 
 mod snapshot;
@@ -114,6 +114,8 @@ pub struct WorldConfig {
     /// Each power-on of a machine comes a seeded delay within `[0, this]` (ns) after it is
     /// due, so that machines started together do not run in lockstep.
     pub start_spread_ns: u64,
+    /// Read a workload's history from this (machine, disk) at the end ([`RecordedHistory`]).
+    pub history: Option<(usize, usize)>,
 }
 
 impl WorldConfig {
@@ -143,6 +145,7 @@ impl WorldConfig {
             from: None,
             sample_every: None,
             start_spread_ns: 0,
+            history: None,
         }
     }
 }
@@ -221,6 +224,19 @@ pub struct Outcome {
     pub simvm_samples: u64,
     /// What the guests asserted (`simvm-assert`, docs/guest-abi.md "Assertions").
     pub assertions: Assertions,
+    /// The workload history read back at the end (`WorldConfig::history`).
+    pub history: Option<RecordedHistory>,
+    /// What the checker made of it (filled in by [`crate::simulation::Simulation`]).
+    pub verdict: Option<crate::history::HistoryVerdict>,
+}
+
+/// A history as a workload client left it on its disk: the text up to the first zero byte,
+/// and the clock its times were read from.
+#[derive(Clone, Debug)]
+pub struct RecordedHistory {
+    pub text: Vec<u8>,
+    /// The client's clock (its last incarnation's), `None` if it never ran.
+    pub clock: Option<GuestClock>,
 }
 
 impl Outcome {
@@ -258,6 +274,8 @@ struct Node {
     frames_unplugged: u64,
     /// Profiles of earlier incarnations, when profiling.
     profile: Option<MachineProfile>,
+    /// The last incarnation's clock, to read back times it recorded after it stopped.
+    last_clock: Option<GuestClock>,
     /// Paused by the timeline since this virtual time: not stepped until it resumes.
     paused: Option<u64>,
 }
@@ -299,6 +317,14 @@ impl Node {
 
     /// Drops the running incarnation, if any, adding its counters, clock and status to what
     /// the node keeps.
+    /// What disk `disk` holds up to its first zero byte, and the clock to read its times with.
+    fn recorded_history(&self, disk: usize) -> RecordedHistory {
+        RecordedHistory {
+            text: (self.disks.get(disk)).map_or_else(Vec::new, WorldDisk::text),
+            clock: (self.machine.as_ref().map(Machine::guest_clock)).or(self.last_clock),
+        }
+    }
+
     fn fold_machine(&mut self) {
         if let Some(machine) = self.machine.take() {
             if let Some(profile) = machine.profile() {
@@ -310,6 +336,7 @@ impl Node {
             self.past_device_errors += machine.device_errors();
             self.last_now = machine.now();
             self.last_exit_status = machine.exit_status();
+            self.last_clock = Some(machine.guest_clock());
         }
     }
 }
@@ -346,6 +373,7 @@ pub struct World {
     start_spread_ns: u64,
     /// The guests' assertion lines so far.
     assertions: Assertions,
+    history: Option<(usize, usize)>,
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
@@ -459,6 +487,7 @@ impl World {
                 ready_wall: None,
                 frames_unplugged: 0,
                 profile: None,
+                last_clock: None,
                 paused: None,
             });
         }
@@ -524,6 +553,7 @@ impl World {
             printed,
             profiling: config.sample_every.is_some(),
             start_spread_ns: config.start_spread_ns,
+            history: config.history,
             assertions: Assertions::default(),
         })
     }
@@ -1089,6 +1119,7 @@ impl World {
         let events = self.trace.events();
         let fingerprints = self.trace.finish()?;
         let vtime_ns = self.nodes.iter().map(Node::now).max().unwrap_or(0);
+        let history = self.history.map(|(m, d)| self.nodes[m].recorded_history(d));
         let network = self.network;
         let machines = self
             .nodes
@@ -1146,6 +1177,8 @@ impl World {
             resumed_from: self.resumed_from,
             simvm_samples,
             assertions: self.assertions,
+            history,
+            verdict: None,
         })
     }
 }
@@ -1240,6 +1273,7 @@ fn resume_node(
         ready_wall: None,
         frames_unplugged: 0,
         profile: None,
+        last_clock: None,
         paused: None,
     })
 }

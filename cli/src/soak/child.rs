@@ -29,6 +29,8 @@ pub const SIMVM_LOG: &str = "simvm.log";
 pub const TRACE: &str = "trace.jsonl";
 pub const PCAP: &str = "net.pcapng";
 pub const DISKS: &str = "disks";
+/// The workload history and its timeline (scenarios with a `[check]`).
+pub const HISTORY: &str = "history.jsonl";
 pub const REPRO: &str = "repro.sh";
 
 impl ChildTemplate {
@@ -52,6 +54,7 @@ impl ChildTemplate {
                 ("--trace", TRACE),
                 ("--pcap", PCAP),
                 ("--keep-disks", DISKS),
+                ("--history", HISTORY),
             ] {
                 args.push(flag.into());
                 args.push(dir.join(name).into_os_string());
@@ -329,7 +332,7 @@ mod tests {
         assert_eq!(
             args.join(" "),
             "run my scenario.toml --seed 7 --check-determinism --trace out/seed-7/trace.jsonl \
-             --pcap out/seed-7/net.pcapng --keep-disks out/seed-7/disks --until 5s -- sh -c echo hi"
+             --pcap out/seed-7/net.pcapng --keep-disks out/seed-7/disks --history out/seed-7/history.jsonl --until 5s -- sh -c echo hi"
         );
         assert_eq!(
             t.reproduce(7, false),
