@@ -31,6 +31,21 @@ static inline s64 syscall3(s64 nr, s64 a, s64 b, s64 c)
 	return ret;
 }
 
+/* Up to six arguments; the kernel takes the fourth in r10, not rcx as C would. */
+static inline s64 syscall6(s64 nr, s64 a, s64 b, s64 c, s64 d, s64 e, s64 f)
+{
+	s64 ret;
+	register s64 r10 __asm__("r10") = d;
+	register s64 r8 __asm__("r8") = e;
+	register s64 r9 __asm__("r9") = f;
+
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
 static inline void sys_exit(int code)
 {
 	syscall3(SYS_exit_group, code, 0, 0);
