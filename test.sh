@@ -33,6 +33,17 @@ if ! have mkfs.ext4 || ! have e2fsck; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends e2fsprogs >/dev/null
 fi
 
+# chromium opens the checker's HTML timeline in the etcd test.
+if ! command -v chromium >/dev/null; then
+    echo "== installing chromium (Debian package) for the history timeline test"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test.sh: chromium is missing; install it with: sudo apt-get install chromium" >&2
+        exit 1
+    fi
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
+fi
+
 echo "== guest image"
 bash guest-images/build.sh >/dev/null
 bash guest-images/build.sh --recipe etcd >/dev/null

@@ -393,6 +393,29 @@ pub fn run_tshark(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The DOM of the page `html` after a real browser (Debian's headless chromium) has loaded and
+/// laid it out. Panics if chromium is missing: a test that cannot open its page must not pass.
+pub fn browser_dom(html: &Path) -> String {
+    let url = format!("file://{}", html.canonicalize().expect("the page exists").display());
+    let out = match Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", &url])
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "chromium is not installed, and this test opens a page in it: install it \
+             (`sudo apt-get install chromium`; ./test.sh installs it)"
+        ),
+        Err(e) => panic!("cannot run chromium: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Asserts that `again` replayed `first`: the same digest and the same consoles of `machines`.
 pub fn assert_same_run(first: &Run, again: &Run, machines: &[&str]) {
     assert_eq!(
