@@ -48,6 +48,7 @@ echo "== guest image"
 bash guest-images/build.sh >/dev/null
 bash guest-images/build.sh --recipe etcd >/dev/null
 bash guest-images/build.sh --recipe sqlite >/dev/null
+bash guest-images/build.sh --recipe-tree etcd >/dev/null
 
 echo "== format"
 cargo fmt --all -- --check

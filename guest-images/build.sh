@@ -2,18 +2,23 @@
 # Build the simvm guest image: kernel (vmlinux) and initramfs (newc cpio).
 #
 #   guest-images/build.sh [--recipe NAME] [--print-keys]
+#   guest-images/build.sh --recipe-tree NAME [--print-keys]
 #
 # Results are cached, content-addressed, under ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
 # Progress goes to stderr; the last lines of stdout are, exactly:
 #   kernel=/abs/path/vmlinux
 #   config=/abs/path/.config
 #   initramfs=/abs/path/initramfs.cpio
+# With --recipe-tree, only the recipe's staged files (for a disk) are built, and the last line
+# of stdout is, exactly:
+#   tree=/abs/path/dir
 # See docs/guest-image.md.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}
 RECIPE=""
+RECIPE_TREE=""
 PRINT_KEYS=0
 
 # A temporary build directory to remove if the script ends early (also on Ctrl-C / SIGTERM).
@@ -37,11 +42,14 @@ list_recipes() {
 usage() {
 	cat >&2 <<'EOF'
 usage: guest-images/build.sh [--recipe NAME] [--print-keys]
+       guest-images/build.sh --recipe-tree NAME [--print-keys]
 
 Builds (or finds in the cache) the simvm guest kernel and initramfs and prints
   kernel=PATH, config=PATH, initramfs=PATH
 as the last lines of stdout. --recipe NAME adds guest-images/recipes/NAME.toml
-to the base image. Cache: ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
+to the base image. --recipe-tree NAME builds only the files the recipe would
+add, as a directory for a disk, and prints tree=PATH as the last line.
+Cache: ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
 EOF
 }
 
@@ -54,6 +62,15 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--recipe=*)
 		RECIPE=${1#--recipe=}
+		shift
+		;;
+	--recipe-tree)
+		[[ $# -ge 2 ]] || die "--recipe-tree needs a NAME (one of: $(list_recipes))"
+		RECIPE_TREE=$2
+		shift 2
+		;;
+	--recipe-tree=*)
+		RECIPE_TREE=${1#--recipe-tree=}
 		shift
 		;;
 	--print-keys)
@@ -70,6 +87,8 @@ while [[ $# -gt 0 ]]; do
 		;;
 	esac
 done
+[[ -z $RECIPE || -z $RECIPE_TREE ]] ||
+	die "--recipe builds an image and --recipe-tree a disk's files: give one of them"
 
 # --- pinned kernel source ------------------------------------------------------
 read_version_field() {
@@ -83,10 +102,13 @@ KTARBALL=/usr/src/${KPKG}.tar.xz
 
 # --- build dependencies (Debian packages) ---------------------------------------------
 DEPS=("$KPKG" bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
+# What tools/recipe.py needs on its own (apt-get download, dpkg -x, readelf), for --recipe-tree.
+RECIPE_DEPS=(binutils python3 dpkg apt)
 
-ensure_deps() {
+# Installs those of the given packages that are missing.
+install_missing() {
 	local missing=() pkg
-	for pkg in "${DEPS[@]}"; do
+	for pkg in "$@"; do
 		if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
 			missing+=("$pkg")
 		fi
@@ -102,6 +124,10 @@ ensure_deps() {
 		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
 			die "apt-get install ${missing[*]} failed"
 	fi
+}
+
+ensure_deps() {
+	install_missing "${DEPS[@]}"
 	local installed
 	installed=$(dpkg-query -W -f='${Version}' "$KPKG")
 	[[ $installed == "$KPKG_VERSION" ]] ||
@@ -127,6 +153,25 @@ kernel_inputs() {
 
 initramfs_inputs() {
 	(cd "$HERE" && printf '%s\n' build.sh init/*.c helpers/*.c helpers/*.h tools/*.py recipes/base.toml)
+}
+
+base_key() {
+	# shellcheck disable=SC2046
+	hash_inputs "initramfs" $(initramfs_inputs)
+}
+
+# A recipe's key: the base key (the tools that stage it) and the recipe file. The recipe's
+# archive and its tree share it.
+recipe_key() {
+	local name=$1 ikey=$2
+	hash_inputs "recipe $ikey" "recipes/$name.toml"
+}
+
+check_recipe() {
+	local name=$1
+	[[ $name =~ ^[A-Za-z0-9_-]+$ ]] || die "bad recipe name: $name"
+	[[ -f $HERE/recipes/$name.toml ]] ||
+		die "no recipe guest-images/recipes/$name.toml (have: $(list_recipes))"
 }
 
 # --- kernel -------------------------------------------------------------------------------------
@@ -262,7 +307,51 @@ build_recipe_initramfs() {
 	TMP_BUILD=""
 }
 
+# --- recipe trees ------------------------------------------------------------------------------
+# The files, libraries and loader a recipe would add to the initramfs, as a directory: simvm makes an
+# ext4 disk of it, and a machine booting the base image reads them from that disk on demand instead
+# of unpacking them all at boot.
+build_recipe_tree() {
+	local name=$1 out=$2 tmp
+	mkdir -p "$CACHE/recipe-trees"
+	tmp=$(mktemp -d "$CACHE/recipe-trees/.build.XXXXXX")
+	TMP_BUILD=$tmp
+	log "recipe tree: staging recipes/$name.toml"
+	# Directory modes follow the umask, and the disk image copies them: fix it, so that every
+	# host stages the same tree.
+	(umask 022 && mkdir "$tmp/tree" &&
+		python3 "$HERE/tools/recipe.py" "$HERE/recipes/$name.toml" "$tmp/tree" "$CACHE/debs") >&2 ||
+		die "recipe $name.toml failed"
+	publish "$tmp/tree" "$out"
+	rm -rf "$tmp"
+	TMP_BUILD=""
+}
+
+main_recipe_tree() {
+	check_recipe "$RECIPE_TREE"
+	install_missing "${RECIPE_DEPS[@]}"
+	mkdir -p "$CACHE"
+	CACHE=$(cd "$CACHE" && pwd)
+
+	local rkey tdir
+	rkey=$(recipe_key "$RECIPE_TREE" "$(base_key)")
+	tdir=$CACHE/recipe-trees/$RECIPE_TREE-$rkey
+	if [[ $PRINT_KEYS -eq 1 ]]; then
+		printf 'recipe-key=%s\n' "$rkey"
+	fi
+	if [[ -d $tdir ]]; then
+		log "recipe tree: $RECIPE_TREE cached ($rkey)"
+	else
+		build_recipe_tree "$RECIPE_TREE" "$tdir"
+	fi
+	printf 'tree=%s\n' "$tdir"
+}
+
 main() {
+	if [[ -n $RECIPE_TREE ]]; then
+		main_recipe_tree
+		return
+	fi
 	ensure_deps
 	mkdir -p "$CACHE"
 	CACHE=$(cd "$CACHE" && pwd)
@@ -270,15 +359,12 @@ main() {
 	local kkey ikey kdir idir
 	# shellcheck disable=SC2046
 	kkey=$(hash_inputs "kernel $KPKG $KPKG_VERSION" $(kernel_inputs))
-	# shellcheck disable=SC2046
-	ikey=$(hash_inputs "initramfs" $(initramfs_inputs))
+	ikey=$(base_key)
 	kdir=$CACHE/kernel/$kkey
 	idir=$CACHE/initramfs/base-$ikey
 
 	if [[ -n $RECIPE ]]; then
-		[[ $RECIPE =~ ^[A-Za-z0-9_-]+$ ]] || die "bad recipe name: $RECIPE"
-		[[ -f $HERE/recipes/$RECIPE.toml ]] ||
-			die "no recipe guest-images/recipes/$RECIPE.toml (have: $(list_recipes))"
+		check_recipe "$RECIPE"
 	fi
 
 	if [[ $PRINT_KEYS -eq 1 ]]; then
@@ -299,7 +385,7 @@ main() {
 	local image=$idir/initramfs.cpio
 	if [[ -n $RECIPE ]]; then
 		local rkey rdir
-		rkey=$(hash_inputs "recipe $ikey" "recipes/$RECIPE.toml")
+		rkey=$(recipe_key "$RECIPE" "$ikey")
 		rdir=$CACHE/initramfs/$RECIPE-$rkey
 		if [[ -f $rdir/initramfs.cpio ]]; then
 			log "initramfs: $RECIPE cached ($rkey)"

@@ -38,6 +38,16 @@ pub const MIN_SIZE: u64 = 1 << 20;
 /// have none, so a crash leaves them for `fsck` instead of a journal replay.
 pub const MIN_JOURNAL_SIZE: u64 = 8 << 20;
 
+/// What [`size_for_tree`] counts for every entry of a tree besides its data: the disk space
+/// mkfs gives each inode (`inode_ratio` in [`MKE2FS_CONF`]), so the filesystem has an inode
+/// for every entry.
+const BYTES_PER_INODE: u64 = 16 << 10;
+
+/// The fixed part of [`size_for_tree`]'s headroom: room for the journal, which is 4 MiB below
+/// 128 MiB and 16 MiB below 1 GiB (a quarter of the tree covers it beyond), and the rest of
+/// ext4's metadata in small filesystems.
+const TREE_HEADROOM: u64 = 16 << 20;
+
 /// Bump when anything about how images are built changes (options, configuration,
 /// normalisation), so old cache entries are no longer found.
 const FORMAT_VERSION: &str = "simvm ext4 image v1";
@@ -223,6 +233,43 @@ pub fn ext4_image(dir: Option<&Path>, size: u64, cache_dir: &Path) -> Result<Pat
     })?;
     build(&mkfs, dir, size, &key, &image)?;
     Ok(image)
+}
+
+/// A size for an ext4 image of `dir`'s tree that holds it with room to spare: each regular
+/// file's data in whole [`BLOCK_SIZE`] blocks, plus [`BYTES_PER_INODE`] for every entry (the
+/// directory itself included), plus a quarter of that for ext4's metadata and the guest's writes,
+/// plus 16 MiB ([`TREE_HEADROOM`]), rounded up to a whole MiB. It depends only on the tree's
+/// entries and file lengths, so the same tree gets the same size on every host.
+pub fn size_for_tree(dir: &Path) -> Result<u64> {
+    let used = tree_usage(dir, true)?;
+    let size = used.saturating_add(used / 4).saturating_add(TREE_HEADROOM);
+    Ok(size.div_ceil(1 << 20).saturating_mul(1 << 20))
+}
+
+/// What `path` and everything under it take on an ext4 image: see [`size_for_tree`]. The top
+/// directory is followed if it is a symlink (as mkfs does); nothing below it is.
+fn tree_usage(path: &Path, top: bool) -> Result<u64> {
+    let read_err = |source| DiskImageError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = if top {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    }
+    .map_err(read_err)?;
+    let mut used = BYTES_PER_INODE;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path).map_err(read_err)? {
+            let entry = entry.map_err(read_err)?;
+            used = used.saturating_add(tree_usage(&entry.path(), false)?);
+        }
+    } else if meta.is_file() {
+        let blocks = meta.len().div_ceil(BLOCK_SIZE);
+        used = used.saturating_add(blocks.saturating_mul(BLOCK_SIZE));
+    }
+    Ok(used)
 }
 
 /// The key over everything the image depends on. Every item is tagged and length-prefixed, so
@@ -1043,6 +1090,39 @@ mod tests {
         // 1 MiB works too, without a journal.
         let small = ext4_image(None, MIN_SIZE, cache_a.as_path()).unwrap();
         e2fsck_clean(&small);
+    }
+
+    #[test]
+    fn a_tree_gets_its_data_in_blocks_an_inode_share_per_entry_and_headroom() {
+        let tree = tmp();
+        fs::create_dir(tree.as_path().join("sub")).unwrap();
+        fs::write(tree.as_path().join("sub/one-byte"), "x").unwrap();
+        fs::write(tree.as_path().join("empty"), "").unwrap();
+        symlink("sub/one-byte", tree.as_path().join("link")).unwrap();
+        // Five entries (the top directory, sub, two files, the link) and one block of data.
+        let used = 5 * BYTES_PER_INODE + BLOCK_SIZE;
+        let expected = (used + used / 4 + TREE_HEADROOM).div_ceil(1 << 20) << 20;
+        assert_eq!(size_for_tree(tree.as_path()).unwrap(), expected);
+        assert_eq!(expected, 17 << 20);
+        let err = size_for_tree(&tree.as_path().join("nope")).unwrap_err();
+        assert!(matches!(err, DiskImageError::Read { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_tree_of_many_small_files_and_a_big_one_fits_its_size() {
+        if !have_mkfs("a_tree_of_many_small_files_and_a_big_one_fits_its_size") {
+            return;
+        }
+        let tree = tmp();
+        for i in 0..1500 {
+            fs::write(tree.as_path().join(format!("f{i}")), "").unwrap();
+        }
+        let big: Vec<u8> = (0..12u32 << 20).map(|i| (i % 251) as u8 + 1).collect();
+        fs::write(tree.as_path().join("big"), big).unwrap();
+        let size = size_for_tree(tree.as_path()).unwrap();
+        let cache = tmp();
+        let image = ext4_image(Some(tree.as_path()), size, cache.as_path()).unwrap();
+        e2fsck_clean(&image);
     }
 
     #[test]

@@ -105,10 +105,11 @@
 //! [[machine]]
 //! command = "..."
 //! disks = [
-//!   { size = "64M" },                        # an empty ext4 filesystem, mounted at /data
-//!   { size = "64M", dir = "files" },         # ext4 holding a host directory, at /data2
-//!   { image = "base.img", mount = "/srv" },  # an ext4 image file (never written)
-//!   { size = "16M", fs = "raw" },            # zeros, not mounted
+//!   { size = "64M" },                         # an empty ext4 filesystem, mounted at /data
+//!   { size = "64M", dir = "files" },          # ext4 holding a host directory, at /data2
+//!   { image = "base.img", mount = "/srv" },   # an ext4 image file (never written)
+//!   { size = "16M", fs = "raw" },             # zeros, not mounted
+//!   { recipe = "etcd", mount = "/opt/etcd" }, # ext4 holding a guest image recipe's files
 //! ]
 //! # each may also set latency = "20us" (minimum) and latency_mean = "80us"
 //! ```
@@ -205,13 +206,14 @@ pub const DEFAULT_CLOCK_SPREAD_NS: u64 = 5_000_000;
 /// The default [`Scenario::start_spread_ns`]: 10 ms.
 pub const DEFAULT_START_SPREAD_NS: u64 = 10_000_000;
 
-/// Size of a disk whose scenario entry gives neither `size` nor `image`.
+/// Size of a disk whose scenario entry gives neither `size` nor `image` nor `recipe`.
 pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
 
 /// One disk of a machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskSpec {
-    /// Capacity in bytes; `None`: the image's size.
+    /// Capacity in bytes; `None`: the image's size, or for a recipe disk a size that holds the
+    /// recipe's tree ([`crate::disk_image::size_for_tree`]).
     pub size: Option<u64>,
     pub contents: DiskContents,
     /// Where init mounts its filesystem, if anywhere.
@@ -228,6 +230,10 @@ pub enum DiskContents {
     Ext4 { dir: Option<PathBuf> },
     /// An existing image file, used as it is (and never written).
     Image(PathBuf),
+    /// An ext4 filesystem holding the files of a guest image recipe
+    /// (`guest-images/recipes/NAME.toml`), with their libraries and the ELF loader, at the paths
+    /// the recipe's image has them.
+    Recipe(String),
 }
 
 impl DiskSpec {
@@ -494,7 +500,7 @@ impl Scenario {
                         *p = base.join(&*p);
                     }
                 }
-                DiskContents::Ext4 { dir: None } | DiskContents::Raw => {}
+                DiskContents::Ext4 { dir: None } | DiskContents::Raw | DiskContents::Recipe(_) => {}
             }
         }
         Ok(scenario)
@@ -755,6 +761,7 @@ struct RawDisk {
     size: Option<ByteSize>,
     dir: Option<String>,
     image: Option<String>,
+    recipe: Option<Spanned<String>>,
     fs: Option<Spanned<String>>,
     mount: Option<Spanned<String>>,
     latency: Option<Nanos>,
@@ -1176,32 +1183,9 @@ impl RawDisk {
                 ));
             }
         }
-        let fs = self.fs.as_ref().map(|f| (f.get_ref().as_str(), f.span()));
-        let contents = match (&self.dir, &self.image, fs) {
-            (Some(_), Some(_), _) => {
-                return Err(Problem::at(
-                    span,
-                    "a disk has either `dir` (its files) or `image` (an image file), not both",
-                ))
-            }
-            (_, _, Some((other, span))) if other != "ext4" && other != "raw" => {
-                return Err(Problem::at(
-                    span,
-                    format!("unknown `fs` \"{other}\": use \"ext4\" or \"raw\""),
-                ))
-            }
-            (Some(_), None, Some(("raw", span))) => {
-                return Err(Problem::at(
-                    span,
-                    "a disk with `dir` holds an ext4 filesystem",
-                ))
-            }
-            (Some(dir), None, _) => DiskContents::Ext4 {
-                dir: Some(PathBuf::from(dir)),
-            },
-            (None, Some(image), _) => DiskContents::Image(PathBuf::from(image)),
-            (None, None, Some(("raw", _))) => DiskContents::Raw,
-            (None, None, _) => DiskContents::Ext4 { dir: None },
+        let contents = match &self.recipe {
+            Some(recipe) => self.recipe_contents(recipe)?,
+            None => self.other_contents(span)?,
         };
         let mount = match &self.mount {
             Some(mount) if contents == DiskContents::Raw => {
@@ -1216,7 +1200,7 @@ impl RawDisk {
         let defaults = Latency::default();
         Ok(DiskSpec {
             size: size.or(match contents {
-                DiskContents::Image(_) => None,
+                DiskContents::Image(_) | DiskContents::Recipe(_) => None,
                 _ => Some(DEFAULT_DISK_SIZE),
             }),
             contents,
@@ -1225,6 +1209,68 @@ impl RawDisk {
                 min_ns: self.latency.map_or(defaults.min_ns, |n| n.0),
                 mean_ns: self.latency_mean.map_or(defaults.mean_ns, |n| n.0),
             },
+        })
+    }
+
+    /// `fs`, with its position, if the entry gives one; an unknown one is an error.
+    fn fs(&self) -> Result<Option<(&str, Range<usize>)>, Problem> {
+        match &self.fs {
+            Some(fs) if !["ext4", "raw"].contains(&fs.get_ref().as_str()) => Err(Problem::at(
+                fs.span(),
+                format!("unknown `fs` \"{}\": use \"ext4\" or \"raw\"", fs.get_ref()),
+            )),
+            Some(fs) => Ok(Some((fs.get_ref().as_str(), fs.span()))),
+            None => Ok(None),
+        }
+    }
+
+    /// A disk with `recipe`: ext4 holding that recipe's files, so no `dir`, `image` or raw `fs`.
+    fn recipe_contents(&self, recipe: &Spanned<String>) -> Result<DiskContents, Problem> {
+        for (key, given) in [("dir", self.dir.is_some()), ("image", self.image.is_some())] {
+            if given {
+                return Err(Problem::at(
+                    recipe.span(),
+                    format!("a disk has either `recipe` (a guest image recipe's files) or `{key}`, not both"),
+                ));
+            }
+        }
+        if let Some(("raw", span)) = self.fs()? {
+            return Err(Problem::at(
+                span,
+                "a disk with `recipe` holds an ext4 filesystem",
+            ));
+        }
+        let name = recipe.get_ref();
+        if !crate::image::is_recipe_name(name) {
+            return Err(Problem::at(
+                recipe.span(),
+                format!("`{name}` is not a recipe name: give the NAME of a guest-images/recipes/NAME.toml (letters, digits, `_` and `-`), like \"etcd\""),
+            ));
+        }
+        Ok(DiskContents::Recipe(name.clone()))
+    }
+
+    /// A disk without `recipe`: a host directory's tree, an image file, empty ext4 or raw.
+    fn other_contents(&self, span: Range<usize>) -> Result<DiskContents, Problem> {
+        if self.dir.is_some() && self.image.is_some() {
+            return Err(Problem::at(
+                span,
+                "a disk has either `dir` (its files) or `image` (an image file), not both",
+            ));
+        }
+        Ok(match (&self.dir, &self.image, self.fs()?) {
+            (Some(_), _, Some(("raw", span))) => {
+                return Err(Problem::at(
+                    span,
+                    "a disk with `dir` holds an ext4 filesystem",
+                ))
+            }
+            (Some(dir), _, _) => DiskContents::Ext4 {
+                dir: Some(PathBuf::from(dir)),
+            },
+            (None, Some(image), _) => DiskContents::Image(PathBuf::from(image)),
+            (None, None, Some(("raw", _))) => DiskContents::Raw,
+            (None, None, _) => DiskContents::Ext4 { dir: None },
         })
     }
 }
@@ -2208,6 +2254,9 @@ fn disk_table(disk: &DiskSpec) -> Table {
         DiskContents::Image(path) => {
             table.insert("image".into(), path.display().to_string().into());
         }
+        DiskContents::Recipe(recipe) => {
+            table.insert("recipe".into(), recipe.clone().into());
+        }
     }
     if let Some(mount) = &disk.mount {
         table.insert("mount".into(), mount.clone().into());
@@ -2419,6 +2468,24 @@ mod tests {
             }
         );
         assert_eq!(parse(&s.to_string()).expect("reparse"), s);
+    }
+
+    #[test]
+    fn recipe_disks_take_their_size_from_the_tree_unless_given_and_round_trip() {
+        let text = "[[machine]]\ncommand = \"x\"\n\
+                    disks = [{ recipe = \"etcd\", mount = \"/opt/etcd\" }, { recipe = \"sqlite\", size = \"32M\", fs = \"ext4\" }, { size = \"8M\" }]\n";
+        let s = parse(text).expect("parses");
+        let disks = &s.machines[0].disks;
+        assert_eq!(disks[0].contents, DiskContents::Recipe("etcd".into()));
+        assert_eq!(disks[0].size, None, "sized from the tree when it is built");
+        assert_eq!(disks[0].mount.as_deref(), Some("/opt/etcd"));
+        assert_eq!(disks[1].contents, DiskContents::Recipe("sqlite".into()));
+        assert_eq!(disks[1].size, Some(32 << 20));
+        let mounts: Vec<Option<&str>> = disks.iter().map(|d| d.mount.as_deref()).collect();
+        assert_eq!(mounts, [Some("/opt/etcd"), Some("/data"), Some("/data2")]);
+        let written = s.to_string();
+        assert!(written.contains("recipe = \"etcd\""), "{written}");
+        assert_eq!(parse(&written).expect("reparse"), s);
     }
 
     #[test]
@@ -2658,6 +2725,13 @@ mod tests {
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"raw\", mount = \"/d\" }]\n".into(), (3, 32), "raw disk"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ mount = \"/proc\" }]\n".into(), (3, 20), "cannot be a mount point"),
             ("[[machine]]\ncommand = \"x\"\ndisks = [{ dir = \"a\", image = \"b\" }]\n".into(), (3, 10), "not both"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"etcd\", dir = \"a\" }]\n".into(), (3, 21), "either `recipe` (a guest image recipe's files) or `dir`, not both"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ image = \"b\", recipe = \"etcd\" }]\n".into(), (3, 34), "or `image`, not both"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"etcd\", fs = \"raw\" }]\n".into(), (3, 34), "a disk with `recipe` holds an ext4 filesystem"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"etcd\", fs = \"xfs\" }]\n".into(), (3, 34), "unknown `fs`"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"../etcd\" }]\n".into(), (3, 21), "`../etcd` is not a recipe name"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"\" }]\n".into(), (3, 21), "is not a recipe name"),
+            ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = 5 }]\n".into(), (3, 21), "expected a string"),
             ("crash_policy = \"all\"\n[[machine]]\ncommand = \"x\"\n".into(), (1, 16), "lose-all"),
             (format!("{M}[[timeline]]\nheal = \"all\"\n"), (4, 1), "missing field `at`"),
             (format!("{M}[[timeline]]\nat = \"5s\"\nheal = \"all\"\n[[timeline]]\nat = \"4s\"\nheal = \"all\"\n"), (8, 6), "time order: this one at 4s comes after one at 5s"),

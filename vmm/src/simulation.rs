@@ -27,7 +27,7 @@ use simvm_devices::virtio::net::Offloads;
 
 use crate::boot_data::{BootData, Mount};
 use crate::clock::DEFAULT_WALL_BASE_NS;
-use crate::disk_image::ext4_image;
+use crate::disk_image::{ext4_image, size_for_tree};
 use crate::disks::{DiskBase, DiskSetup};
 use crate::history::{self, HistoryVerdict};
 use crate::image::{self, GuestImage};
@@ -116,6 +116,12 @@ pub enum SimulationError {
         machine: String,
         disk: String,
         source: crate::disk_image::DiskImageError,
+    },
+    #[error("disk {disk} of {machine}: {source}")]
+    DiskRecipe {
+        machine: String,
+        disk: String,
+        source: image::ImageError,
     },
     #[error(transparent)]
     Vmm(#[from] crate::Error),
@@ -301,12 +307,13 @@ impl Simulation {
             .map(|(i, m)| (m.name.clone(), format!("10.0.0.{}", i + 1)))
             .collect();
         let mut initramfs_cache: BTreeMap<PathBuf, Arc<[u8]>> = BTreeMap::new();
+        let mut recipe_trees = RecipeTrees::default();
 
         let mut machines = Vec::with_capacity(count);
         let mut disks = Vec::with_capacity(count);
         for (i, (machine, image)) in self.scenario.machines.iter().zip(&self.images).enumerate() {
             let mac = networked.then(|| MachineId(i as u16).mac());
-            let (setups, mounts) = self.machine_disks(machine)?;
+            let (setups, mounts) = self.machine_disks(machine, &mut recipe_trees)?;
             let boot = BootData {
                 name: machine.name.clone(),
                 index: i + 1,
@@ -400,10 +407,12 @@ impl Simulation {
         })
     }
 
-    /// The disks of one machine and the filesystems init mounts from them.
+    /// The disks of one machine and the filesystems init mounts from them; `recipe_trees` holds
+    /// the recipe trees staged so far in this run.
     fn machine_disks(
         &self,
         machine: &crate::scenario::Machine,
+        recipe_trees: &mut RecipeTrees,
     ) -> Result<(Vec<DiskSetup>, Vec<Mount>), SimulationError> {
         let mut setups = Vec::new();
         let mut mounts = Vec::new();
@@ -414,14 +423,30 @@ impl Simulation {
                 disk: name.clone(),
                 source,
             };
-            let base = match &disk.contents {
-                DiskContents::Raw => DiskBase::Zeros,
-                DiskContents::Image(path) => DiskBase::File(path.clone()),
+            let recipe_error = |source| SimulationError::DiskRecipe {
+                machine: machine.name.clone(),
+                disk: name.clone(),
+                source,
+            };
+            let (base, size) = match &disk.contents {
+                DiskContents::Raw => (DiskBase::Zeros, disk.size),
+                DiskContents::Image(path) => (DiskBase::File(path.clone()), disk.size),
                 DiskContents::Ext4 { dir } => {
                     let size = disk.size.unwrap_or(crate::scenario::DEFAULT_DISK_SIZE);
-                    DiskBase::File(
-                        ext4_image(dir.as_deref(), size, &self.cache_dir).map_err(image_error)?,
-                    )
+                    let image =
+                        ext4_image(dir.as_deref(), size, &self.cache_dir).map_err(image_error)?;
+                    (DiskBase::File(image), Some(size))
+                }
+                // From here on a recipe disk is a `dir` disk of the recipe's tree.
+                DiskContents::Recipe(recipe) => {
+                    let tree = recipe_trees.get(recipe).map_err(recipe_error)?;
+                    let size = match disk.size {
+                        Some(size) => size,
+                        None => size_for_tree(&tree).map_err(image_error)?,
+                    };
+                    let image =
+                        ext4_image(Some(&tree), size, &self.cache_dir).map_err(image_error)?;
+                    (DiskBase::File(image), Some(size))
                 }
             };
             if let Some(path) = &disk.mount {
@@ -433,7 +458,7 @@ impl Simulation {
             }
             setups.push(DiskSetup {
                 base,
-                size: disk.size,
+                size,
                 latency: disk.latency,
             });
         }
@@ -649,6 +674,22 @@ fn network_config(scenario: &Scenario, timeline: &[Event]) -> NetworkConfig {
     }
 }
 
+/// The staged trees of the recipes a run's disks name, each built (or found in the build
+/// script's cache) on first use, once per run.
+#[derive(Default)]
+struct RecipeTrees(BTreeMap<String, PathBuf>);
+
+impl RecipeTrees {
+    fn get(&mut self, recipe: &str) -> Result<PathBuf, image::ImageError> {
+        if let Some(tree) = self.0.get(recipe) {
+            return Ok(tree.clone());
+        }
+        let tree = image::recipe_tree(recipe)?;
+        self.0.insert(recipe.to_string(), tree.clone());
+        Ok(tree)
+    }
+}
+
 /// Whether one machine's ending meets what the scenario expects of it.
 pub fn machine_met(m: &MachineOutcome, expect: Expect) -> bool {
     match &m.stop {
@@ -708,6 +749,29 @@ mod tests {
                 ),
                 (7, MachineAction::Resume { machine: 1 }),
             ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_disk_recipe_is_named_with_its_machine_and_disk() {
+        let scenario = Scenario::parse(
+            "[[machine]]\ncommand = \"x\"\n\
+             disks = [{ size = \"8M\", fs = \"raw\" }, { recipe = \"no-such-recipe\" }]\n",
+            "s.toml",
+        )
+        .expect("parses");
+        let simulation = Simulation::new(scenario, 1).with_image(GuestImage {
+            kernel: "vmlinux".into(),
+            initramfs: "initramfs.cpio".into(),
+        });
+        let Err(err) = simulation.world_config(false, None) else {
+            panic!("a disk of an unknown recipe was accepted");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, SimulationError::DiskRecipe { .. }), "{text}");
+        assert!(
+            text.starts_with("disk vdb of m1: no guest image recipe `no-such-recipe` in "),
+            "{text}"
         );
     }
 

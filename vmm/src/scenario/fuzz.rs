@@ -198,6 +198,7 @@ const STRINGS: &[&str] = &[
     "torn",
     "ext4",
     "raw",
+    "etcd",
     "xfs",
     "/data",
     "/proc",
