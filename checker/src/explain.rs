@@ -254,6 +254,13 @@ pub(crate) fn violation(history: &History, problem: &KeyProblem, frontier: &Fron
         sentences.push(format!("Concurrent with it: {}.", named.join("; ")));
     }
     window.extend(concurrent);
+    if x.serializable {
+        sentences.push(
+            "It was a serializable read: answered from one member's own state, which etcd \
+             documents as possibly stale."
+                .to_string(),
+        );
+    }
 
     Violation {
         key: key.to_string(),

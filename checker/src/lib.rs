@@ -6,8 +6,9 @@
 //! as in Knossos and Porcupine), and the [`Report`] explains a failure in sentences
 //! ([`Report::to_text`]) and as a timeline ([`Report::write_html`]).
 //!
-//! Serializable reads (etcd's possibly-stale reads, `"serializable": true`) are left out of the
-//! linearizability check: they are only required to return a value some write produced.
+//! Serializable reads (etcd's possibly-stale reads, `"serializable": true`) are checked like any
+//! read: a stale one makes the history not linearizable, and the explanation says it was
+//! serializable.
 //!
 //! ```
 //! use simvm_checker::{check, History, Limits, Model, Verdict};
@@ -34,7 +35,6 @@ mod model;
 mod partition;
 mod report;
 mod search;
-mod serializable;
 
 pub use history::{Action, Event, EventType, Function, History, HistoryError, Op, Outcome, Value};
 pub use model::Model;
@@ -119,20 +119,13 @@ pub fn check(history: &History, model: Model, limits: Limits) -> Report {
 fn check_key(history: &History, problem: &KeyProblem, model: Model, budget: &Budget) -> KeyReport {
     let started = Instant::now();
     let result = search::search(model, &problem.search, budget);
-    let phantom = || serializable::phantom_read(history, problem);
     let (verdict, states) = match result {
         SearchResult::NotLinearizable { frontier, states } => (
             Verdict::NotLinearizable(Box::new(explain::violation(history, problem, &frontier))),
             states,
         ),
-        SearchResult::Linearizable { states } => match phantom() {
-            Some(v) => (Verdict::NotLinearizable(Box::new(v)), states),
-            None => (Verdict::Linearizable, states),
-        },
-        SearchResult::Unknown { reason, states } => match phantom() {
-            Some(v) => (Verdict::NotLinearizable(Box::new(v)), states),
-            None => (Verdict::Unknown(reason), states),
-        },
+        SearchResult::Linearizable { states } => (Verdict::Linearizable, states),
+        SearchResult::Unknown { reason, states } => (Verdict::Unknown(reason), states),
     };
     KeyReport {
         key: problem.key.to_string(),

@@ -31,8 +31,6 @@ pub struct Violation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Linearizable,
-    /// Also used for a serializable read that returned a value nothing wrote: staleness cannot
-    /// explain that either.
     NotLinearizable(Box<Violation>),
     /// The search ran out of its budget (see [`crate::Limits`]).
     Unknown(String),
@@ -61,8 +59,7 @@ pub struct KeyReport {
     pub verdict: Verdict,
     /// Operations on the key in the history.
     pub ops: usize,
-    /// Operations the search had to order (after dropping failed, serializable and
-    /// unobservable ones).
+    /// Operations the search had to order (after dropping failed and unobservable ones).
     pub searched: usize,
     /// Configurations the search explored.
     pub states: usize,
