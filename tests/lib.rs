@@ -393,12 +393,36 @@ pub fn run_tshark(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Fails the test at once, before any guest boots, if chromium is missing.
+pub fn require_chromium() {
+    match Command::new("chromium").arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "chromium --version failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!(
+            "chromium cannot run ({e}), and this test opens a page in it: install it \
+             (`sudo apt-get install chromium`; ./test.sh installs it)"
+        ),
+    }
+}
+
 /// The DOM of the page `html` after a real browser (Debian's headless chromium) has loaded and
 /// laid it out. Panics if chromium is missing: a test that cannot open its page must not pass.
 pub fn browser_dom(html: &Path) -> String {
-    let url = format!("file://{}", html.canonicalize().expect("the page exists").display());
+    let url = format!(
+        "file://{}",
+        html.canonicalize().expect("the page exists").display()
+    );
     let out = match Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", &url])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--dump-dom",
+            &url,
+        ])
         .output()
     {
         Ok(out) => out,
