@@ -332,23 +332,7 @@ fn sqlite_keeps_synchronous_full_commits_and_loses_synchronous_off_ones() {
     if !kvm_or_skip("sqlite_keeps_synchronous_full_commits_and_loses_synchronous_off_ones") {
         return;
     }
-    let image = image(Some("sqlite"));
-    let dir = temp_dir("sqlite");
-    let scenario = dir.join("sqlite.toml");
-    std::fs::write(&scenario, SQLITE_SCENARIO).expect("write the scenario");
-    let run = simvm(
-        &[
-            "run",
-            &scenario.to_string_lossy(),
-            "--seed",
-            "5",
-            "--kernel",
-            &image.kernel.to_string_lossy(),
-            "--initramfs",
-            &image.initramfs.to_string_lossy(),
-        ],
-        &[],
-    );
+    let (run, dir) = run_scenario("sqlite", SQLITE_SCENARIO, &image(Some("sqlite")), 5);
     assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
     let committed = |db: &str| last_number(&run, "m1", &format!("{db} committed"));
     let rows = |db: &str| last_number(&run, "m1#2", &format!("{db} rows"));
@@ -392,23 +376,7 @@ fn a_recipe_disk_runs_etcdctl_on_the_base_image() {
     if !kvm_or_skip("a_recipe_disk_runs_etcdctl_on_the_base_image") {
         return;
     }
-    let image = image(None);
-    let dir = temp_dir("recipe-disk");
-    let scenario = dir.join("recipe-disk.toml");
-    std::fs::write(&scenario, RECIPE_DISK_SCENARIO).expect("write the scenario");
-    let run = simvm(
-        &[
-            "run",
-            &scenario.to_string_lossy(),
-            "--seed",
-            "1",
-            "--kernel",
-            &image.kernel.to_string_lossy(),
-            "--initramfs",
-            &image.initramfs.to_string_lossy(),
-        ],
-        &[],
-    );
+    let (run, dir) = run_scenario("recipe-disk", RECIPE_DISK_SCENARIO, &image(None), 1);
     assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
     assert!(
         run.console("m1")
@@ -418,4 +386,26 @@ fn a_recipe_disk_runs_etcdctl_on_the_base_image() {
         run.all()
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs the scenario `text` (written to a fresh temporary directory named after `name`, which is
+/// returned for the test to remove) with `image` and `seed`.
+fn run_scenario(name: &str, text: &str, image: &Image, seed: u64) -> (Run, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let scenario = dir.join(format!("{name}.toml"));
+    std::fs::write(&scenario, text).expect("write the scenario");
+    let run = simvm(
+        &[
+            "run",
+            &scenario.to_string_lossy(),
+            "--seed",
+            &seed.to_string(),
+            "--kernel",
+            &image.kernel.to_string_lossy(),
+            "--initramfs",
+            &image.initramfs.to_string_lossy(),
+        ],
+        &[],
+    );
+    (run, dir)
 }

@@ -153,14 +153,8 @@ static void add(struct text *t, const char *s)
 static void add_u64(struct text *t, u64 v)
 {
 	char digits[21];
-	int i = 20;
 
-	digits[i] = '\0';
-	do {
-		digits[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	add(t, digits + i);
+	add(t, format_u64(digits, v));
 }
 
 /* An integer, or null for a missing key. */

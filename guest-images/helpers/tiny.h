@@ -101,9 +101,9 @@ static inline void put(const char *s)
 	put_fd(1, s);
 }
 
-static inline void put_u64_fd(int fd, u64 v)
+/* v in decimal, written at the end of buf; returns where the digits start. */
+static inline char *format_u64(char buf[21], u64 v)
 {
-	char buf[21];
 	int i = 20;
 
 	buf[i] = '\0';
@@ -111,7 +111,14 @@ static inline void put_u64_fd(int fd, u64 v)
 		buf[--i] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v);
-	put_fd(fd, buf + i);
+	return buf + i;
+}
+
+static inline void put_u64_fd(int fd, u64 v)
+{
+	char buf[21];
+
+	put_fd(fd, format_u64(buf, v));
 }
 
 static inline void put_u64(u64 v)
