@@ -181,11 +181,12 @@ pub fn run_seeds(args: &RunArgs, argv: &[String]) -> Result<i32, String> {
         (args.keep_disks.is_some(), "--keep-disks"),
         (args.profile.is_some(), "--profile"),
         (args.snapshot.is_some(), "--snapshot"),
+        (args.history.is_some(), "--history"),
     ] {
         if given {
             return Err(format!(
                 "{flag} names one output for one run: with --seeds, use `simvm soak`, which \
-                 keeps each failing seed's trace, capture and disks (docs/soak.md)"
+                 keeps each failing seed's trace, capture, disks and history (docs/soak.md)"
             ));
         }
     }
@@ -267,8 +268,8 @@ fn forwarded(args: &SoakArgs) -> Result<Vec<String>, String> {
         let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
         let why = match name {
             "--seed" | "--seeds" => "give the seeds to `simvm soak --seeds`",
-            "--trace" | "--pcap" | "--keep-disks" => {
-                "simvm soak writes each seed's trace, capture and disks into its directory under --out"
+            "--trace" | "--pcap" | "--keep-disks" | "--history" => {
+                "simvm soak writes each seed's trace, capture, disks and history into its directory under --out"
             }
             "--check-determinism" => {
                 "`simvm soak --determinism-check PERCENT` chooses the seeds checked (100 for all)"
@@ -422,6 +423,7 @@ mod tests {
         for (tail, needle) in [
             ("--seed=3", "give the seeds to `simvm soak --seeds`"),
             ("--trace", "into its directory under --out"),
+            ("--history", "into its directory under --out"),
             ("--check-determinism", "--determinism-check PERCENT"),
             ("--profile", "run the seed with `simvm run`"),
         ] {
