@@ -10,39 +10,25 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
-# tshark reads the packet captures in the network tests.
-if ! command -v tshark >/dev/null; then
-    echo "== installing tshark (Debian package) for the packet-capture test"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test.sh: tshark is missing; install it with: sudo apt-get install tshark" >&2
-        exit 1
-    fi
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tshark >/dev/null
-fi
-
-# e2fsprogs builds disk images (mkfs.ext4 -d) and checks kept ones (e2fsck) in the disk tests.
 have() { command -v "$1" >/dev/null || [ -x "/sbin/$1" ] || [ -x "/usr/sbin/$1" ]; }
-if ! have mkfs.ext4 || ! have e2fsck; then
-    echo "== installing e2fsprogs (Debian package) for the disk tests"
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "test.sh: e2fsprogs is missing; install it with: sudo apt-get install e2fsprogs" >&2
-        exit 1
-    fi
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends e2fsprogs >/dev/null
-fi
 
-# chromium opens the checker's HTML timeline in the etcd test.
-if ! command -v chromium >/dev/null; then
-    echo "== installing chromium (Debian package) for the history timeline test"
+# install_package PACKAGE WHAT: installs a Debian package the tests need (as root), or says how to.
+install_package() {
+    echo "== installing $1 (Debian package) for $2"
     if [ "$(id -u)" -ne 0 ]; then
-        echo "test.sh: chromium is missing; install it with: sudo apt-get install chromium" >&2
+        echo "test.sh: $1 is missing; install it with: sudo apt-get install $1" >&2
         exit 1
     fi
     apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null
-fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$1" >/dev/null
+}
+
+# tshark reads the packet captures in the network tests.
+have tshark || install_package tshark "the packet-capture test"
+# e2fsprogs builds disk images (mkfs.ext4 -d) and checks kept ones (e2fsck) in the disk tests.
+{ have mkfs.ext4 && have e2fsck; } || install_package e2fsprogs "the disk tests"
+# chromium opens the checker's HTML timeline in the etcd test.
+have chromium || install_package chromium "the history timeline test"
 
 echo "== guest image"
 bash guest-images/build.sh >/dev/null
