@@ -245,6 +245,16 @@ mod tests {
         }
     }
 
+    fn judged(history: &RecordedHistory) -> HistoryVerdict {
+        judge(
+            history,
+            "m4/vdb",
+            Model::Register,
+            Duration::from_secs(5),
+            vec![],
+        )
+    }
+
     const LINES: &str = "\
 {\"process\":0,\"type\":\"invoke\",\"f\":\"write\",\"key\":\"k1\",\"value\":5,\"time_ns\":1000}
 {\"process\":0,\"type\":\"ok\",\"f\":\"write\",\"key\":\"k1\",\"value\":5,\"time_ns\":3000,\"revision\":7}
@@ -255,13 +265,7 @@ mod tests {
     fn times_move_to_world_time_and_a_cut_last_line_is_left_out() {
         // The guest's clock read 500 at world time 100 (a template's clock, say).
         let history = recorded(LINES, 500, 100);
-        let verdict = judge(
-            &history,
-            "m4/vdb",
-            Model::Register,
-            Duration::from_secs(5),
-            vec![],
-        );
+        let verdict = judged(&history);
         let times: Vec<u64> = (verdict.jsonl.lines())
             .map(|l| serde_json::from_str::<Event>(l).expect("json").time_ns)
             .collect();
@@ -303,13 +307,7 @@ mod tests {
             text: Vec::new(),
             clock: None,
         };
-        let v = judge(
-            &never,
-            "m4/vdb",
-            Model::Register,
-            Duration::from_secs(5),
-            vec![],
-        );
+        let v = judged(&never);
         assert_eq!(
             v.report.err().as_deref(),
             Some("the client machine never ran")
