@@ -132,6 +132,34 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             .count() as u64;
         assert!(injected > 0);
         assert_eq!(injected, traced_interrupts, "{m}:\n{summary}");
+        // The guest kernel's own counts: three `ls -R /bin` (an lstat per entry, hundreds of
+        // entries) and the processes' page faults; zero if the clock page's counts are not read.
+        let counts = summary
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{m}: ")))
+            .find(|l| l.contains(" system calls ("))
+            .unwrap_or_else(|| panic!("no system call count for {m}:\n{summary}"));
+        let words: Vec<&str> = counts.split_whitespace().collect();
+        let syscalls: u64 = words[0].parse().expect("a system call count");
+        let faults_at = words
+            .iter()
+            .position(|w| *w == "page")
+            .expect("page faults")
+            - 1;
+        let page_faults: u64 = words[faults_at].parse().expect("a page fault count");
+        assert!(syscalls > 1000, "{m}: {counts}");
+        assert!(page_faults > 100, "{m}: {counts}");
+        let activities = summary
+            .lines()
+            .skip_while(|l| !l.starts_with(&format!("{m}: ")))
+            .skip_while(|l| !l.contains("by activity"))
+            .take_while(|l| !l.contains("by function"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            activities.contains("%  system call ") && activities.contains("%  page fault"),
+            "{m}:\n{summary}"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }

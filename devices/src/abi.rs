@@ -18,7 +18,7 @@ pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 /// The user kick page: guest-physical, outside RAM. A 32-bit write of `n` at its start is a clock
 /// kick of `n` reads, as `outl n` to [`PORT_CLOCK_KICK`], but one user mode can make: the guest's
 /// vDSO clock kicks through it.
@@ -41,6 +41,10 @@ pub mod clock_page {
     /// [`ENTROPY_SIZE`] bytes of entropy for the guest's RNG.
     pub const ENTROPY: u64 = 0x38;
     pub const ENTROPY_SIZE: usize = 32;
+    /// u64, written by the guest: system calls since boot (for the profile).
+    pub const SYSCALLS: u64 = 0x58;
+    /// u64, written by the guest: page faults since boot (for the profile).
+    pub const PAGE_FAULTS: u64 = 0x60;
 }
 
 /// Frequency of the virtual TSC: it counts nanoseconds.

@@ -106,6 +106,28 @@ impl ControlEvent {
 }
 
 /// The simvm port block of one machine.
+/// Events the guest kernel counts in its clock page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestCounts {
+    pub syscalls: u64,
+    pub page_faults: u64,
+}
+
+impl GuestCounts {
+    /// The counts from `earlier` to `self` (zero where the guest's counter restarted).
+    pub fn since(&self, earlier: &GuestCounts) -> GuestCounts {
+        GuestCounts {
+            syscalls: self.syscalls.saturating_sub(earlier.syscalls),
+            page_faults: self.page_faults.saturating_sub(earlier.page_faults),
+        }
+    }
+
+    pub fn add(&mut self, other: &GuestCounts) {
+        self.syscalls = self.syscalls.saturating_add(other.syscalls);
+        self.page_faults = self.page_faults.saturating_add(other.page_faults);
+    }
+}
+
 #[derive(Debug)]
 pub struct SimvmPorts {
     /// Guest-physical address of the registered clock page.
@@ -358,6 +380,17 @@ impl SimvmPorts {
         PortEvent::ClockPageRegistered(gpa)
     }
 
+    /// What the guest kernel counted in its clock page (system calls, page faults), or `None`
+    /// before it registered one. The guest writes these; nothing in a run depends on them.
+    pub fn guest_counts<M: GuestMemory>(&self, mem: &M) -> Option<GuestCounts> {
+        let page = self.page?;
+        let read = |offset| mem.read_obj::<u64>(page.unchecked_add(offset)).ok();
+        Some(GuestCounts {
+            syscalls: read(clock_page::SYSCALLS)?,
+            page_faults: read(clock_page::PAGE_FAULTS)?,
+        })
+    }
+
     fn read_deadline<M: GuestMemory>(&self, mem: &M) -> Option<u64> {
         let page = self.page?;
         mem.read_obj::<u64>(page.unchecked_add(clock_page::TIMER_DEADLINE_NS))
@@ -452,6 +485,35 @@ mod tests {
         assert_eq!((version, limit), (abi::ABI_VERSION, 64));
         ports.publish(&mem, 5000, false);
         assert_eq!(read(clock_page::NOW_NS), 5000);
+    }
+
+    #[test]
+    fn the_guests_counts_are_read_from_its_page_and_untouched_by_publishing() {
+        let mem = memory();
+        let mut ports = SimvmPorts::new(0, 64);
+        assert_eq!(ports.guest_counts(&mem), None, "no page yet");
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        let page = GuestAddress(0x42000);
+        mem.write_obj(1234u64, page.unchecked_add(clock_page::SYSCALLS))
+            .unwrap();
+        mem.write_obj(56u64, page.unchecked_add(clock_page::PAGE_FAULTS))
+            .unwrap();
+        ports.reseed([7; clock_page::ENTROPY_SIZE]);
+        ports.step_wall(1_000);
+        ports.publish(&mem, 9000, true);
+        let counts = ports.guest_counts(&mem).unwrap();
+        assert_eq!((counts.syscalls, counts.page_faults), (1234, 56));
+        let earlier = GuestCounts {
+            syscalls: 1000,
+            page_faults: 60,
+        };
+        assert_eq!(
+            counts.since(&earlier),
+            GuestCounts {
+                syscalls: 234,
+                page_faults: 0
+            }
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use simvm_devices::bus::{Bus, DeviceId};
 use simvm_devices::irq::IrqLines;
 use simvm_devices::net::{Frame, MacAddr};
 use simvm_devices::pic::{self, Pic};
-use simvm_devices::pvclock::{Absurd, ControlEvent, PortEvent, SimvmPorts};
+use simvm_devices::pvclock::{Absurd, ControlEvent, GuestCounts, PortEvent, SimvmPorts};
 use simvm_devices::serial::Console;
 use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
 use simvm_devices::virtio::mmio::VirtioMmio;
@@ -271,6 +271,10 @@ pub struct Machine {
     profile: Option<MachineProfile>,
     /// Names the process of a user sample.
     process_probe: Option<ProcessProbe>,
+    /// The guest's own counts and the virtual time when profiling began (a template's boot
+    /// is not this run's).
+    counts_at_profile_start: GuestCounts,
+    now_at_profile_start: u64,
 }
 
 /// Device errors printed per machine; the rest are only counted (and all are traced).
@@ -407,6 +411,8 @@ impl Machine {
             config,
             profile: None,
             process_probe: None,
+            counts_at_profile_start: GuestCounts::default(),
+            now_at_profile_start: 0,
         };
         Ok((machine, windows))
     }
@@ -826,13 +832,25 @@ impl Machine {
     /// Collects exits by reason and samples from now on (`--profile`); user samples are named
     /// by process with `probe`, if given.
     pub fn enable_profile(&mut self, probe: Option<ProcessProbe>) {
-        self.profile.get_or_insert_with(MachineProfile::default);
+        if self.profile.is_none() {
+            self.profile = Some(MachineProfile::default());
+            self.counts_at_profile_start = self.guest_counts();
+            self.now_at_profile_start = self.now;
+        }
         self.process_probe = probe;
     }
 
-    /// The profile collected so far, if profiling.
-    pub fn profile(&self) -> Option<&MachineProfile> {
-        self.profile.as_ref()
+    /// The profile collected so far, if profiling, with the guest's counts since it began.
+    pub fn profile(&self) -> Option<MachineProfile> {
+        let mut profile = self.profile.clone()?;
+        profile.guest = self.guest_counts().since(&self.counts_at_profile_start);
+        profile.vtime_ns = self.now.saturating_sub(self.now_at_profile_start);
+        Some(profile)
+    }
+
+    /// What the guest kernel counted in its clock page; zero before it registered one.
+    fn guest_counts(&self) -> GuestCounts {
+        self.ports.guest_counts(&self.mem).unwrap_or_default()
     }
 
     /// Records where the guest was when a profiling sample interrupted it.

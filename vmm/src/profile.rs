@@ -21,9 +21,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kvm_bindings::kvm_sregs;
+use simvm_devices::pvclock::GuestCounts;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::error::{Error, Result};
+
+mod activity;
 
 /// Why a `KVM_RUN` ended, as the profile groups exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -84,6 +87,11 @@ pub struct MachineProfile {
     /// Virtual time skipped while the guest was halted (the rest of its virtual time was
     /// charged for work: exits, clock reads, interrupts).
     pub idle_ns: u64,
+    /// System calls and page faults the guest kernel counted while profiled.
+    pub guest: GuestCounts,
+    /// Virtual time the machine ran while profiled: not what a template or snapshot it was
+    /// started from had already run.
+    pub vtime_ns: u64,
 }
 
 impl MachineProfile {
@@ -124,6 +132,8 @@ impl MachineProfile {
             *self.user_samples.entry(comm.clone()).or_default() += count;
         }
         self.idle_ns = self.idle_ns.saturating_add(other.idle_ns);
+        self.guest.add(&other.guest);
+        self.vtime_ns = self.vtime_ns.saturating_add(other.vtime_ns);
     }
 
     pub fn exit_count(&self) -> u64 {
@@ -292,15 +302,47 @@ impl Symbols {
     }
 }
 
+/// The function names of a kernel stack, innermost first. A return address names its caller
+/// (the call instruction precedes it), so it is looked up one byte back.
+fn frame_names(symbols: &Symbols, frames: &[u64]) -> Vec<String> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(depth, &addr)| {
+            symbols.name(if depth == 0 {
+                addr
+            } else {
+                addr.saturating_sub(1)
+            })
+        })
+        .collect()
+}
+
+/// A machine's samples by activity (`activity.rs`), user code included, most sampled first.
+fn activities(symbols: &Symbols, profile: &MachineProfile) -> Vec<(String, u64)> {
+    let mut by_activity: BTreeMap<String, u64> = BTreeMap::new();
+    for (frames, count) in &profile.kernel_samples {
+        let names = frame_names(symbols, frames);
+        let activity = activity::kernel_activity(names.iter().map(String::as_str));
+        *by_activity.entry(activity).or_default() += count;
+    }
+    let user = profile.user_sample_count();
+    if user > 0 {
+        by_activity.insert("user code".to_string(), user);
+    }
+    let mut by_activity: Vec<_> = by_activity.into_iter().collect();
+    by_activity.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    by_activity
+}
+
 /// A run's profile, ready to write.
 pub struct RunProfile<'a> {
     /// Name, kernel file and profile of each machine.
     pub machines: Vec<(&'a str, &'a Path, &'a MachineProfile)>,
     /// Samples that found simvm's own code running (not inside `KVM_RUN`).
     pub simvm_samples: u64,
-    /// The run's wall time and each machine's virtual time, for the rates.
+    /// The run's wall time, for the rates.
     pub wall: Duration,
-    pub vtimes_ns: Vec<u64>,
     /// Each machine's exit counters (interrupts injected, clock kicks), for their rates.
     pub stats: Vec<crate::machine::ExitStats>,
 }
@@ -315,15 +357,9 @@ impl RunProfile<'_> {
             }
             for (frames, count) in &profile.kernel_samples {
                 let mut stack = format!("{name};kernel");
-                // Outermost first; a return address names its caller (the call precedes it).
-                for (depth, addr) in frames.iter().enumerate().rev() {
-                    let addr = if depth == 0 {
-                        *addr
-                    } else {
-                        addr.saturating_sub(1)
-                    };
+                for function in frame_names(&symbols[i], frames).iter().rev() {
                     stack.push(';');
-                    stack.push_str(&symbols[i].name(addr));
+                    stack.push_str(function);
                 }
                 *stacks.entry(stack).or_default() += count;
             }
@@ -405,7 +441,7 @@ impl RunProfile<'_> {
             self.simvm_samples
         );
         for (i, (name, _, profile)) in self.machines.iter().enumerate() {
-            let vtime = self.vtimes_ns.get(i).copied().unwrap_or(0) as f64 / 1e9;
+            let vtime = profile.vtime_ns as f64 / 1e9;
             let signals = profile
                 .exits
                 .get(&ExitReason::Signal)
@@ -435,6 +471,16 @@ impl RunProfile<'_> {
                     stats.hlt,
                     stats.clock_kicks
                 );
+                let guest = &profile.guest;
+                let _ = writeln!(
+                    out,
+                    "  {} system calls ({:.1} per virtual s), {} page faults ({:.1} per virtual s), \
+                     as the guest kernel counted them",
+                    guest.syscalls,
+                    per_virtual_second(guest.syscalls),
+                    guest.page_faults,
+                    per_virtual_second(guest.page_faults),
+                );
             }
             let mut exits: Vec<_> = profile.exits.iter().collect();
             exits.sort_by_key(|(_, (_, ns))| std::cmp::Reverse(*ns));
@@ -459,6 +505,15 @@ impl RunProfile<'_> {
                 continue;
             }
             let _ = writeln!(out, "  samples: {total}, user code {}", user);
+            let _ = writeln!(out, "  by activity (the innermost context of each sample):");
+            for (activity, count) in activities(&symbols[i], profile).iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "  {:>9.1}%  {activity}",
+                    100.0 * *count as f64 / total as f64
+                );
+            }
+            let _ = writeln!(out, "  by function:");
             for (function, count) in functions.iter().take(10) {
                 let _ = writeln!(
                     out,
@@ -593,11 +648,15 @@ mod tests {
         profile.kernel_sample(vec![0xffff_ffff_8100_0110, 0xffff_ffff_8100_0210]);
         profile.kernel_sample(vec![0xffff_ffff_8100_0120, 0xffff_ffff_8100_0210]);
         profile.user_sample("etcd");
+        profile.vtime_ns = 2_000_000_000;
+        profile.guest = GuestCounts {
+            syscalls: 5000,
+            page_faults: 300,
+        };
         let run = RunProfile {
             machines: vec![("m1", &kernel, &profile)],
             simvm_samples: 1,
             wall: Duration::from_secs(1),
-            vtimes_ns: vec![2_000_000_000],
             stats: vec![crate::machine::ExitStats {
                 interrupts: 300,
                 hlt: 7,
@@ -619,8 +678,16 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("66.7%  do_idle"), "{summary}");
+        assert!(summary.contains("66.7%  idle loop"), "{summary}");
+        assert!(summary.contains("33.3%  user code"), "{summary}");
         assert!(
             summary.contains("300 interrupts injected (150.0 per virtual s), 7 halts"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "5000 system calls (2500.0 per virtual s), 300 page faults (150.0 per virtual s)"
+            ),
             "{summary}"
         );
         let _ = std::fs::remove_dir_all(dir);

@@ -533,7 +533,6 @@ impl Simulation {
             machines,
             simvm_samples: outcome.simvm_samples,
             wall: outcome.wall,
-            vtimes_ns: outcome.machines.iter().map(|m| m.vtime_ns).collect(),
             stats: outcome.machines.iter().map(|m| m.stats).collect(),
         };
         Ok(run.write(dir)?)

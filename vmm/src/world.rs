@@ -330,7 +330,7 @@ impl Node {
             if let Some(profile) = machine.profile() {
                 self.profile
                     .get_or_insert_with(Default::default)
-                    .add(profile);
+                    .add(&profile);
             }
             self.past_stats.add(machine.stats());
             self.past_device_errors += machine.device_errors();

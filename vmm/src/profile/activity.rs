@@ -1,0 +1,94 @@
+//! What a guest kernel was doing when it was sampled: a system call (by name), a page fault,
+//! an interrupt, network receive processing, a kernel thread...
+//!
+//! A flame graph shows this too, but only to someone who knows the kernel's entry paths; on a
+//! PVM host the self time of kernel functions is flat (no function above 2% under a network
+//! load), so the summary names the activity each sample belongs to instead.
+//!
+//! A sample belongs to its innermost context: a page fault taken inside a `read()` counts as a
+//! page fault, network receive processing run on the way out of an interrupt (or inside a
+//! loopback `write()`) counts as network receive. This also looks through a quirk of PVM hosts,
+//! where a system call arrives as a user page fault (guest patch 0002), so every system call's
+//! stack starts in `exc_page_fault`.
+
+/// The activity of one kernel stack, its frames' function names innermost first.
+pub fn kernel_activity<'a>(innermost_first: impl IntoIterator<Item = &'a str>) -> String {
+    for name in innermost_first {
+        let activity = match name {
+            "net_rx_action" => "network receive (softirq)",
+            "handle_softirqs" => "other softirq",
+            "handle_mm_fault" | "exc_page_fault" | "asm_exc_page_fault" => "page fault",
+            "__common_interrupt" | "common_interrupt" | "asm_common_interrupt" => "interrupt",
+            "do_syscall_64" => "system call entry and exit",
+            "kthread" => "kernel thread",
+            "do_idle" => "idle loop",
+            "start_kernel" | "x86_64_start_kernel" => "boot",
+            _ => match name.strip_prefix("__x64_sys_") {
+                Some(call) => return format!("system call {call}"),
+                None => continue,
+            },
+        };
+        return activity.to_string();
+    }
+    "other kernel code".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity(outermost_first: &str) -> String {
+        kernel_activity(outermost_first.split(';').rev())
+    }
+
+    #[test]
+    fn a_system_call_is_named_even_though_it_arrives_as_a_page_fault() {
+        assert_eq!(
+            activity("asm_exc_page_fault;exc_page_fault;do_syscall_64;x64_sys_call;__x64_sys_write;ksys_write;vfs_write"),
+            "system call write"
+        );
+        assert_eq!(
+            activity("asm_exc_page_fault;exc_page_fault;do_syscall_64;syscall_exit_to_user_mode"),
+            "system call entry and exit"
+        );
+    }
+
+    #[test]
+    fn the_innermost_context_wins() {
+        // A page fault while copying a read()'s data to user memory.
+        assert_eq!(
+            activity("exc_page_fault;do_syscall_64;__x64_sys_read;_copy_to_user;asm_exc_page_fault;exc_page_fault;handle_mm_fault;clear_page_rep"),
+            "page fault"
+        );
+        // Loopback: the receive side runs inside the sender's write().
+        assert_eq!(
+            activity("do_syscall_64;__x64_sys_write;tcp_sendmsg;do_softirq;handle_softirqs;net_rx_action;tcp_v4_rcv"),
+            "network receive (softirq)"
+        );
+        assert_eq!(
+            activity("common_interrupt;irq_exit_rcu;handle_softirqs;run_timer_softirq"),
+            "other softirq"
+        );
+        assert_eq!(
+            activity("common_interrupt;__common_interrupt;handle_level_irq;vring_interrupt"),
+            "interrupt"
+        );
+    }
+
+    #[test]
+    fn threads_idle_boot_and_the_rest() {
+        assert_eq!(
+            activity("ret_from_fork_asm;ret_from_fork;kthread;worker_thread"),
+            "kernel thread"
+        );
+        assert_eq!(
+            activity("common_startup_64;x86_64_start_kernel;start_kernel;cpu_startup_entry;do_idle;default_idle"),
+            "idle loop"
+        );
+        assert_eq!(
+            activity("common_startup_64;x86_64_start_kernel;start_kernel;rest_init"),
+            "boot"
+        );
+        assert_eq!(activity("sync_regs"), "other kernel code");
+    }
+}
