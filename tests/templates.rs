@@ -383,3 +383,92 @@ fn world_snapshot_continues_with_new_seeds() {
     assert!(run.stderr.contains("truncated"), "{}", run.all());
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// A world saved before its nemesis starts is continued by every seed under that seed's own
+/// faults (tests/scenarios/nemesis-after-snapshot.toml: pauses from 1 s on, the snapshot at
+/// "ready", a few ms in), and a seed replays exactly from it; a continuation with an event of
+/// its own before the snapshot's time is refused.
+#[test]
+fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
+    if !kvm_or_skip("a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults") {
+        return;
+    }
+    let image = image(None);
+    let scratch = temp_dir("nemesis-snapshot");
+    let scenario =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/nemesis-after-snapshot.toml");
+    let run = |scenario: &Path, seed: &str, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            scenario.to_str().expect("utf-8 path"),
+            "--seed",
+            seed,
+            "--kernel",
+            image.kernel.to_str().expect("utf-8 path"),
+            "--initramfs",
+            image.initramfs.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        simvm_tests::simvm(&args, &[])
+    };
+    let dir = scratch.join("ready");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let taken = run(
+        &scenario,
+        "1",
+        &["--snapshot-at", "console=ready", "--snapshot", &dir_s],
+    );
+    assert_eq!(taken.code, Some(0), "{}", taken.all());
+    assert!(dir.join("snapshot.json").is_file(), "{}", taken.all());
+
+    let seeds = ["2", "3", "2"];
+    let runs = side_by_side(seeds.len(), |i| {
+        run(&scenario, seeds[i], &["--from", &dir_s])
+    });
+    let faults = |run: &Run| -> Vec<String> {
+        run.console("fault")
+            .into_iter()
+            .filter(|l| l.starts_with("pause "))
+            .collect()
+    };
+    for (run, seed) in runs.iter().zip(seeds) {
+        assert_eq!(run.code, Some(0), "seed {seed}:\n{}", run.all());
+        assert!(run.stderr.contains("continued snapshot"), "{}", run.all());
+        assert!(
+            !faults(run).is_empty(),
+            "seed {seed} paused nothing:\n{}",
+            run.all()
+        );
+        assert!(
+            run.console("m1").iter().any(|l| l == "done m1"),
+            "{}",
+            run.all()
+        );
+    }
+    // Each seed has its own faults after the snapshot, and replays them exactly.
+    assert_ne!(faults(&runs[0]), faults(&runs[1]), "{}", runs[1].all());
+    assert_eq!(faults(&runs[2]), faults(&runs[0]));
+    assert_eq!(runs[2].field("digest"), runs[0].field("digest"));
+
+    // An event before the snapshot's time that the snapshot did not have.
+    let text = std::fs::read_to_string(&scenario).expect("the scenario");
+    let early = scratch.join("early.toml");
+    std::fs::write(
+        &early,
+        text.replace(
+            "until = \"4s\"\n",
+            "until = \"4s\"\n\n[[timeline]]\nat = \"1ms\"\npause = \"m2\"\nfor = \"1ms\"\n",
+        ),
+    )
+    .expect("writing the variant");
+    let refused = run(&early, "2", &["--from", &dir_s]);
+    assert_eq!(refused.code, Some(2), "{}", refused.all());
+    assert!(
+        refused
+            .stderr
+            .contains("has an event at 00:00:00.001000 on its timeline, before the snapshot"),
+        "{}",
+        refused.all()
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}

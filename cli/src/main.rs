@@ -454,9 +454,11 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             from: args.from.clone(),
             chaos_per_mille: args.chaos,
             aslr: args.aslr,
-            // The command line picks the kinds; the scenario's `machines`, if any, still holds.
+            // The command line picks the kinds; the scenario's `machines` and `start`, if any,
+            // still hold.
             nemesis: args.nemesis.as_ref().map(|n| Nemesis {
                 machines: (scenario.nemesis.as_ref()).and_then(|s| s.machines.clone()),
+                start_ns: scenario.nemesis.as_ref().map_or(0, |s| s.start_ns),
                 ..Nemesis::with_faults(n.kinds.clone())
             }),
             sample_every: args

@@ -1,6 +1,7 @@
 //! Seeded fault schedules (a "nemesis", after Jepsen): faults of the kinds a scenario asks for,
-//! at seeded times, each healed after a seeded while, and none in a quiet tail before the end
-//! so that the system can recover and be checked.
+//! at seeded times, each healed after a seeded while, none before a start (so the system can
+//! form, and a world snapshot taken before it is continued by every seed) and none in a quiet
+//! tail before the end (so that the system can recover and be checked).
 //!
 //! The schedule comes from its own stream of the seed (`nemesis`), so it replays exactly and
 //! drawing it perturbs no other stream. It is made of ordinary timeline events, which the run
@@ -88,6 +89,8 @@ pub struct Nemesis {
     pub duration_ns: u64,
     /// No fault is active in the last `quiet_ns` before the run's end.
     pub quiet_ns: u64,
+    /// No fault begins before this virtual time.
+    pub start_ns: u64,
     /// The machines faults may touch (indices, ascending); `None`: every machine. The others
     /// (a workload's client, say) keep their links, power, clocks and disks.
     pub machines: Option<Vec<usize>>,
@@ -101,6 +104,7 @@ impl Nemesis {
             interval_ns: DEFAULT_INTERVAL_NS,
             duration_ns: DEFAULT_DURATION_NS,
             quiet_ns: DEFAULT_QUIET_NS,
+            start_ns: 0,
             machines: None,
         }
     }
@@ -134,7 +138,7 @@ impl Nemesis {
         }
         let mut draw = Draw(seed.stream("nemesis"));
         let end = until_ns.saturating_sub(self.quiet_ns);
-        let mut t = 0u64;
+        let mut t = self.start_ns;
         let mut count = 0;
         loop {
             t = t.saturating_add(draw.exponential(self.interval_ns));
@@ -482,6 +486,30 @@ mod tests {
             all.schedule(Seed(3), &four, true, MINUTE),
             every_kind().schedule(Seed(3), &four, true, MINUTE)
         );
+    }
+
+    #[test]
+    fn no_fault_begins_before_the_start() {
+        let m = machines(THREE_WITH_DISKS);
+        let late = Nemesis {
+            start_ns: 20_000_000_000,
+            ..every_kind()
+        };
+        let mut faults = 0;
+        for seed in 0..50 {
+            let events = late.schedule(Seed(seed), &m, true, MINUTE);
+            faults += events.len();
+            if let Some(first) = events.first() {
+                assert!(first.at_ns > 20_000_000_000, "seed {seed}: {first:?}");
+            }
+        }
+        assert!(faults > 50, "the window after the start still gets faults");
+        // A start inside the quiet tail leaves no room for any.
+        let too_late = Nemesis {
+            start_ns: MINUTE - DEFAULT_QUIET_NS,
+            ..every_kind()
+        };
+        assert!(too_late.schedule(Seed(1), &m, true, MINUTE).is_empty());
     }
 
     #[test]

@@ -212,6 +212,11 @@ impl Network {
         self.in_flight.is_empty() && self.deliveries.is_empty()
     }
 
+    /// The network's timeline: its events, at virtual times in ns, in order.
+    pub fn timeline(&self) -> &[(u64, NetAction)] {
+        &self.timeline
+    }
+
     /// How many timeline actions have been applied.
     pub fn actions_applied(&self) -> usize {
         self.next_action

@@ -89,6 +89,7 @@
 //! interval = "5s"            # mean time between faults (default 5s)
 //! duration = "2s"            # mean length of a fault before it heals (default 2s)
 //! quiet = "10s"              # no fault in this tail before `until` (default 10s)
+//! start = "2s"               # no fault before this (default 0s): let the system form first
 //! machines = ["m1", "m2"]    # optional: only these (default: every machine)
 //!
 //! [check]                    # optional: judge a workload's history after the run
@@ -708,6 +709,7 @@ struct RawNemesis {
     interval: Option<Spanned<Nanos>>,
     duration: Option<Spanned<Nanos>>,
     quiet: Option<Nanos>,
+    start: Option<Nanos>,
     machines: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -919,6 +921,7 @@ fn check_nemesis(
         interval_ns: positive(raw.interval, nemesis::DEFAULT_INTERVAL_NS, "interval")?,
         duration_ns: positive(raw.duration, nemesis::DEFAULT_DURATION_NS, "duration")?,
         quiet_ns: raw.quiet.map_or(nemesis::DEFAULT_QUIET_NS, |q| q.0),
+        start_ns: raw.start.map_or(0, |s| s.0),
         machines: raw
             .machines
             .map(|m| check_nemesis_machines(m, names))
@@ -2066,6 +2069,9 @@ impl Scenario {
             table.insert("interval".into(), format_ns(nemesis.interval_ns).into());
             table.insert("duration".into(), format_ns(nemesis.duration_ns).into());
             table.insert("quiet".into(), format_ns(nemesis.quiet_ns).into());
+            if nemesis.start_ns > 0 {
+                table.insert("start".into(), format_ns(nemesis.start_ns).into());
+            }
             if let Some(targets) = &nemesis.machines {
                 let names: Vec<Value> = (targets.iter())
                     .map(|&m| self.machines[m].name.clone().into())
@@ -2383,7 +2389,7 @@ mod tests {
         );
         assert_eq!(parse(&s.to_string()).expect("round trip"), s);
         let nemesis = parse(&format!(
-            "until = \"1m\"\n{text}[nemesis]\nfaults = [\"pause\", \"clock\"]\nquiet = \"5s\"\n"
+            "until = \"1m\"\n{text}[nemesis]\nfaults = [\"pause\", \"clock\"]\nquiet = \"5s\"\nstart = \"1500ms\"\n"
         ))
         .expect("parses");
         assert_eq!(
@@ -2393,6 +2399,7 @@ mod tests {
                 interval_ns: nemesis::DEFAULT_INTERVAL_NS,
                 duration_ns: nemesis::DEFAULT_DURATION_NS,
                 quiet_ns: 5_000_000_000,
+                start_ns: 1_500_000_000,
                 machines: None,
             })
         );

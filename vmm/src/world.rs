@@ -439,7 +439,6 @@ impl World {
                 &kvm,
                 &mut templates,
                 &shapes,
-                &config.timeline,
                 config.network.as_ref(),
                 &awaited,
                 config.crash_policy,
@@ -452,6 +451,10 @@ impl World {
             .as_deref()
             .map(|dir| LoadedSnapshot::load(dir, &world_key))
             .transpose()?;
+        if let Some(resume) = &resume {
+            let network = config.network.as_ref().map_or(&[][..], |n| &n.timeline);
+            resume.check_past(&config.timeline, network)?;
+        }
         let mut nodes = Vec::with_capacity(shapes.len());
         for (i, (mut machine_config, disks)) in shapes.into_iter().enumerate() {
             if let Some(cache) = &config.templates {
@@ -1184,13 +1187,13 @@ impl World {
 }
 
 /// What a world is made of, so that a snapshot is only continued by the world that took it:
-/// each machine's template key (image and shape), the timeline, the network, which machines
-/// are awaited and the crash policy. Only the seed may differ.
+/// each machine's template key (image and shape), the network's links, which machines are
+/// awaited and the crash policy. The timelines are checked apart: a continuation shares what
+/// the snapshot has behind it, and its future is its own (`snapshot::timeline_past`).
 fn world_key(
     kvm: &Kvm,
     templates: &mut Templates,
     shapes: &[(MachineConfig, Vec<WorldDisk>)],
-    timeline: &[(u64, MachineAction)],
     network: Option<&NetworkConfig>,
     awaited: &[bool],
     crash_policy: CrashPolicy,
@@ -1213,7 +1216,8 @@ fn world_key(
         );
     }
     // Debug output is stable within one simvm build, which the key also names.
-    h.update(format!("{timeline:?}{network:?}{awaited:?}{crash_policy:?}").as_bytes());
+    let links = network.map(|n| (&n.defaults, &n.links));
+    h.update(format!("{links:?}{awaited:?}{crash_policy:?}").as_bytes());
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 

@@ -143,6 +143,7 @@ const KEYS: &[&str] = &[
     "interval",
     "duration",
     "quiet",
+    "start",
     "clock_spread",
     "restart",
     "disk",

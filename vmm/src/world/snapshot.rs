@@ -18,14 +18,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use simvm_devices::disk::DiskState;
 
-use super::{Node, Slot, World};
+use super::{MachineAction, Node, Slot, World};
 use crate::error::{Error, Result};
 use crate::machine::{MachineClock, MachineState, Stop};
+use crate::network::NetAction;
 use crate::template::{open_memory, write_sparse_memory, SIMVM_BUILD};
 use crate::vcpu_state;
 
 /// Version of the snapshot files.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 const HEADER_FILE: &str = "snapshot.json";
 const BODY_FILE: &str = "world.bin";
 /// A snapshot's state (without memory) is far below this; a larger length is damage.
@@ -81,6 +82,8 @@ struct Header {
     simvm: String,
     /// The world it belongs to: images, machine shapes, scenario ([`World::world_key`]).
     world: String,
+    /// The timeline events it has behind it ([`timeline_past`]), which a continuation shares.
+    past: String,
     /// BLAKE3 of `world.bin`; it also covers the memory files, whose hashes are inside.
     id: String,
     seed: u64,
@@ -252,6 +255,12 @@ impl World {
             format: SNAPSHOT_FORMAT,
             simvm: SIMVM_BUILD.into(),
             world: self.world_key.clone(),
+            past: timeline_past(
+                &self.timeline,
+                self.network.as_ref().map_or(&[], |n| n.timeline()),
+                body.next_action,
+                body.network_actions,
+            ),
             id: blake3::hash(&bytes).to_hex()[..32].to_string(),
             seed: self.seed.0,
             step: self.step,
@@ -308,6 +317,24 @@ fn save_node(node: &mut Node, dir: &Path, msrs: &[u32]) -> Result<NodeSnapshot> 
 pub(super) struct LoadedSnapshot {
     pub info: SnapshotInfo,
     pub body: Body,
+    past: String,
+}
+
+/// What a snapshot has behind it of a world's timelines: the first `machine_applied` machine
+/// actions and the first `network_applied` network actions. The rest of the timeline, the
+/// future, is the continuation's own: another seed brings another nemesis schedule, as long as
+/// it starts after the snapshot.
+pub(super) fn timeline_past(
+    timeline: &[(u64, MachineAction)],
+    network: &[(u64, NetAction)],
+    machine_applied: usize,
+    network_applied: usize,
+) -> String {
+    let machine = &timeline[..machine_applied.min(timeline.len())];
+    let network = &network[..network_applied.min(network.len())];
+    // Debug output is stable within one simvm build, which the header also names.
+    let text = format!("{machine:?}{network:?}");
+    blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
 }
 
 impl LoadedSnapshot {
@@ -367,7 +394,43 @@ impl LoadedSnapshot {
                 seed: header.seed,
             },
             body,
+            past: header.past,
         })
+    }
+
+    /// Refuses a continuation whose timelines differ from the snapshot's before it was taken:
+    /// other events already applied, or one of its own events due before the snapshot's time.
+    pub fn check_past(
+        &self,
+        timeline: &[(u64, MachineAction)],
+        network: &[(u64, NetAction)],
+    ) -> Result<()> {
+        let (machine_applied, network_applied) = (self.body.next_action, self.body.network_actions);
+        let taken = self.info.vtime_ns;
+        let past = timeline_past(timeline, network, machine_applied, network_applied);
+        let early = (timeline.iter().skip(machine_applied).map(|(t, _)| *t))
+            .chain(network.iter().skip(network_applied).map(|(t, _)| *t))
+            .filter(|&t| t < taken)
+            .min();
+        if past == self.past && early.is_none() {
+            return Ok(());
+        }
+        let detail = match early {
+            Some(t) => format!(
+                "this run has an event at {} on its timeline, before the snapshot was taken",
+                crate::console::format_vtime(t)
+            ),
+            None => "this run's timeline differs from the snapshot's before it was taken".into(),
+        };
+        Err(file_error(
+            &self.info.dir.join(HEADER_FILE),
+            format!(
+                "was taken at {}, and {detail}: a continuation shares the timeline up to the \
+                 snapshot and only the seed differs (a `[nemesis]` with `start` after the \
+                 snapshot's time gives every seed its own faults from there)",
+                crate::console::format_vtime(taken)
+            ),
+        ))
     }
 
     /// The memory file of machine `name`, checked against its hash.
@@ -379,6 +442,52 @@ impl LoadedSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    /// A snapshot taken at 2 s with the first of `timeline`'s actions applied.
+    fn taken_with(timeline: &[(u64, MachineAction)]) -> LoadedSnapshot {
+        LoadedSnapshot {
+            info: SnapshotInfo {
+                dir: PathBuf::from("snap"),
+                id: "id".into(),
+                step: 100,
+                vtime_ns: 2 * SECOND,
+                seed: 1,
+            },
+            body: Body {
+                nodes: Vec::new(),
+                next_action: 1,
+                network_actions: 0,
+            },
+            past: timeline_past(timeline, &[], 1, 0),
+        }
+    }
+
+    #[test]
+    fn a_continuation_shares_the_past_and_owns_its_future() {
+        let pause = |machine, at| (at, MachineAction::Pause { machine });
+        let snapshot = taken_with(&[pause(0, SECOND), pause(1, 5 * SECOND)]);
+        // Another seed's nemesis: other faults, all after the snapshot.
+        let other_future = [pause(0, SECOND), pause(2, 3 * SECOND), pause(1, 9 * SECOND)];
+        snapshot.check_past(&other_future, &[]).unwrap();
+        snapshot.check_past(&[pause(0, SECOND)], &[]).unwrap();
+        // Another past.
+        let other_past = [pause(1, SECOND), pause(1, 5 * SECOND)];
+        let err = snapshot.check_past(&other_past, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("differs from the snapshot's"),
+            "{err}"
+        );
+        // An event of its own before the snapshot's time.
+        let early = [pause(0, SECOND), pause(2, SECOND + 500_000_000)];
+        let err = snapshot.check_past(&early, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("was taken at 00:00:02.000000,")
+                && err.contains("an event at 00:00:01.500000 "),
+            "{err}"
+        );
+    }
 
     #[test]
     fn conditions_parse() {
