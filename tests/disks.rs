@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use simvm_tests::{image, kvm_or_skip, side_by_side, simvm, temp_dir, Image, Run};
+use simvm_tests::{image, kvm_or_skip, run_scenario_on, side_by_side, temp_dir, Image, Run};
 
 const SECTOR: usize = 512;
 /// Where the unflushed record of iteration `k` goes: sector `UNSYNCED_BASE + k`.
@@ -44,23 +44,12 @@ fn policy_scenario(kill_at_ms: u64) -> String {
 
 /// `simvm run SCENARIO --seed SEED` on `image`, keeping the final disk images in `disks`.
 fn run_keeping_disks(image: &Image, scenario: &Path, seed: u64, disks: &Path) -> Run {
-    run_on(
+    run_scenario_on(
         image,
         scenario,
         seed,
         &["--keep-disks", &disks.to_string_lossy()],
     )
-}
-
-/// `simvm run SCENARIO --seed SEED` on `image`, with `extra` arguments.
-fn run_on(image: &Image, scenario: &Path, seed: u64, extra: &[&str]) -> Run {
-    let (scenario, seed) = (scenario.to_string_lossy(), seed.to_string());
-    let kernel = image.kernel.to_string_lossy();
-    let initramfs = image.initramfs.to_string_lossy();
-    let mut args = vec!["run", &scenario, "--seed", &seed];
-    args.extend(["--kernel", &kernel, "--initramfs", &initramfs]);
-    args.extend_from_slice(extra);
-    simvm(&args, &[])
 }
 
 /// The last `word N` a machine printed.
@@ -396,6 +385,6 @@ fn run_scenario(name: &str, text: &str, image: &Image, seed: u64) -> (Run, std::
     let dir = temp_dir(name);
     let scenario = dir.join(format!("{name}.toml"));
     std::fs::write(&scenario, text).expect("write the scenario");
-    let run = run_on(image, &scenario, seed, &[]);
+    let run = run_scenario_on(image, &scenario, seed, &[]);
     (run, dir)
 }

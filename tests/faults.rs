@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use simvm_tests::{image, kvm_or_skip, parse_vtime, run_guest, side_by_side, simvm, temp_dir, Run};
+use simvm_tests::{
+    image, kvm_or_skip, parse_vtime, run_guest, run_scenario, side_by_side, simvm, temp_dir, Run,
+};
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 
@@ -29,12 +31,6 @@ fn with_image(args: &[&str]) -> Run {
         image.initramfs.to_str().expect("a UTF-8 path"),
     ]);
     simvm(&all, &[])
-}
-
-/// `simvm run SCENARIO --seed SEED` with the default image.
-fn run_scenario(path: &Path, seed: u64) -> Run {
-    let seed = seed.to_string();
-    with_image(&["run", path.to_str().expect("a UTF-8 path"), "--seed", &seed])
 }
 
 /// One `simvm-clock now` line of a machine: world virtual time, guest wall and monotonic.
@@ -76,7 +72,7 @@ fn clock_faults_pauses_and_start_delays_show_in_the_guest_and_replay() {
         return;
     }
     let path = scenario("clock_faults.toml");
-    let runs = side_by_side(3, |i| run_scenario(&path, [4, 4, 5][i]));
+    let runs = side_by_side(3, |i| run_scenario(&path, [4, 4, 5][i], &[]));
     for run in &runs {
         assert_eq!(run.code, Some(0), "{}", run.all());
     }

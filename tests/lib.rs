@@ -207,6 +207,22 @@ pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
     simvm(&all, &[])
 }
 
+/// `simvm run SCENARIO --seed SEED EXTRA...` with `image`'s kernel and initramfs.
+pub fn run_scenario_on(image: &Image, scenario: &Path, seed: u64, extra: &[&str]) -> Run {
+    let (scenario, seed) = (scenario.to_string_lossy(), seed.to_string());
+    let kernel = image.kernel.to_string_lossy();
+    let initramfs = image.initramfs.to_string_lossy();
+    let mut args = vec!["run", &scenario, "--seed", &seed];
+    args.extend(["--kernel", &kernel, "--initramfs", &initramfs]);
+    args.extend_from_slice(extra);
+    simvm(&args, &[])
+}
+
+/// `simvm run SCENARIO --seed SEED EXTRA...` with the base image.
+pub fn run_scenario(scenario: &Path, seed: u64, extra: &[&str]) -> Run {
+    run_scenario_on(&image(None), scenario, seed, extra)
+}
+
 /// Runs `run(0)`, ..., `run(n - 1)` at once, each on its own thread, and returns the results in
 /// order.
 ///

@@ -5,26 +5,9 @@
 use std::path::Path;
 
 use simvm_tests::{
-    assert_same_run, image, kvm_or_skip, require_tshark, run_tshark, side_by_side, simvm, temp_dir,
-    tshark, Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_scenario, run_tshark, side_by_side,
+    simvm, temp_dir, tshark, Run,
 };
-
-fn run_scenario(scenario: &Path, seed: u64, extra: &[&str]) -> Run {
-    let image = image(None);
-    let seed = seed.to_string();
-    let mut args = vec![
-        "run",
-        scenario.to_str().expect("utf-8 path"),
-        "--seed",
-        &seed,
-        "--kernel",
-        image.kernel.to_str().expect("utf-8 path"),
-        "--initramfs",
-        image.initramfs.to_str().expect("utf-8 path"),
-    ];
-    args.extend_from_slice(extra);
-    simvm(&args, &[])
-}
 
 fn scenario(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)

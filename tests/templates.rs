@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use simvm_tests::{
-    assert_same_run, image, kvm_or_skip, require_tshark, run_guest, side_by_side, temp_dir, tshark,
-    Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_guest, run_scenario, side_by_side,
+    temp_dir, tshark, Run,
 };
 use simvm_vmm::template::Template;
 
@@ -393,37 +393,23 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
     if !kvm_or_skip("a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults") {
         return;
     }
-    let image = image(None);
+    let _ = image(None);
     let scratch = temp_dir("nemesis-snapshot");
     let scenario =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/nemesis-after-snapshot.toml");
-    let run = |scenario: &Path, seed: &str, extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            scenario.to_str().expect("utf-8 path"),
-            "--seed",
-            seed,
-            "--kernel",
-            image.kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            image.initramfs.to_str().expect("utf-8 path"),
-        ];
-        args.extend_from_slice(extra);
-        simvm_tests::simvm(&args, &[])
-    };
     let dir = scratch.join("ready");
     let dir_s = dir.to_string_lossy().into_owned();
-    let taken = run(
+    let taken = run_scenario(
         &scenario,
-        "1",
+        1,
         &["--snapshot-at", "console=ready", "--snapshot", &dir_s],
     );
     assert_eq!(taken.code, Some(0), "{}", taken.all());
     assert!(dir.join("snapshot.json").is_file(), "{}", taken.all());
 
-    let seeds = ["2", "3", "2"];
+    let seeds = [2, 3, 2];
     let runs = side_by_side(seeds.len(), |i| {
-        run(&scenario, seeds[i], &["--from", &dir_s])
+        run_scenario(&scenario, seeds[i], &["--from", &dir_s])
     });
     let faults = |run: &Run| -> Vec<String> {
         run.console("fault")
@@ -461,7 +447,7 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
         ),
     )
     .expect("writing the variant");
-    let refused = run(&early, "2", &["--from", &dir_s]);
+    let refused = run_scenario(&early, 2, &["--from", &dir_s]);
     assert_eq!(refused.code, Some(2), "{}", refused.all());
     assert!(
         refused
