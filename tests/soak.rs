@@ -4,7 +4,7 @@
 //! cleanly.
 //!
 //! The scenario, tests/scenarios/coin.toml, fails when the guest's first byte of /dev/urandom
-//! (seeded by simvm from the seed) is a multiple of 3. Which of seeds 1-6 those are depends on
+//! (seeded by simvm from the seed) is odd. Which of seeds 1-6 those are depends on
 //! the guest image, so the test asks `simvm run --seeds 1-6` first.
 
 use std::path::Path;
@@ -183,7 +183,7 @@ fn a_soak_fails_the_seeds_simvm_run_fails_and_reproduces_them() {
         .expect("run repro.sh");
     assert_eq!(script.status.code(), Some(3), "{script:?}");
 
-    // JUnit: six cases, the two failures carrying their reproduce lines.
+    // JUnit: six cases, the failures carrying their reproduce lines.
     let xml = std::fs::read_to_string(&junit).expect("the JUnit file");
     assert_eq!(xml.matches("<testcase ").count(), 6, "{xml}");
     assert_eq!(xml.matches("<failure ").count(), expected.len(), "{xml}");

@@ -1,7 +1,7 @@
 //! Seeds per hour of `simvm soak` with one job and with two, and the ratio.
 //!
 //! Runs the release `simvm soak` on a scenario (default tests/scenarios/coin.toml: one machine,
-//! one short command, about a third of the seeds failing) over `SIMVM_BENCH_SEEDS` seeds (default
+//! one short command, about half of the seeds failing) over `SIMVM_BENCH_SEEDS` seeds (default
 //! 12), with `--jobs 1` and then `--jobs 2`, no determinism spot checks, and times each soak as a
 //! user would see it: the whole command, image check and every child's start included. The
 //! image comes from the cache as in ordinary use (each child's `simvm run` checks it with
