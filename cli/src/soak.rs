@@ -289,14 +289,18 @@ fn forwarded(args: &SoakArgs) -> Result<Vec<String>, String> {
 const SOAK_CHAOS_PER_MILLE: u32 = 20;
 
 /// The `--chaos` the children get: the soak's own, else none if the scenario or the `simvm run`
-/// arguments say (they win), else the soak's default.
+/// arguments say (they win) or the seeds continue a world snapshot (which was taken with its
+/// own chaos, part of its world), else the soak's default.
 fn soak_chaos(args: &SoakArgs) -> Option<u32> {
     if args.chaos.is_some() {
         return args.chaos;
     }
-    let given_after = (args.run_args.iter())
-        .take_while(|a| *a != "--")
-        .any(|a| a == "--chaos" || a.starts_with("--chaos="));
+    let run_option = |name: &str| {
+        (args.run_args.iter())
+            .take_while(|a| *a != "--")
+            .any(|a| a == name || a.starts_with(&format!("{name}=")))
+    };
+    let given_after = run_option("--chaos") || run_option("--from");
     // A scenario that does not load is reported when the seeds' runs are checked.
     let in_scenario = (args.scenario.as_deref())
         .and_then(|path| Scenario::load(path).ok())
@@ -416,6 +420,17 @@ mod tests {
         assert_eq!(args.determinism_check, 500);
         assert_eq!(args.timeout, 3600 * 1_000_000_000);
         assert_eq!(args.out, PathBuf::from("soak-out"));
+    }
+
+    #[test]
+    fn seeds_continuing_a_snapshot_get_no_chaos_of_the_soaks_own() {
+        let args = parse_soak(&["t.toml", "--seeds", "1-3", "--", "--from", "up"]).unwrap();
+        assert_eq!(forwarded(&args).unwrap(), strings(&["--from", "up"]));
+        let asked = parse_soak(&["t.toml", "--seeds", "1", "--chaos", "1%", "--", "--from=up"]);
+        assert_eq!(
+            forwarded(&asked.unwrap()).unwrap(),
+            strings(&["--chaos", "1%", "--from=up"])
+        );
     }
 
     #[test]
