@@ -393,7 +393,7 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
     if !kvm_or_skip("a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults") {
         return;
     }
-    let _ = image(None);
+    let image = image(None);
     let scratch = temp_dir("nemesis-snapshot");
     let scenario =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/nemesis-after-snapshot.toml");
@@ -435,6 +435,36 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
     assert_ne!(faults(&runs[0]), faults(&runs[1]), "{}", runs[1].all());
     assert_eq!(faults(&runs[2]), faults(&runs[0]));
     assert_eq!(runs[2].field("digest"), runs[0].field("digest"));
+
+    // A soak of seeds continuing the snapshot (the soak adds no chaos of its own to them: it
+    // would be another world).
+    let out = scratch.join("soak");
+    let soak = simvm_tests::simvm(
+        &[
+            "soak",
+            scenario.to_str().expect("utf-8 path"),
+            "--seeds",
+            "2-3",
+            "--jobs",
+            "2",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+            "--kernel",
+            image.kernel.to_str().expect("utf-8 path"),
+            "--initramfs",
+            image.initramfs.to_str().expect("utf-8 path"),
+            "--",
+            "--from",
+            &dir_s,
+        ],
+        &[],
+    );
+    assert_eq!(soak.code, Some(0), "{}", soak.all());
+    assert!(
+        soak.stdout.ends_with("2 passed, 0 failed\n"),
+        "{}",
+        soak.all()
+    );
 
     // An event before the snapshot's time that the snapshot did not have.
     let text = std::fs::read_to_string(&scenario).expect("the scenario");
