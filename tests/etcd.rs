@@ -5,7 +5,7 @@ use std::path::Path;
 
 use simvm_tests::{
     assert_same_run, browser_dom, image, kvm_or_skip, require_chromium, side_by_side, simvm,
-    temp_dir,
+    simvm_on, temp_dir,
 };
 
 #[test]
@@ -14,23 +14,19 @@ fn etcd_and_etcdctl_run_in_the_etcd_image() {
         return;
     }
     let image = image(Some("etcd"));
-    let run = simvm(
+    let run = simvm_on(
+        &image,
         &[
             "run",
             "--seed",
             "1",
             "--mem",
             "256M",
-            "--kernel",
-            image.kernel.to_str().unwrap(),
-            "--initramfs",
-            image.initramfs.to_str().unwrap(),
             "--",
             "sh",
             "-c",
             "etcd --version && etcdctl version",
         ],
-        &[],
     );
     assert_eq!(run.code, Some(0), "{}", run.all());
     let console = run.console("m1").join("\n");

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use simvm_tests::{
-    image, kvm_or_skip, parse_vtime, run_guest, run_scenario, side_by_side, simvm, temp_dir, Run,
+    image, kvm_or_skip, parse_vtime, run_guest, run_scenario, side_by_side, simvm_on, temp_dir, Run,
 };
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
@@ -18,19 +18,6 @@ fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scenarios")
         .join(name)
-}
-
-/// `simvm ARGS` with the default image's kernel and initramfs.
-fn with_image(args: &[&str]) -> Run {
-    let image = image(None);
-    let mut all = args.to_vec();
-    all.extend([
-        "--kernel",
-        image.kernel.to_str().expect("a UTF-8 path"),
-        "--initramfs",
-        image.initramfs.to_str().expect("a UTF-8 path"),
-    ]);
-    simvm(&all, &[])
 }
 
 /// One `simvm-clock now` line of a machine: world virtual time, guest wall and monotonic.
@@ -297,20 +284,23 @@ fn nemesis_schedules_differ_by_seed_and_each_replays_exactly() {
     // Every seed run twice, side by side, by the soak's determinism check.
     let out = temp_dir("nemesis-soak");
     let junit = out.join("junit.xml");
-    let run = with_image(&[
-        "soak",
-        path.to_str().expect("UTF-8"),
-        "--seeds",
-        "1-10",
-        "--jobs",
-        "2",
-        "--determinism-check",
-        "100",
-        "--out",
-        out.to_str().expect("UTF-8"),
-        "--junit",
-        junit.to_str().expect("UTF-8"),
-    ]);
+    let run = simvm_on(
+        &image(None),
+        &[
+            "soak",
+            path.to_str().expect("UTF-8"),
+            "--seeds",
+            "1-10",
+            "--jobs",
+            "2",
+            "--determinism-check",
+            "100",
+            "--out",
+            out.to_str().expect("UTF-8"),
+            "--junit",
+            junit.to_str().expect("UTF-8"),
+        ],
+    );
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert!(
         run.stdout.lines().any(|l| l == "10 passed, 0 failed"),
@@ -331,16 +321,19 @@ fn a_soak_finds_a_bug_that_one_fault_at_one_phase_triggers_and_its_repro_fails_a
     }
     let path = scenario("lease.toml");
     let out = temp_dir("lease-soak");
-    let soak = with_image(&[
-        "soak",
-        path.to_str().expect("UTF-8"),
-        "--seeds",
-        "1-10",
-        "--jobs",
-        "2",
-        "--out",
-        out.to_str().expect("UTF-8"),
-    ]);
+    let soak = simvm_on(
+        &image(None),
+        &[
+            "soak",
+            path.to_str().expect("UTF-8"),
+            "--seeds",
+            "1-10",
+            "--jobs",
+            "2",
+            "--out",
+            out.to_str().expect("UTF-8"),
+        ],
+    );
     assert_eq!(
         soak.code,
         Some(1),

@@ -195,27 +195,32 @@ pub fn simvm(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
+/// `simvm COMMAND --kernel K --initramfs I REST...` for `args` = `[COMMAND, REST...]`, with
+/// `image`'s kernel and initramfs (given right after the subcommand, so before any `--`).
+pub fn simvm_on(image: &Image, args: &[&str]) -> Run {
+    let kernel = image.kernel.to_string_lossy();
+    let initramfs = image.initramfs.to_string_lossy();
+    let (command, rest) = args.split_first().expect("a simvm subcommand");
+    let mut all = vec![*command, "--kernel", &kernel, "--initramfs", &initramfs];
+    all.extend_from_slice(rest);
+    simvm(&all, &[])
+}
+
 /// `simvm run` with the default image and `args` before the `--`, then `command`.
 pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
-    let image = image(None);
-    let kernel = image.kernel.to_string_lossy().into_owned();
-    let initramfs = image.initramfs.to_string_lossy().into_owned();
-    let mut all = vec!["run", "--kernel", &kernel, "--initramfs", &initramfs];
+    let mut all = vec!["run"];
     all.extend_from_slice(args);
     all.push("--");
     all.extend_from_slice(command);
-    simvm(&all, &[])
+    simvm_on(&image(None), &all)
 }
 
 /// `simvm run SCENARIO --seed SEED EXTRA...` with `image`'s kernel and initramfs.
 pub fn run_scenario_on(image: &Image, scenario: &Path, seed: u64, extra: &[&str]) -> Run {
     let (scenario, seed) = (scenario.to_string_lossy(), seed.to_string());
-    let kernel = image.kernel.to_string_lossy();
-    let initramfs = image.initramfs.to_string_lossy();
     let mut args = vec!["run", &scenario, "--seed", &seed];
-    args.extend(["--kernel", &kernel, "--initramfs", &initramfs]);
     args.extend_from_slice(extra);
-    simvm(&args, &[])
+    simvm_on(image, &args)
 }
 
 /// `simvm run SCENARIO --seed SEED EXTRA...` with the base image.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use simvm_tests::{
     assert_same_run, image, kvm_or_skip, require_tshark, run_scenario, run_tshark, side_by_side,
-    simvm, temp_dir, tshark, Run,
+    simvm_on, temp_dir, tshark, Run,
 };
 
 fn scenario(name: &str) -> std::path::PathBuf {
@@ -31,21 +31,17 @@ fn demo_cluster_survives_a_partition_and_is_captured() {
     let dir = temp_dir("demo");
     let pcap = dir.join("demo.pcapng");
     let image = image(None);
-    let run = simvm(
+    let run = simvm_on(
+        &image,
         &[
             "run",
             "--machines",
             "3",
             "--seed",
             "5",
-            "--kernel",
-            image.kernel.to_str().unwrap(),
-            "--initramfs",
-            image.initramfs.to_str().unwrap(),
             "--pcap",
             pcap.to_str().unwrap(),
         ],
-        &[],
     );
     assert_eq!(run.code, Some(0), "{}", run.all());
     assert_eq!(run.field("result"), "ok");

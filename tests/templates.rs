@@ -7,7 +7,7 @@ use std::path::Path;
 
 use simvm_tests::{
     assert_same_run, image, kvm_or_skip, require_tshark, run_guest, run_scenario, side_by_side,
-    temp_dir, tshark, Run,
+    simvm_on, temp_dir, tshark, Run,
 };
 use simvm_vmm::template::Template;
 
@@ -439,7 +439,8 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
     // A soak of seeds continuing the snapshot (the soak adds no chaos of its own to them: it
     // would be another world).
     let out = scratch.join("soak");
-    let soak = simvm_tests::simvm(
+    let soak = simvm_on(
+        &image,
         &[
             "soak",
             scenario.to_str().expect("utf-8 path"),
@@ -449,15 +450,10 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
             "2",
             "--out",
             out.to_str().expect("utf-8 path"),
-            "--kernel",
-            image.kernel.to_str().expect("utf-8 path"),
-            "--initramfs",
-            image.initramfs.to_str().expect("utf-8 path"),
             "--",
             "--from",
             &dir_s,
         ],
-        &[],
     );
     assert_eq!(soak.code, Some(0), "{}", soak.all());
     assert!(

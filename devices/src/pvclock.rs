@@ -105,7 +105,6 @@ impl ControlEvent {
     }
 }
 
-/// The simvm port block of one machine.
 /// Events the guest kernel counts in its clock page.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestCounts {
@@ -128,6 +127,7 @@ impl GuestCounts {
     }
 }
 
+/// The simvm port block of one machine.
 #[derive(Debug)]
 pub struct SimvmPorts {
     /// Guest-physical address of the registered clock page.
