@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the simvm guest image: kernel (vmlinux) and initramfs (newc cpio).
 #
-#   guest-images/build.sh [--recipe NAME] [--print-keys]
+#   guest-images/build.sh [--recipe NAME] [--compact-kernel] [--print-keys]
 #   guest-images/build.sh --recipe-tree NAME [--print-keys]
 #
 # Results are cached, content-addressed, under ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
@@ -20,6 +20,7 @@ CACHE=${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}
 RECIPE=""
 RECIPE_TREE=""
 PRINT_KEYS=0
+COMPACT_KERNEL=0
 
 # A temporary build directory to remove if the script ends early (also on Ctrl-C / SIGTERM).
 TMP_BUILD=""
@@ -41,13 +42,14 @@ list_recipes() {
 
 usage() {
 	cat >&2 <<'EOF'
-usage: guest-images/build.sh [--recipe NAME] [--print-keys]
+usage: guest-images/build.sh [--recipe NAME] [--compact-kernel] [--print-keys]
        guest-images/build.sh --recipe-tree NAME [--print-keys]
 
 Builds (or finds in the cache) the simvm guest kernel and initramfs and prints
   kernel=PATH, config=PATH, initramfs=PATH
 as the last lines of stdout. --recipe NAME adds guest-images/recipes/NAME.toml
-to the base image. --recipe-tree NAME builds only the files the recipe would
+to the base image. --compact-kernel builds the kernel without
+guest-images/kernel/speed.config (smaller, slower: for measuring what it saves). --recipe-tree NAME builds only the files the recipe would
 add, as a directory for a disk, and prints tree=PATH as the last line.
 Cache: ${SIMVM_CACHE_DIR:-$HOME/.cache/simvm}.
 EOF
@@ -75,6 +77,10 @@ while [[ $# -gt 0 ]]; do
 		;;
 	--print-keys)
 		PRINT_KEYS=1
+		shift
+		;;
+	--compact-kernel)
+		COMPACT_KERNEL=1
 		shift
 		;;
 	-h | --help)
@@ -146,9 +152,16 @@ hash_inputs() {
 	} | sha256sum | cut -c1-16
 }
 
+# The config fragments merged on top of tinyconfig, in order.
+kernel_fragments() {
+	printf '%s\n' kernel/simvm.config
+	[[ $COMPACT_KERNEL -eq 1 ]] || printf '%s\n' kernel/speed.config
+}
+
 kernel_inputs() {
-	(cd "$HERE" && printf '%s\n' build.sh kernel/VERSION kernel/simvm.config kernel/required.txt \
-		kernel/forbidden.txt kernel/patches/*.patch)
+	(cd "$HERE" && printf '%s\n' build.sh kernel/VERSION kernel/required.txt kernel/forbidden.txt \
+		kernel/patches/*.patch)
+	kernel_fragments
 }
 
 initramfs_inputs() {
@@ -205,6 +218,23 @@ check_config() {
 	[[ $bad -eq 0 ]] || die "kernel .config violates guest-images/kernel/required.txt or forbidden.txt"
 }
 
+# Every option a fragment sets or unsets must have survived olddefconfig (a dependency can
+# silently undo one, and merge_config.sh only warns).
+check_fragment_holds() {
+	local config=$1 fragment=$2 line opt bad=0
+	while IFS= read -r line; do
+		case $line in
+		CONFIG_*=*) grep -qx -- "$line" "$config" || { log "config: $line did not hold"; bad=1; } ;;
+		"# CONFIG_"*" is not set")
+			opt=${line#\# }
+			opt=${opt% is not set}
+			! grep -q -- "^$opt=" "$config" || { log "config: $opt is set, $fragment unsets it"; bad=1; }
+			;;
+		esac
+	done <"$fragment"
+	[[ $bad -eq 0 ]] || die "kernel .config does not hold $(basename "$fragment")"
+}
+
 build_kernel() {
 	local out=$1 tmp src obj patch
 	mkdir -p "$CACHE/kernel"
@@ -229,12 +259,15 @@ build_kernel() {
 	local kmake=(make -C "$src" O="$obj" -j"$(nproc)" LOCALVERSION=
 		KBUILD_BUILD_USER=simvm KBUILD_BUILD_HOST=simvm KBUILD_BUILD_VERSION=1
 		KBUILD_BUILD_TIMESTAMP="2025-01-01 00:00:00 UTC")
-	log "kernel: configuring (tinyconfig + kernel/simvm.config)"
+	local fragments
+	mapfile -t fragments < <(kernel_fragments)
+	log "kernel: configuring (tinyconfig + ${fragments[*]})"
 	"${kmake[@]}" -s tinyconfig >&2
-	"$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "$HERE/kernel/simvm.config" >/dev/null 2>&1 ||
-		die "merge_config.sh failed"
+	(cd "$HERE" && "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" "${fragments[@]}") \
+		>/dev/null 2>&1 || die "merge_config.sh failed"
 	"${kmake[@]}" -s olddefconfig >&2
 	check_config "$obj/.config"
+	[[ $COMPACT_KERNEL -eq 1 ]] || check_fragment_holds "$obj/.config" "$HERE/kernel/speed.config"
 
 	log "kernel: building vmlinux with $(nproc) jobs (about 3 minutes on 2 cores)"
 	local start=$SECONDS
@@ -359,6 +392,7 @@ main() {
 	local kkey ikey kdir idir
 	# shellcheck disable=SC2046
 	kkey=$(hash_inputs "kernel $KPKG $KPKG_VERSION" $(kernel_inputs))
+	[[ $COMPACT_KERNEL -eq 0 ]] || kkey=compact-$kkey
 	ikey=$(base_key)
 	kdir=$CACHE/kernel/$kkey
 	idir=$CACHE/initramfs/base-$ikey

@@ -1,10 +1,13 @@
 //! A real service's speed under simvm: `examples/etcd-cluster.toml` (three etcd 3.4 members and
 //! an etcdctl client putting a key a second), the same seed with the guest tunings off (as guests
-//! ran before any existed) and on, in one run.
+//! ran before any existed: the run-time tunings off and the compact kernel, `build.sh
+//! --compact-kernel`) and on, in one run.
 //!
-//! Figures per side: wall time to the client's "cluster up" (starting four machines, etcd's
-//! start and the first election), then the steady state from "cluster up" to the end: virtual
-//! seconds per wall minute, and puts that succeeded. Ratios on/off.
+//! Figures per side: wall time of a cold boot of one etcd machine (no template); wall time to the
+//! client's "cluster up" (starting four machines from their templates, etcd's start and the first
+//! election; a template not yet cached is built first, so measure on a second run); then the
+//! steady state from "cluster up" to the end: virtual seconds per wall minute, and puts that
+//! succeeded. Ratios on/off.
 //!
 //! Run: `cargo bench -p simvm-tests --bench etcd`. Environment: `SIMVM_BENCH_SEED` (default 1),
 //! `SIMVM_BENCH_UNTIL` (virtual seconds per run, default 40), `SIMVM_BENCH_ONLY` (`on` or `off`:
@@ -14,11 +17,55 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use simvm_tests::{env_u64, ConsoleLine};
+use simvm_vmm::image;
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::tuning::GuestTuning;
 
+/// Wall time of a cold boot (no template) of one etcd machine to its command, `true`.
+fn cold_boot(tuning: GuestTuning, compact_kernel: bool, seed: u64) -> Duration {
+    let scenario = Scenario::parse(
+        "[[machine]]\nname = \"m1\"\nrecipe = \"etcd\"\nmemory = \"384M\"\ncommand = \"true\"\n",
+        "cold boot",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let simulation = with_images(
+        Simulation {
+            tuning,
+            cold: true,
+            ..Simulation::new(scenario, seed)
+        },
+        compact_kernel,
+    );
+    let started = Instant::now();
+    let outcome = simulation
+        .run(&mut |_| {})
+        .unwrap_or_else(|e| panic!("the cold boot failed: {e}"));
+    assert!(
+        simulation.passed(&outcome),
+        "the cold boot's command failed"
+    );
+    started.elapsed()
+}
+
+/// `simulation` with its machines' images built, and the compact kernel if asked for.
+fn with_images(simulation: Simulation, compact_kernel: bool) -> Simulation {
+    let mut simulation = simulation
+        .with_built_images()
+        .unwrap_or_else(|e| panic!("building the etcd image: {e}"));
+    if compact_kernel {
+        let kernel =
+            image::compact_kernel().unwrap_or_else(|e| panic!("building the compact kernel: {e}"));
+        for image in &mut simulation.images {
+            image.kernel = kernel.clone();
+        }
+    }
+    simulation
+}
+
 struct Figures {
+    /// A cold boot of one etcd machine.
+    boot: Duration,
     /// Wall time from the start of the run to "cluster up", and its virtual time.
     up_wall: Duration,
     up_virtual: Duration,
@@ -35,16 +82,18 @@ impl Figures {
     }
 }
 
-fn run(tuning: GuestTuning, seed: u64, until_s: u64) -> Figures {
+fn run(tuning: GuestTuning, compact_kernel: bool, seed: u64, until_s: u64) -> Figures {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster.toml");
     let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
         .unwrap_or_else(|e| panic!("{e}"));
-    let simulation = Simulation {
-        tuning,
-        ..Simulation::new(scenario, seed)
-            .with_built_images()
-            .unwrap_or_else(|e| panic!("building the etcd image: {e}"))
-    };
+    let boot = cold_boot(tuning, compact_kernel, seed);
+    let simulation = with_images(
+        Simulation {
+            tuning,
+            ..Simulation::new(scenario, seed)
+        },
+        compact_kernel,
+    );
     let started = Instant::now();
     let mut up: Option<(Instant, Duration)> = None;
     let (mut ok, mut failed) = (0, 0);
@@ -68,6 +117,7 @@ fn run(tuning: GuestTuning, seed: u64, until_s: u64) -> Figures {
     assert!(simulation.passed(&outcome), "the etcd scenario failed");
     let (up_at, up_virtual) = up.expect("the client never saw the cluster up");
     Figures {
+        boot,
         up_wall: up_at - started,
         up_virtual,
         steady_wall: end - up_at,
@@ -86,17 +136,21 @@ fn main() {
     let until = env_u64("SIMVM_BENCH_UNTIL", 40);
     let only = std::env::var("SIMVM_BENCH_ONLY").unwrap_or_default();
     let mut sides = Vec::new();
-    for (name, tuning) in [("off", GuestTuning::NONE), ("on", GuestTuning::default())] {
+    for (name, tuning, compact) in [
+        ("off", GuestTuning::NONE, true),
+        ("on", GuestTuning::default(), false),
+    ] {
         if only.is_empty() || only == name {
-            let figures = run(tuning, seed, until);
+            let figures = run(tuning, compact, seed, until);
             print_side(name, &figures);
             sides.push(figures);
         }
     }
     if let [off, on] = &sides[..] {
         println!(
-            "on / off: to cluster up {:.2}x faster; steady state {:.2}x the virtual seconds per \
-             wall minute",
+            "on / off: cold boot {:.2}x faster; to cluster up {:.2}x faster; steady state {:.2}x \
+             the virtual seconds per wall minute",
+            off.boot.as_secs_f64() / on.boot.as_secs_f64(),
             off.up_wall.as_secs_f64() / on.up_wall.as_secs_f64(),
             on.virtual_per_wall_minute() / off.virtual_per_wall_minute()
         );
@@ -105,8 +159,10 @@ fn main() {
 
 fn print_side(name: &str, f: &Figures) {
     println!(
-        "tuning {name}: cluster up after {:.1} s wall ({:.2} s virtual); steady state {:.2} \
-         virtual s in {:.1} s wall = {:.2} virtual s per wall minute; puts {} ok, {} failed",
+        "tuning {name}: cold boot of an etcd machine {:.1} s wall; cluster up after {:.1} s wall \
+         ({:.2} s virtual); steady state {:.2} virtual s in {:.1} s wall = {:.2} virtual s per \
+         wall minute; puts {} ok, {} failed",
+        f.boot.as_secs_f64(),
         f.up_wall.as_secs_f64(),
         f.up_virtual.as_secs_f64(),
         f.steady_virtual.as_secs_f64(),

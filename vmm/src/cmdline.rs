@@ -19,8 +19,10 @@ const FIXED: &[&str] = &[
     // Features the guest must not use whatever CPUID says (on PVM hosts CPUID shows the host):
     // host time sources, hardware randomness, and instructions PVM's emulator lacks in ring 0.
     // `tsc` is cleared here, not only by `simvm=1`, because the kernel credits the boot seed
-    // (and reads an entropy timestamp) before it parses `simvm=1`.
-    "clearcpuid=tsc,rdtscp,tsc_deadline_timer,rdrand,rdseed,smap,popcnt,erms,fsrm,x2apic",
+    // (and reads an entropy timestamp) before it parses `simvm=1`. `cx16`: SLUB's per-CPU
+    // freelists use CMPXCHG16B, which PVM's ring-0 emulator cannot run; without it SLUB takes
+    // its interrupts-off emulation.
+    "clearcpuid=tsc,rdtscp,tsc_deadline_timer,rdrand,rdseed,smap,popcnt,erms,fsrm,x2apic,cx16",
     "tsc=unstable",
     // Delay loops calibrated to a fixed value instead of measured against host time.
     "lpj=1000",

@@ -71,6 +71,17 @@ pub fn build(recipe: Option<&str>) -> Result<GuestImage, ImageError> {
     })
 }
 
+/// Builds (or finds in the cache) the guest kernel without `kernel/speed.config`
+/// (`build.sh --compact-kernel`): tinyconfig's size-first choices, for measuring what the speed
+/// options save (docs/performance.md "Guest tunings").
+pub fn compact_kernel() -> Result<PathBuf, ImageError> {
+    let output = run_build_script(&["--compact-kernel"])?;
+    if !output.status.success() {
+        return Err(ImageError::BuildFailed(output.status));
+    }
+    artefact(&String::from_utf8_lossy(&output.stdout), "kernel")
+}
+
 /// Stages (or finds in the cache) the files `recipe` adds to the base image, with their shared
 /// libraries and the ELF loader, as a directory tree at the paths the image would have them
 /// (`usr/bin/etcd`, `lib64/ld-linux-x86-64.so.2`, ...), for a disk; the build's progress goes
