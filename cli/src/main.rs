@@ -124,6 +124,11 @@ struct RunArgs {
     /// (seconds of emulated ChaCha20 on a PVM host) instead of 1 KiB of it.
     #[arg(long)]
     no_small_port_table: bool,
+    /// Guests enter the kernel from user mode on the per-CPU entry stack and copy the registers
+    /// to the task stack, instead of entering on the task stack (for measuring what that saves;
+    /// docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_task_stack_entry: bool,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -436,6 +441,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             tuning: GuestTuning {
                 vdso_clock: !args.no_vdso_clock,
                 small_port_table: !args.no_small_port_table,
+                task_stack_entry: !args.no_task_stack_entry,
             },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
@@ -567,6 +573,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_tso, "--no-tso"),
         (args.no_vdso_clock, "--no-vdso-clock"),
         (args.no_small_port_table, "--no-small-port-table"),
+        (args.no_task_stack_entry, "--no-task-stack-entry"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

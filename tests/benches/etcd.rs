@@ -87,9 +87,11 @@ fn run(tuning: GuestTuning, compact_kernel: bool, seed: u64, until_s: u64) -> Fi
     let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
         .unwrap_or_else(|e| panic!("{e}"));
     let boot = cold_boot(tuning, compact_kernel, seed);
+    // The run ends at `until_s` whatever the scenario's own `until` says.
     let simulation = with_images(
         Simulation {
             tuning,
+            until_ns: Some(until_s * 1_000_000_000),
             ..Simulation::new(scenario, seed)
         },
         compact_kernel,

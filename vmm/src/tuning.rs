@@ -12,6 +12,10 @@ pub struct GuestTuning {
     /// `connect()` fills 1 KiB with random bytes rather than 256 KiB (guest patch 0014).
     /// On: `inet_perturb_order=8`.
     pub small_port_table: bool,
+    /// Exceptions and interrupts from user mode enter the kernel on the task stack, so the
+    /// entry code does not copy the registers there from the per-CPU entry stack (guest patch
+    /// 0018; under PVM every system call is such an exception). Off: `simvm_task_stack=0`.
+    pub task_stack_entry: bool,
 }
 
 impl Default for GuestTuning {
@@ -19,6 +23,7 @@ impl Default for GuestTuning {
         Self {
             vdso_clock: true,
             small_port_table: true,
+            task_stack_entry: true,
         }
     }
 }
@@ -31,6 +36,7 @@ impl GuestTuning {
     pub const NONE: Self = Self {
         vdso_clock: false,
         small_port_table: false,
+        task_stack_entry: false,
     };
 
     /// The guest kernel parameters that apply the tuning.
@@ -41,6 +47,9 @@ impl GuestTuning {
         }
         if self.small_port_table {
             args.push(format!("inet_perturb_order={SMALL_PORT_TABLE_ORDER}"));
+        }
+        if !self.task_stack_entry {
+            args.push("simvm_task_stack=0".to_string());
         }
         args.join(" ")
     }
@@ -53,7 +62,10 @@ mod tests {
     #[test]
     fn each_tuning_has_its_kernel_argument() {
         assert_eq!(GuestTuning::default().kernel_args(), "inet_perturb_order=8");
-        assert_eq!(GuestTuning::NONE.kernel_args(), "simvm_vdso=0");
+        assert_eq!(
+            GuestTuning::NONE.kernel_args(),
+            "simvm_vdso=0 simvm_task_stack=0"
+        );
         let vdso_only = GuestTuning {
             small_port_table: false,
             ..GuestTuning::default()
