@@ -23,7 +23,7 @@ use simvm_vmm::simulation::Simulation;
 use simvm_vmm::tuning::GuestTuning;
 
 /// Wall time of a cold boot (no template) of one etcd machine to its command, `true`.
-fn cold_boot(tuning: GuestTuning, compact_kernel: bool, seed: u64) -> Duration {
+fn cold_boot(tuning: GuestTuning, kernel: Option<&Path>, seed: u64) -> Duration {
     let scenario = Scenario::parse(
         "[[machine]]\nname = \"m1\"\nrecipe = \"etcd\"\nmemory = \"384M\"\ncommand = \"true\"\n",
         "cold boot",
@@ -35,7 +35,7 @@ fn cold_boot(tuning: GuestTuning, compact_kernel: bool, seed: u64) -> Duration {
             cold: true,
             ..Simulation::new(scenario, seed)
         },
-        compact_kernel,
+        kernel,
     );
     let started = Instant::now();
     let outcome = simulation
@@ -48,16 +48,14 @@ fn cold_boot(tuning: GuestTuning, compact_kernel: bool, seed: u64) -> Duration {
     started.elapsed()
 }
 
-/// `simulation` with its machines' images built, and the compact kernel if asked for.
-fn with_images(simulation: Simulation, compact_kernel: bool) -> Simulation {
+/// `simulation` with its machines' images built, their kernel replaced by `kernel` if given.
+fn with_images(simulation: Simulation, kernel: Option<&Path>) -> Simulation {
     let mut simulation = simulation
         .with_built_images()
         .unwrap_or_else(|e| panic!("building the etcd image: {e}"));
-    if compact_kernel {
-        let kernel =
-            image::compact_kernel().unwrap_or_else(|e| panic!("building the compact kernel: {e}"));
+    if let Some(kernel) = kernel {
         for image in &mut simulation.images {
-            image.kernel = kernel.clone();
+            image.kernel = kernel.to_path_buf();
         }
     }
     simulation
@@ -82,11 +80,12 @@ impl Figures {
     }
 }
 
-fn run(tuning: GuestTuning, compact_kernel: bool, seed: u64, until_s: u64) -> Figures {
+/// One side: `kernel` replaces the images' kernel if given (the compact kernel).
+fn run(tuning: GuestTuning, kernel: Option<&Path>, seed: u64, until_s: u64) -> Figures {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster.toml");
     let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
         .unwrap_or_else(|e| panic!("{e}"));
-    let boot = cold_boot(tuning, compact_kernel, seed);
+    let boot = cold_boot(tuning, kernel, seed);
     // The run ends at `until_s` whatever the scenario's own `until` says.
     let simulation = with_images(
         Simulation {
@@ -94,7 +93,7 @@ fn run(tuning: GuestTuning, compact_kernel: bool, seed: u64, until_s: u64) -> Fi
             until_ns: Some(until_s * 1_000_000_000),
             ..Simulation::new(scenario, seed)
         },
-        compact_kernel,
+        kernel,
     );
     let started = Instant::now();
     let mut up: Option<(Instant, Duration)> = None;
@@ -143,7 +142,11 @@ fn main() {
         ("on", GuestTuning::default(), false),
     ] {
         if only.is_empty() || only == name {
-            let figures = run(tuning, compact, seed, until);
+            let compact_kernel = compact.then(|| {
+                image::compact_kernel()
+                    .unwrap_or_else(|e| panic!("building the compact kernel: {e}"))
+            });
+            let figures = run(tuning, compact_kernel.as_deref(), seed, until);
             print_side(name, &figures);
             sides.push(figures);
         }

@@ -101,24 +101,18 @@ fn main() {
         "", "A", "B", "C", "A / B", "B / C", "A / C"
     );
     let total = |d: &[Duration]| d.iter().map(Duration::as_secs_f64).sum::<f64>();
-    let rows = PHASES
+    let mut rows: Vec<(&str, [f64; 3])> = PHASES
         .iter()
         .enumerate()
-        .map(|(i, (_, name))| (*name, sides.iter().map(|s| s[i].as_secs_f64()).collect()))
-        .chain(std::iter::once((
-            "all phases",
-            sides.iter().map(|s| total(s)).collect::<Vec<f64>>(),
-        )));
-    for (name, t) in rows {
-        let t: Vec<f64> = t;
+        .map(|(i, (_, name))| (*name, sides.each_ref().map(|s| s[i].as_secs_f64())))
+        .collect();
+    rows.push(("all phases", sides.each_ref().map(|s| total(s))));
+    for (name, [a, b, c]) in rows {
         println!(
-            "{name:<26} {:>7.2} s {:>7.2} s {:>7.2} s {:>7.2}x {:>7.2}x {:>7.2}x",
-            t[0],
-            t[1],
-            t[2],
-            t[0] / t[1],
-            t[1] / t[2],
-            t[0] / t[2]
+            "{name:<26} {a:>7.2} s {b:>7.2} s {c:>7.2} s {:>7.2}x {:>7.2}x {:>7.2}x",
+            a / b,
+            b / c,
+            a / c
         );
     }
 }

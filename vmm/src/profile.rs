@@ -292,10 +292,15 @@ impl Symbols {
         Self { text: text_symbols }
     }
 
+    /// The start address and name of the function containing `rip`.
+    fn containing(&self, rip: u64) -> Option<&(u64, String)> {
+        let at = self.text.partition_point(|(addr, _)| *addr <= rip);
+        at.checked_sub(1).map(|i| &self.text[i])
+    }
+
     /// `function+0xOFFSET` of `rip`, or its address.
     pub fn name_and_offset(&self, rip: u64) -> String {
-        let at = self.text.partition_point(|(addr, _)| *addr <= rip);
-        match at.checked_sub(1).map(|i| &self.text[i]) {
+        match self.containing(rip) {
             Some((start, name)) => format!("{name}+{:#x}", rip - start),
             None => format!("{rip:#x}"),
         }
@@ -303,8 +308,7 @@ impl Symbols {
 
     /// The function containing `rip`, or its address.
     pub fn name(&self, rip: u64) -> String {
-        let at = self.text.partition_point(|(addr, _)| *addr <= rip);
-        match at.checked_sub(1).map(|i| &self.text[i]) {
+        match self.containing(rip) {
             Some((_, name)) => name.clone(),
             None => format!("{rip:#x}"),
         }
