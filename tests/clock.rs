@@ -1,6 +1,7 @@
 //! The vDSO clock (docs/guest-abi.md "The vDSO clock"): guest programs read the clock in user
 //! mode, a program spinning on it still sees time pass, deterministically, and
-//! `--no-vdso-clock` turns it off.
+//! `--no-vdso-clock` turns it off; timers within the timer slack expire together, and
+//! `--no-timer-slack` turns that off.
 
 use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, Run};
 
@@ -93,4 +94,60 @@ fn the_vdso_clock_reads_in_user_mode_and_a_spin_on_it_ends_deterministically() {
     assert!(port >= 150, "{port} kicks through the port");
     assert_ne!(off.field("digest"), on.field("digest"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two sleepers 1 ms apart and a lone 1 ms sleep, each line stamped by the console.
+const SLEEPERS: &str = "cat /proc/self/timerslack_ns; (usleep 10000; echo first) & \
+                        (usleep 11000; echo second) & wait; echo alone; usleep 1000; echo woke";
+
+/// The virtual time (µs) at which machine m1 printed `text` (`STEP m1 HH:MM:SS.ffffff > text`).
+fn printed_at_us(run: &Run, text: &str) -> u64 {
+    let stamp = run
+        .stdout
+        .lines()
+        .find_map(|l| {
+            let (head, line) = l.split_once(" > ")?;
+            let mut words = head.split_whitespace();
+            let (_step, machine, vtime) = (words.next()?, words.next()?, words.next()?);
+            (machine == "m1" && line == text).then_some(vtime)
+        })
+        .unwrap_or_else(|| panic!("m1 never printed {text:?}:\n{}", run.all()));
+    let (hms, micros) = stamp.split_once('.').expect("HH:MM:SS.ffffff");
+    let seconds = hms
+        .split(':')
+        .map(|p| p.parse::<u64>().expect("a number"))
+        .fold(0, |acc, p| acc * 60 + p);
+    seconds * 1_000_000 + micros.parse::<u64>().expect("microseconds")
+}
+
+#[test]
+fn timers_within_the_timer_slack_expire_in_one_wake_up() {
+    if !kvm_or_skip("timers_within_the_timer_slack_expire_in_one_wake_up") {
+        return;
+    }
+    let runs = side_by_side(2, |i| {
+        let args: &[&str] = if i == 0 { &[] } else { &["--no-timer-slack"] };
+        run_guest(args, &["sh", "-c", SLEEPERS])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    let (on, off) = (&runs[0], &runs[1]);
+    let apart = |run: &Run| printed_at_us(run, "second").abs_diff(printed_at_us(run, "first"));
+    let lone = |run: &Run| printed_at_us(run, "woke") - printed_at_us(run, "alone");
+
+    // With the slack (2 ms): the first sleeper's timer may fire until 12 ms, by when the
+    // second's range (11-13 ms) has begun, so one interrupt wakes both; a lone 1 ms sleep on an
+    // idle machine ends at the end of its range.
+    assert_eq!(
+        on.console("m1").first().map(String::as_str),
+        Some("2000000")
+    );
+    assert!(apart(on) < 500, "{} µs apart:\n{}", apart(on), on.all());
+    assert!(lone(on) >= 3_000, "a 1 ms sleep took {} µs", lone(on));
+
+    // Linux's 50 µs: each sleeper wakes on its own timer, 1 ms apart.
+    assert_eq!(off.console("m1").first().map(String::as_str), Some("50000"));
+    assert!(apart(off) >= 900, "{} µs apart:\n{}", apart(off), off.all());
+    assert!(lone(off) < 2_000, "a 1 ms sleep took {} µs", lone(off));
 }

@@ -129,6 +129,11 @@ struct RunArgs {
     /// docs/performance.md "Guest tunings").
     #[arg(long)]
     no_task_stack_entry: bool,
+    /// Guest tasks start with Linux's 50 µs timer slack instead of 2 ms, so timers that fall
+    /// close together each wake the guest (for measuring what the slack saves; docs/performance.md
+    /// "Guest tunings").
+    #[arg(long)]
+    no_timer_slack: bool,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -442,6 +447,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 vdso_clock: !args.no_vdso_clock,
                 small_port_table: !args.no_small_port_table,
                 task_stack_entry: !args.no_task_stack_entry,
+                timer_slack: !args.no_timer_slack,
             },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
@@ -574,6 +580,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_vdso_clock, "--no-vdso-clock"),
         (args.no_small_port_table, "--no-small-port-table"),
         (args.no_task_stack_entry, "--no-task-stack-entry"),
+        (args.no_timer_slack, "--no-timer-slack"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];
