@@ -3,7 +3,9 @@
 //! `--no-vdso-clock` turns it off; timers within the timer slack expire together, and
 //! `--no-timer-slack` turns that off.
 
-use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, Run};
+use std::time::Duration;
+
+use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, ConsoleLine, Run};
 
 /// The vDSO's mappings, a 10 ms busy-wait on the vDSO clock, and a few thousand reads.
 const PROBE: &str = "grep -c '\\[simvm_clock\\]' /proc/self/maps; simvm-clock spin 10; \
@@ -100,24 +102,15 @@ fn the_vdso_clock_reads_in_user_mode_and_a_spin_on_it_ends_deterministically() {
 const SLEEPERS: &str = "cat /proc/self/timerslack_ns; (usleep 10000; echo first) & \
                         (usleep 11000; echo second) & wait; echo alone; usleep 1000; echo woke";
 
-/// The virtual time (µs) at which machine m1 printed `text` (`STEP m1 HH:MM:SS.ffffff > text`).
-fn printed_at_us(run: &Run, text: &str) -> u64 {
-    let stamp = run
-        .stdout
+/// The virtual time (µs) at which machine m1 printed `text`.
+fn printed_at_us(run: &Run, text: &str) -> u128 {
+    run.stdout
         .lines()
-        .find_map(|l| {
-            let (head, line) = l.split_once(" > ")?;
-            let mut words = head.split_whitespace();
-            let (_step, machine, vtime) = (words.next()?, words.next()?, words.next()?);
-            (machine == "m1" && line == text).then_some(vtime)
-        })
-        .unwrap_or_else(|| panic!("m1 never printed {text:?}:\n{}", run.all()));
-    let (hms, micros) = stamp.split_once('.').expect("HH:MM:SS.ffffff");
-    let seconds = hms
-        .split(':')
-        .map(|p| p.parse::<u64>().expect("a number"))
-        .fold(0, |acc, p| acc * 60 + p);
-    seconds * 1_000_000 + micros.parse::<u64>().expect("microseconds")
+        .filter_map(|l| ConsoleLine::parse(l, Duration::ZERO))
+        .find(|l| l.source == "m1" && l.text == text)
+        .unwrap_or_else(|| panic!("m1 never printed {text:?}:\n{}", run.all()))
+        .vtime
+        .as_micros()
 }
 
 #[test]
