@@ -8,7 +8,9 @@ use simvm_tests::{kvm_or_skip, run_guest, simvm_bin, Run};
 /// The run is cut by `--until` while the guest prints a line every millisecond, so an `--until`
 /// replayed even half a millisecond short or long changes the digest; the guest prints its
 /// memory size, so a `--mem` replayed in whole MiB does too. The values are ones the reproduce
-/// line once rounded: `12500us` (printed as `12ms`) and `100000K` (printed as `97M`).
+/// line once rounded: `12500us` (printed as `12ms`) and `100000K` (printed as `97M`). Linux's own
+/// 50 us timer slack (`--no-timer-slack`) keeps the 1 ms sleeps 1 ms apart, and the line must
+/// carry that switch: with simvm's 2 ms slack the guest would wake at other times.
 #[test]
 fn the_reproduce_line_of_a_failing_run_replays_it() {
     if !kvm_or_skip("the_reproduce_line_of_a_failing_run_replays_it") {
@@ -24,6 +26,7 @@ fn the_reproduce_line_of_a_failing_run_replays_it() {
             "100000K",
             "--watchdog",
             "7000500us",
+            "--no-timer-slack",
         ],
         &[
             "sh",
@@ -46,7 +49,12 @@ fn the_reproduce_line_of_a_failing_run_replays_it() {
         first.all()
     );
     let line = reproduce_line(&first);
-    for exact in ["--until 12500us", "--mem 100000K", "--watchdog 7000500us"] {
+    for exact in [
+        "--until 12500us",
+        "--mem 100000K",
+        "--watchdog 7000500us",
+        "--no-timer-slack",
+    ] {
         assert!(line.contains(exact), "{exact} is not in: {line}");
     }
 
