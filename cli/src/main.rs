@@ -134,6 +134,11 @@ struct RunArgs {
     /// "Guest tunings").
     #[arg(long)]
     no_timer_slack: bool,
+    /// Guests keep tmpfs files, their root filesystem's among them, in 4 KiB pages instead of
+    /// 2 MiB huge pages, so each exec of a large binary maps it a page at a time (for measuring
+    /// what the huge pages save; docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_huge_page_cache: bool,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -448,6 +453,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 small_port_table: !args.no_small_port_table,
                 task_stack_entry: !args.no_task_stack_entry,
                 timer_slack: !args.no_timer_slack,
+                huge_page_cache: !args.no_huge_page_cache,
             },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
@@ -581,6 +587,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_small_port_table, "--no-small-port-table"),
         (args.no_task_stack_entry, "--no-task-stack-entry"),
         (args.no_timer_slack, "--no-timer-slack"),
+        (args.no_huge_page_cache, "--no-huge-page-cache"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

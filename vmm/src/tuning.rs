@@ -21,6 +21,13 @@ pub struct GuestTuning {
     /// sleep on many short timers (a Go runtime) wakes less often (guest patch 0019). On:
     /// `simvm_timer_slack=2000000`.
     pub timer_slack: bool,
+    /// Files in tmpfs, the initramfs's rootfs among them, sit in the page cache in 2 MiB huge
+    /// pages wherever a whole one fits within the file, so an executable there is mapped with
+    /// PMDs: a Go binary's exec faults in and unmaps a few huge pages rather than thousands of
+    /// small ones (guest patch 0020, and `CONFIG_TRANSPARENT_HUGEPAGE` in the speed kernel;
+    /// the compact kernel lacks it and passes the parameter on to init's environment). On:
+    /// `transparent_hugepage_tmpfs=within_size`.
+    pub huge_page_cache: bool,
 }
 
 impl Default for GuestTuning {
@@ -30,6 +37,7 @@ impl Default for GuestTuning {
             small_port_table: true,
             task_stack_entry: true,
             timer_slack: true,
+            huge_page_cache: true,
         }
     }
 }
@@ -49,6 +57,7 @@ impl GuestTuning {
         small_port_table: false,
         task_stack_entry: false,
         timer_slack: false,
+        huge_page_cache: false,
     };
 
     /// The guest kernel parameters that apply the tuning.
@@ -66,6 +75,9 @@ impl GuestTuning {
         if self.timer_slack {
             args.push(format!("simvm_timer_slack={TIMER_SLACK_NS}"));
         }
+        if self.huge_page_cache {
+            args.push("transparent_hugepage_tmpfs=within_size".to_string());
+        }
         args.join(" ")
     }
 }
@@ -78,7 +90,7 @@ mod tests {
     fn each_tuning_has_its_kernel_argument() {
         assert_eq!(
             GuestTuning::default().kernel_args(),
-            "inet_perturb_order=8 simvm_timer_slack=2000000"
+            "inet_perturb_order=8 simvm_timer_slack=2000000 transparent_hugepage_tmpfs=within_size"
         );
         assert_eq!(
             GuestTuning::NONE.kernel_args(),
@@ -87,6 +99,7 @@ mod tests {
         let vdso_only = GuestTuning {
             small_port_table: false,
             timer_slack: false,
+            huge_page_cache: false,
             ..GuestTuning::default()
         };
         assert_eq!(vdso_only.kernel_args(), "");
