@@ -139,6 +139,10 @@ struct RunArgs {
     /// what the huge pages save; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_huge_page_cache: bool,
+    /// Guests fault anonymous memory in 4 KiB at a time instead of up to 256 KiB (for measuring
+    /// what the larger folios save; docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_large_anon_folios: bool,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -454,6 +458,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 task_stack_entry: !args.no_task_stack_entry,
                 timer_slack: !args.no_timer_slack,
                 huge_page_cache: !args.no_huge_page_cache,
+                large_anon_folios: !args.no_large_anon_folios,
             },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
@@ -588,6 +593,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_task_stack_entry, "--no-task-stack-entry"),
         (args.no_timer_slack, "--no-timer-slack"),
         (args.no_huge_page_cache, "--no-huge-page-cache"),
+        (args.no_large_anon_folios, "--no-large-anon-folios"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

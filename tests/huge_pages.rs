@@ -1,0 +1,74 @@
+//! Huge and large pages (docs/performance.md "Guest tunings"): tmpfs files, the root
+//! filesystem's among them, sit in 2 MiB huge pages wherever a whole one fits within the file
+//! (`--no-huge-page-cache` keeps them in 4 KiB pages), and anonymous memory is faulted in up to
+//! 256 KiB at a time (`--no-large-anon-folios`: 4 KiB).
+
+use simvm_tests::{kvm_or_skip, run_guest, side_by_side, Run};
+
+/// The root filesystem's mount options, how many huge pages a 6 MiB file written into it adds
+/// to the page cache, the policy for 256 KiB anonymous folios, and how many of them a 1 MiB
+/// buffer (`dd`'s, from `malloc`, so its own mapping) was faulted in with. The file's size is
+/// set first, as the initramfs unpacker does, so every 2 MiB of it lies within the file when
+/// it is written.
+const PROBE: &str = "huge() { awk '$1 == \"nr_shmem_hugepages\" { print $2 }' /proc/vmstat; }; \
+                     before=$(huge); truncate -s 6M /big; \
+                     dd if=/dev/zero of=/big bs=1M count=6 conv=notrunc 2>/dev/null; \
+                     echo \"rootfs $(awk '$2 == \"/\" { print $4 }' /proc/mounts)\"; \
+                     echo \"huge pages $(( $(huge) - before ))\"; \
+                     large=/sys/kernel/mm/transparent_hugepage/hugepages-256kB; \
+                     echo \"anon policy $(cat $large/enabled)\"; \
+                     before=$(cat $large/stats/anon_fault_alloc); \
+                     dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null; \
+                     echo \"anon folios $(( $(cat $large/stats/anon_fault_alloc) - before ))\"";
+
+/// The rest of the first line m1 printed that starts with `prefix`.
+fn line(run: &Run, prefix: &str) -> String {
+    run.console("m1")
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("m1 never printed {prefix:?}:\n{}", run.all()))
+}
+
+#[test]
+fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
+    if !kvm_or_skip("files_and_anonymous_memory_get_larger_pages_only_with_the_tunings") {
+        return;
+    }
+    let runs = side_by_side(2, |i| {
+        let args: &[&str] = if i == 0 {
+            &[]
+        } else {
+            &["--no-huge-page-cache", "--no-large-anon-folios"]
+        };
+        run_guest(args, &["sh", "-c", PROBE])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    let (on, off) = (&runs[0], &runs[1]);
+    assert!(
+        line(on, "rootfs ").contains("huge=within_size"),
+        "{}",
+        on.all()
+    );
+    assert_eq!(line(on, "huge pages "), "3", "{}", on.all());
+    assert_eq!(
+        line(on, "anon policy "),
+        "[always] inherit madvise never",
+        "{}",
+        on.all()
+    );
+    // 1 MiB plus malloc's header: at least three whole, aligned 256 KiB folios fit.
+    let folios: u32 = line(on, "anon folios ").parse().expect("a count");
+    assert!((3..=4).contains(&folios), "{}", on.all());
+
+    assert!(!line(off, "rootfs ").contains("huge="), "{}", off.all());
+    assert_eq!(line(off, "huge pages "), "0", "{}", off.all());
+    assert_eq!(
+        line(off, "anon policy "),
+        "always inherit madvise [never]",
+        "{}",
+        off.all()
+    );
+    assert_eq!(line(off, "anon folios "), "0", "{}", off.all());
+}
