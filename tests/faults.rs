@@ -175,12 +175,7 @@ const RACE: &str = "(for i in 1 2 3 4 5 6 7 8 9 10; do echo -n a >> /tmp/f; done
 /// The processes' and the threads' orders, and where the shell's stack was.
 fn race_order(run: &Run) -> (String, String, String) {
     assert_eq!(run.code, Some(0), "{}", run.all());
-    let line = |prefix: &str| {
-        run.console("m1")
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
-            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", run.all()))
-    };
+    let line = |prefix: &str| run.console_after("m1", prefix);
     (line("processes "), line("order "), line("stack "))
 }
 

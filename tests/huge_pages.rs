@@ -3,7 +3,7 @@
 //! (`--no-huge-page-cache` keeps them in 4 KiB pages), and anonymous memory is faulted in up to
 //! 256 KiB at a time (`--no-large-anon-folios`: 4 KiB).
 
-use simvm_tests::{kvm_or_skip, run_guest, side_by_side, Run};
+use simvm_tests::{kvm_or_skip, run_guest, side_by_side};
 
 /// The root filesystem's mount options, how many huge pages a 6 MiB file written into it adds
 /// to the page cache, the policy for 256 KiB anonymous folios, and how many of them a 1 MiB
@@ -20,14 +20,6 @@ const PROBE: &str = "huge() { awk '$1 == \"nr_shmem_hugepages\" { print $2 }' /p
                      before=$(cat $large/stats/anon_fault_alloc); \
                      dd if=/dev/zero of=/dev/null bs=1M count=1 2>/dev/null; \
                      echo \"anon folios $(( $(cat $large/stats/anon_fault_alloc) - before ))\"";
-
-/// The rest of the first line m1 printed that starts with `prefix`.
-fn line(run: &Run, prefix: &str) -> String {
-    run.console("m1")
-        .iter()
-        .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
-        .unwrap_or_else(|| panic!("m1 never printed {prefix:?}:\n{}", run.all()))
-}
 
 #[test]
 fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
@@ -47,28 +39,41 @@ fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
     }
     let (on, off) = (&runs[0], &runs[1]);
     assert!(
-        line(on, "rootfs ").contains("huge=within_size"),
+        on.console_after("m1", "rootfs ")
+            .contains("huge=within_size"),
         "{}",
         on.all()
     );
-    assert_eq!(line(on, "huge pages "), "3", "{}", on.all());
+    assert_eq!(on.console_after("m1", "huge pages "), "3", "{}", on.all());
     assert_eq!(
-        line(on, "anon policy "),
+        on.console_after("m1", "anon policy "),
         "[always] inherit madvise never",
         "{}",
         on.all()
     );
     // 1 MiB plus malloc's header: at least three whole, aligned 256 KiB folios fit.
-    let folios: u32 = line(on, "anon folios ").parse().expect("a count");
+    let folios: u32 = on
+        .console_after("m1", "anon folios ")
+        .parse()
+        .expect("a count");
     assert!((3..=4).contains(&folios), "{}", on.all());
 
-    assert!(!line(off, "rootfs ").contains("huge="), "{}", off.all());
-    assert_eq!(line(off, "huge pages "), "0", "{}", off.all());
+    assert!(
+        !off.console_after("m1", "rootfs ").contains("huge="),
+        "{}",
+        off.all()
+    );
+    assert_eq!(off.console_after("m1", "huge pages "), "0", "{}", off.all());
     assert_eq!(
-        line(off, "anon policy "),
+        off.console_after("m1", "anon policy "),
         "always inherit madvise [never]",
         "{}",
         off.all()
     );
-    assert_eq!(line(off, "anon folios "), "0", "{}", off.all());
+    assert_eq!(
+        off.console_after("m1", "anon folios "),
+        "0",
+        "{}",
+        off.all()
+    );
 }

@@ -167,6 +167,15 @@ impl Run {
             .collect()
     }
 
+    /// The rest of the first console line of `machine` that starts with `prefix`; a panic
+    /// naming the prefix if there is none.
+    pub fn console_after(&self, machine: &str, prefix: &str) -> String {
+        self.console(machine)
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("{machine} printed no {prefix:?} line:\n{}", self.all()))
+    }
+
     /// Everything simvm printed, for assertion messages.
     pub fn all(&self) -> String {
         format!(

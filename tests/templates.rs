@@ -34,11 +34,7 @@ fn probe(args: &[&str]) -> Run {
 
 /// The value after `key ` on machine `m`'s console.
 fn value(run: &Run, m: &str, key: &str) -> String {
-    run.console(m)
-        .iter()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("{m} printed no {key}:\n{}", run.all()))
+    run.console_after(m, &format!("{key} "))
 }
 
 #[test]
@@ -129,22 +125,22 @@ fn template_starts_replay_exactly_and_differ_like_boots() {
     // plus the run's few virtual seconds, give or take the machine's seeded clock offset (at
     // most 5 ms, so a second before it at worst).
     let template = template_of(&first);
-    let monotonic = |run: &Run| -> u64 {
+    let monotonic_of = |run: &Run| -> u64 {
         value(run, "m1", "monotonic_ns")
             .parse()
             .expect("monotonic_ns")
     };
+    let monotonic = monotonic_of(&first);
     let booted_at = template.guest_now_ns();
     assert!(booted_at > 0, "the template's clock is zero");
     assert_eq!(
-        monotonic(&first),
-        monotonic(&cold),
+        monotonic,
+        monotonic_of(&cold),
         "the monotonic clock after a start from a template (taken at {booted_at} ns) and after a boot"
     );
     assert!(
-        monotonic(&first) > booted_at / 2 && monotonic(&first) < booted_at + 1_000_000_000,
-        "monotonic clock {} ns after a start from a template taken at {booted_at} ns",
-        monotonic(&first)
+        monotonic > booted_at / 2 && monotonic < booted_at + 1_000_000_000,
+        "monotonic clock {monotonic} ns after a start from a template taken at {booted_at} ns"
     );
     let date: u64 = value(&first, "m1", "date").parse().expect("date");
     assert!(
