@@ -1,12 +1,14 @@
 //! The guest image: its kernel configuration holds every required option and none of the
-//! forbidden ones, and a second build with nothing changed is a cache hit. (Booting it is what
-//! every other integration test does.)
+//! forbidden ones, its kernel parses every tuning's parameter, and a second build with nothing
+//! changed is a cache hit. (Booting it is what every other integration test does.)
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
 use simvm_tests::image;
+use simvm_vmm::profile::Symbols;
+use simvm_vmm::tuning::GuestTuning;
 
 /// `CONFIG_X` -> value, for every option set in a `.config`.
 fn parse_config(text: &str) -> BTreeMap<String, String> {
@@ -62,6 +64,28 @@ fn kernel_config_has_every_required_and_no_forbidden_option() {
     );
     // The lists are not empty by accident.
     assert!(list("required.txt").len() > 20 && list("forbidden.txt").len() > 10);
+}
+
+/// A run passes a tuning's parameter only to a kernel with the function that parses it, so a
+/// patch that renamed one would turn its tuning off without a word: the default kernel must
+/// parse them all, with every tuning on and with every tuning off.
+#[test]
+fn the_default_kernel_parses_every_tuning_parameter() {
+    let kernel = image(None).kernel;
+    let symbols = Symbols::beside(&kernel);
+    assert!(
+        !symbols.is_empty(),
+        "no System.map beside {}",
+        kernel.display()
+    );
+    for tuning in [GuestTuning::default(), GuestTuning::NONE] {
+        assert_eq!(
+            tuning.kernel_args_for(&symbols),
+            tuning.kernel_args(),
+            "{}",
+            kernel.display()
+        );
+    }
 }
 
 #[test]

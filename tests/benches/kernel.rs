@@ -89,15 +89,9 @@ fn main() {
         task_stack_entry: false,
         ..GuestTuning::default()
     };
-    // The compact kernel has no transparent huge pages: without their parameters its init
-    // sees no unknown ones in its environment.
-    let compact_tuning = GuestTuning {
-        huge_page_cache: false,
-        large_anon_folios: false,
-        ..entry_stack
-    };
+    // The compact kernel has no transparent huge pages: the run leaves their parameters out.
     let sides = [
-        run(&compact, compact_tuning),
+        run(&compact, entry_stack),
         run(&default, entry_stack),
         run(&default, GuestTuning::default()),
     ];

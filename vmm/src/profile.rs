@@ -292,6 +292,16 @@ impl Symbols {
         Self { text: text_symbols }
     }
 
+    /// Whether the map had no functions (or there was no map).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Whether the kernel has a function called `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.text.iter().any(|(_, n)| n == name)
+    }
+
     /// The start address and name of the function containing `rip`.
     fn containing(&self, rip: u64) -> Option<&(u64, String)> {
         let at = self.text.partition_point(|(addr, _)| *addr <= rip);

@@ -307,6 +307,7 @@ impl Simulation {
             .map(|(i, m)| (m.name.clone(), format!("10.0.0.{}", i + 1)))
             .collect();
         let mut initramfs_cache: BTreeMap<PathBuf, Arc<[u8]>> = BTreeMap::new();
+        let mut tuning_args: BTreeMap<PathBuf, String> = BTreeMap::new();
         let mut recipe_trees = RecipeTrees::default();
 
         let mut machines = Vec::with_capacity(count);
@@ -344,11 +345,18 @@ impl Simulation {
                     bytes
                 }
             };
+            let tuning = tuning_args
+                .entry(image.kernel.clone())
+                .or_insert_with(|| {
+                    self.tuning
+                        .kernel_args_for(&crate::profile::Symbols::beside(&image.kernel))
+                })
+                .clone();
             machines.push(MachineConfig {
                 index: i,
                 boot: Some(boot),
                 cmdline_extra: [
-                    self.tuning.kernel_args(),
+                    tuning,
                     chaos_args(
                         self.chaos_per_mille
                             .unwrap_or(self.scenario.chaos_per_mille),

@@ -2,6 +2,8 @@
 //! computes (docs/performance.md "Guest tunings"). Each is on by default and has a switch, so a
 //! benchmark can run the same scenario and seed with and without it.
 
+use crate::profile::Symbols;
+
 /// Which guest tunings a world's machines get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestTuning {
@@ -25,7 +27,7 @@ pub struct GuestTuning {
     /// pages wherever a whole one fits within the file, so an executable there is mapped with
     /// PMDs: a Go binary's exec faults in and unmaps a few huge pages rather than thousands of
     /// small ones (guest patch 0020, and `CONFIG_TRANSPARENT_HUGEPAGE` in the speed kernel;
-    /// the compact kernel lacks it and passes the parameter on to init's environment). On:
+    /// the compact kernel lacks it, and [`GuestTuning::kernel_args_for`] leaves it out). On:
     /// `transparent_hugepage_tmpfs=within_size`.
     pub huge_page_cache: bool,
     /// Anonymous memory is faulted in [`ANON_FOLIO_SIZES`] at a time where the mapping has room
@@ -75,27 +77,61 @@ impl GuestTuning {
 
     /// The guest kernel parameters that apply the tuning.
     pub fn kernel_args(&self) -> String {
-        let mut args = Vec::new();
+        join(self.params().into_iter().map(|(arg, _)| arg))
+    }
+
+    /// The parameters of [`Self::kernel_args`] that `kernel` parses: a parameter whose setup
+    /// function is not in its `System.map` (the compact kernel has no transparent huge pages)
+    /// would reach init's environment as an unknown one, and its tuning cannot apply there
+    /// anyway. A kernel without a `System.map` gets every parameter.
+    pub fn kernel_args_for(&self, kernel: &Symbols) -> String {
+        join(
+            self.params()
+                .into_iter()
+                .filter(|(_, setup)| kernel.is_empty() || kernel.has_function(setup))
+                .map(|(arg, _)| arg),
+        )
+    }
+
+    /// Each kernel parameter the tuning passes, with the kernel function that parses it.
+    fn params(&self) -> Vec<(String, &'static str)> {
+        let mut params = Vec::new();
         if !self.vdso_clock {
-            args.push("simvm_vdso=0".to_string());
+            params.push(("simvm_vdso=0".to_string(), "simvm_vdso_setup"));
         }
         if self.small_port_table {
-            args.push(format!("inet_perturb_order={SMALL_PORT_TABLE_ORDER}"));
+            params.push((
+                format!("inet_perturb_order={SMALL_PORT_TABLE_ORDER}"),
+                "inet_perturb_order_setup",
+            ));
         }
         if !self.task_stack_entry {
-            args.push("simvm_task_stack=0".to_string());
+            params.push(("simvm_task_stack=0".to_string(), "simvm_task_stack_setup"));
         }
         if self.timer_slack {
-            args.push(format!("simvm_timer_slack={TIMER_SLACK_NS}"));
+            params.push((
+                format!("simvm_timer_slack={TIMER_SLACK_NS}"),
+                "simvm_timer_slack_setup",
+            ));
         }
         if self.huge_page_cache {
-            args.push("transparent_hugepage_tmpfs=within_size".to_string());
+            params.push((
+                "transparent_hugepage_tmpfs=within_size".to_string(),
+                "setup_transparent_hugepage_tmpfs",
+            ));
         }
         if self.large_anon_folios {
-            args.push(format!("thp_anon={ANON_FOLIO_SIZES}:always"));
+            params.push((
+                format!("thp_anon={ANON_FOLIO_SIZES}:always"),
+                "setup_thp_anon",
+            ));
         }
-        args.join(" ")
+        params
     }
+}
+
+fn join(args: impl Iterator<Item = String>) -> String {
+    args.collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -121,5 +157,29 @@ mod tests {
             ..GuestTuning::default()
         };
         assert_eq!(vdso_only.kernel_args(), "");
+    }
+
+    #[test]
+    fn a_kernel_gets_only_the_parameters_it_parses() {
+        // The compact kernel's System.map: simvm's patches, no transparent huge pages.
+        let compact = Symbols::parse(
+            "ffffffff818e91a0 t simvm_task_stack_setup\n\
+             ffffffff818e91c0 t simvm_vdso_setup\n\
+             ffffffff818e9210 t simvm_timer_slack_setup\n\
+             ffffffff818ff8b0 t inet_perturb_order_setup\n",
+        );
+        assert_eq!(
+            GuestTuning::default().kernel_args_for(&compact),
+            "inet_perturb_order=8 simvm_timer_slack=2000000"
+        );
+        assert_eq!(
+            GuestTuning::NONE.kernel_args_for(&compact),
+            "simvm_vdso=0 simvm_task_stack=0"
+        );
+        // Without a System.map nothing is known: every parameter goes.
+        assert_eq!(
+            GuestTuning::default().kernel_args_for(&Symbols::default()),
+            GuestTuning::default().kernel_args()
+        );
     }
 }
