@@ -19,6 +19,11 @@ pub fn kernel_activity<'a>(innermost_first: impl IntoIterator<Item = &'a str>) -
             "handle_softirqs" => "other softirq",
             "handle_mm_fault" | "exc_page_fault" | "asm_exc_page_fault" => "page fault",
             "__common_interrupt" | "common_interrupt" | "asm_common_interrupt" => "interrupt",
+            // A process's threads die on their way back to user mode (a fatal signal, or the
+            // group exit another thread started), and the last one tears down the address
+            // space: that is exit work, not the system call it returned from.
+            "do_exit" => "process exit",
+            "arch_do_signal_or_restart" => "signal delivery",
             "do_syscall_64" => "system call entry and exit",
             "kthread" => "kernel thread",
             "do_idle" => "idle loop",
@@ -50,6 +55,22 @@ mod tests {
         assert_eq!(
             activity("asm_exc_page_fault;exc_page_fault;do_syscall_64;syscall_exit_to_user_mode"),
             "system call entry and exit"
+        );
+    }
+
+    #[test]
+    fn exiting_and_signals_are_told_apart_from_the_system_call_they_leave() {
+        assert_eq!(
+            activity("exc_page_fault;do_syscall_64;syscall_exit_to_user_mode;arch_do_signal_or_restart;get_signal;do_group_exit;do_exit;mmput;exit_mmap;unmap_vmas"),
+            "process exit"
+        );
+        assert_eq!(
+            activity("exc_page_fault;do_syscall_64;x64_sys_call;__x64_sys_exit_group;do_group_exit;do_exit;mmput"),
+            "process exit"
+        );
+        assert_eq!(
+            activity("exc_page_fault;do_syscall_64;syscall_exit_to_user_mode;arch_do_signal_or_restart;x64_setup_rt_frame"),
+            "signal delivery"
         );
     }
 
