@@ -840,9 +840,10 @@ impl Machine {
         self.process_probe = probe;
     }
 
-    /// The profile collected so far, if profiling, with the guest's counts since it began.
-    pub fn profile(&self) -> Option<MachineProfile> {
-        let mut profile = self.profile.clone()?;
+    /// The profile collected so far, if profiling, with the guest's counts since it began;
+    /// taken, so that a retiring incarnation hands over its samples without a copy.
+    pub fn take_profile(&mut self) -> Option<MachineProfile> {
+        let mut profile = self.profile.take()?;
         profile.guest = self.guest_counts().since(&self.counts_at_profile_start);
         profile.vtime_ns = self.now.saturating_sub(self.now_at_profile_start);
         Some(profile)

@@ -372,7 +372,7 @@ pub struct RunProfile<'a> {
 
 impl RunProfile<'_> {
     /// Folded stacks (`machine;kernel;function count`) of every machine, or of `only`.
-    fn folded(&self, symbols: &[Symbols], only: Option<usize>) -> Vec<String> {
+    fn folded(&self, symbols: &[&Symbols], only: Option<usize>) -> Vec<String> {
         let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
         for (i, (name, _, profile)) in self.machines.iter().enumerate() {
             if only.is_some_and(|o| o != i) {
@@ -380,7 +380,7 @@ impl RunProfile<'_> {
             }
             for (frames, count) in &profile.kernel_samples {
                 let mut stack = format!("{name};kernel");
-                for function in frame_names(&symbols[i], frames).iter().rev() {
+                for function in frame_names(symbols[i], frames).iter().rev() {
                     stack.push(';');
                     stack.push_str(function);
                 }
@@ -402,7 +402,7 @@ impl RunProfile<'_> {
     /// Samples per guest kernel instruction of machine `i`, most sampled first: `ADDRESS
     /// function+OFFSET COUNT` lines. On a host that emulates kernel code, an instruction the
     /// emulator handles slowly stands out here where a function's total does not show it.
-    fn instructions(&self, symbols: &[Symbols], i: usize) -> Vec<String> {
+    fn instructions(&self, symbols: &[&Symbols], i: usize) -> Vec<String> {
         let mut by_address: BTreeMap<u64, u64> = BTreeMap::new();
         for (frames, count) in &self.machines[i].2.kernel_samples {
             if let Some(&rip) = frames.first() {
@@ -428,10 +428,17 @@ impl RunProfile<'_> {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        let symbols: Vec<Symbols> = self
+        // One parse per kernel: the machines of a run mostly share one.
+        let mut parsed: BTreeMap<&Path, Symbols> = BTreeMap::new();
+        for (_, kernel, _) in &self.machines {
+            parsed
+                .entry(kernel)
+                .or_insert_with(|| Symbols::beside(kernel));
+        }
+        let symbols: Vec<&Symbols> = self
             .machines
             .iter()
-            .map(|(_, kernel, _)| Symbols::beside(kernel))
+            .map(|(_, kernel, _)| &parsed[kernel])
             .collect();
         let mut outputs: Vec<(PathBuf, Vec<String>, String)> = vec![(
             dir.join("run"),
@@ -475,7 +482,7 @@ impl RunProfile<'_> {
 
     /// The text summary: per machine, virtual seconds per wall second, time in `KVM_RUN`, exits
     /// by reason, and the functions most sampled.
-    fn summary(&self, symbols: &[Symbols]) -> String {
+    fn summary(&self, symbols: &[&Symbols]) -> String {
         let mut out = String::new();
         let wall = self.wall.as_secs_f64().max(1e-9);
         let samples: u64 = self.simvm_samples
@@ -555,7 +562,7 @@ impl RunProfile<'_> {
             }
             let _ = writeln!(out, "  samples: {total}, user code {}", user);
             let _ = writeln!(out, "  by activity (the innermost context of each sample):");
-            for (activity, count) in activities(&symbols[i], profile).iter().take(10) {
+            for (activity, count) in activities(symbols[i], profile).iter().take(10) {
                 let _ = writeln!(
                     out,
                     "  {:>9.1}%  {activity}",

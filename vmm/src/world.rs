@@ -326,11 +326,12 @@ impl Node {
     }
 
     fn fold_machine(&mut self) {
-        if let Some(machine) = self.machine.take() {
-            if let Some(profile) = machine.profile() {
-                self.profile
-                    .get_or_insert_with(Default::default)
-                    .add(&profile);
+        if let Some(mut machine) = self.machine.take() {
+            if let Some(profile) = machine.take_profile() {
+                match &mut self.profile {
+                    Some(past) => past.add(&profile),
+                    None => self.profile = Some(profile),
+                }
             }
             self.past_stats.add(machine.stats());
             self.past_device_errors += machine.device_errors();
