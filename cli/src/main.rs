@@ -2,6 +2,7 @@
 
 mod check;
 mod progress;
+mod prune;
 mod run;
 mod soak;
 
@@ -41,7 +42,7 @@ enum Command {
     /// Decide whether a history of key-value operations is linearizable (exit 0), is not
     /// (exit 1, with the operations that cannot be ordered), or could not be decided (exit 3).
     Check(check::CheckArgs),
-    /// Build or locate guest images.
+    /// Build or locate guest images, and prune the cache of machine templates.
     #[command(subcommand)]
     Image(ImageCommand),
 }
@@ -54,6 +55,12 @@ enum ImageCommand {
         #[arg(long)]
         recipe: Option<String>,
     },
+    /// Remove cached machine templates that will not be used again.
+    ///
+    /// Without options: those of other simvm builds, damaged ones and unfinished builds.
+    /// --unused-for and --all remove more; templates another simvm is building or loading
+    /// stay (docs/templates.md).
+    Prune(prune::PruneArgs),
 }
 
 /// The watchdog limit when `--watchdog` is not given (keep in step with its default).
@@ -110,7 +117,7 @@ struct RunArgs {
     /// Real time a vCPU may run without any exit before the watchdog kicks it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     watchdog: Duration,
-    /// Stop at this virtual time (ns, us, ms, s, m, h; "1.5ms" works).
+    /// Stop at this virtual time (ns, us, ms, s, m, h, d; "1.5ms" works).
     #[arg(long, value_name = "DURATION", value_parser = parse_until)]
     until: Option<u64>,
     /// Extra guest kernel parameters (for example `loglevel=7` to see boot messages).
@@ -396,6 +403,7 @@ fn main() -> ExitCode {
                 0
             })
             .map_err(|e| e.to_string()),
+        Command::Image(ImageCommand::Prune(args)) => prune::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -16,7 +16,7 @@
 //!                            # RNG (default false: the same layout for every seed)
 //!
 //! [network]                  # optional: settings of every link
-//! latency = "2ms"            # ns, us, ms, s, m, h; fractions allowed ("1.5ms")
+//! latency = "2ms"            # ns, us, ms, s, m, h, d; fractions allowed ("1.5ms")
 //! jitter = "100us"           # extra delay per frame, uniform in [0, jitter]
 //! loss = "1%"                # a probability: "1%" or 0.01
 //! duplicate = 0.001          # probability that a frame arrives twice
@@ -2856,7 +2856,7 @@ mod tests {
             .expect_err("not a duration")
             .to_string();
         assert!(
-            shown.starts_with("s.toml:1:9: expected a duration like \"500ms\" (units ns, us, ms, s, m, h), found \"\\u{1b}[2J\\n\"\n")
+            shown.starts_with("s.toml:1:9: expected a duration like \"500ms\" (units ns, us, ms, s, m, h, d), found \"\\u{1b}[2J\\n\"\n")
                 && !shown.contains('\u{1b}')
                 && !shown.contains('\t'),
             "{shown:?}"

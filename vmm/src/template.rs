@@ -11,12 +11,19 @@
 //! A machine started from a template maps `memory` copy on write, so the machines of a run
 //! share the template's pages, and is then handed its identity (name, addresses, command,
 //! mounts, RNG seed) in the buffer its init asked for (docs/guest-abi.md, "Identity").
+//!
+//! Templates that will not be used again are removed ([`prune`]): after each build, and by
+//! `simvm image prune`.
+
+mod prune;
+
+pub use prune::{prune, EntryKind, PruneReport, PruneRules, Removed};
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
@@ -39,6 +46,8 @@ pub const TEMPLATE_FORMAT: u32 = 1;
 pub const SIMVM_BUILD: &str = concat!(env!("CARGO_PKG_VERSION"), "+", env!("SIMVM_SOURCE_HASH"));
 const STATE_FILE: &str = "template.json";
 const MEMORY_FILE: &str = "memory";
+/// The start of the name of the temporary directory a build writes into ([`build_dir`]).
+const BUILD_PREFIX: &str = ".build.";
 /// A template whose guest has not asked for its identity after this much virtual time never
 /// will (a boot takes about 1.5 s of it).
 const MAX_BOOT_NS: u64 = 600_000_000_000;
@@ -100,8 +109,25 @@ struct FileLock {
 }
 
 impl FileLock {
+    /// The lock, once no other process holds it.
     fn exclusive(path: &Path) -> Result<Self> {
-        let file = File::options()
+        let file = Self::open(path)?;
+        flock(&file, libc::LOCK_EX).map_err(|e| Self::error(path, e))?;
+        Ok(Self { _file: file })
+    }
+
+    /// The lock, or `None` if another process holds it.
+    fn try_exclusive(path: &Path) -> Result<Option<Self>> {
+        let file = Self::open(path)?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(Some(Self { _file: file })),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(Self::error(path, e)),
+        }
+    }
+
+    fn open(path: &Path) -> Result<File> {
+        File::options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -109,16 +135,44 @@ impl FileLock {
             .map_err(|e| Error::SnapshotFile {
                 path: path.to_path_buf(),
                 reason: format!("cannot open the lock: {e}"),
-            })?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(Error::SnapshotFile {
-                path: path.to_path_buf(),
-                reason: format!("cannot lock: {}", std::io::Error::last_os_error()),
-            });
+            })
+    }
+
+    fn error(path: &Path, e: std::io::Error) -> Error {
+        Error::SnapshotFile {
+            path: path.to_path_buf(),
+            reason: format!("cannot lock: {e}"),
         }
-        Ok(Self { _file: file })
+    }
+}
+
+fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor `file` keeps open; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `templates/KEY.lock`: held by the simvm building or loading the template `KEY`, and by
+/// [`prune`] while it removes that key's files.
+fn lock_path(templates: &Path, key: &str) -> PathBuf {
+    templates.join(format!("{key}.lock"))
+}
+
+/// `templates/KEY.unavailable`: why machines of key `KEY` have no template.
+fn note_path(templates: &Path, key: &str) -> PathBuf {
+    templates.join(format!("{key}.unavailable"))
+}
+
+/// Records that the template or note at `path` was used now, for [`prune`]: as the file's
+/// modification time, which nothing else changes once it is written (access times are often not
+/// kept: `noatime`, `relatime`; a stamp file would be one more file per template). Best effort:
+/// a read-only cache still works.
+fn mark_used(path: &Path) {
+    if let Ok(file) = File::options().write(true).open(path) {
+        let _ = file.set_modified(SystemTime::now());
     }
 }
 
@@ -260,10 +314,11 @@ impl Template {
             reason: format!("cannot create: {e}"),
         })?;
         // One simvm builds a template while the others wait for it.
-        let _lock = FileLock::exclusive(&templates.join(format!("{key}.lock")))?;
+        let _lock = FileLock::exclusive(&lock_path(&templates, key))?;
         let dir = templates.join(key);
-        let unavailable = templates.join(format!("{key}.unavailable"));
+        let unavailable = note_path(&templates, key);
         if let Ok(reason) = std::fs::read_to_string(&unavailable) {
+            mark_used(&unavailable);
             return Ok(Availability::Unavailable { reason, dir });
         }
         let replaced = match Self::load(&dir, Some(key)) {
@@ -287,6 +342,9 @@ impl Template {
             wall: host_tsc::monotonic().saturating_sub(started),
             replaced,
         };
+        // The cache grows here, so it is pruned here. This key's lock is still held, so the
+        // template just built stays. Best effort: a run never fails for it.
+        let _ = prune(cache, PruneRules::AUTOMATIC);
         Ok(Availability::Ready(Box::new(template)))
     }
 
@@ -298,23 +356,12 @@ impl Template {
             path: path.clone(),
             reason,
         };
-        let file = File::open(&path).map_err(|e| refuse(format!("cannot open: {e}")))?;
-        let mut text = Vec::new();
-        file.take(MAX_STATE_BYTES)
-            .read_to_end(&mut text)
-            .map_err(|e| refuse(format!("cannot read: {e}")))?;
-        // The version first, so another simvm's file is named as such rather than as damaged.
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
-            simvm: String,
-        }
-        let version: Version = serde_json::from_slice(&text)
-            .map_err(|e| refuse(format!("not a simvm template (damaged or truncated?): {e}")))?;
-        if version.format != TEMPLATE_FORMAT || version.simvm != SIMVM_BUILD {
+        let text = read_state(&path).map_err(refuse)?;
+        let made_by = MadeBy::read(&text).map_err(refuse)?;
+        if !made_by.is_this_simvm() {
             return Err(refuse(format!(
                 "made by simvm {} (template format {}); this is simvm {} (format {})",
-                version.simvm, version.format, SIMVM_BUILD, TEMPLATE_FORMAT
+                made_by.simvm, made_by.format, SIMVM_BUILD, TEMPLATE_FORMAT
             )));
         }
         let header: TemplateHeader = serde_json::from_slice(&text)
@@ -327,6 +374,7 @@ impl Template {
         }
         let memory_path = dir.join(MEMORY_FILE);
         let memory = open_memory(&memory_path, header.mem_size, &header.memory_blake3)?;
+        mark_used(&path);
         Ok(Self {
             dir: dir.to_path_buf(),
             header,
@@ -364,6 +412,36 @@ impl Template {
         let mut machine = Machine::restore(kvm, config, mem, &self.header.machine, None)?;
         machine.answer_identity(self.header.identity_frame)?;
         Ok(machine)
+    }
+}
+
+/// `template.json`'s bytes (at most [`MAX_STATE_BYTES`]).
+fn read_state(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    let file = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut text = Vec::new();
+    file.take(MAX_STATE_BYTES)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    Ok(text)
+}
+
+/// The fields of `template.json` that say which simvm made it. They are read first, so that
+/// another simvm's file is named as such rather than as damaged.
+#[derive(Deserialize)]
+struct MadeBy {
+    format: u32,
+    simvm: String,
+}
+
+impl MadeBy {
+    fn read(text: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(text)
+            .map_err(|e| format!("not a simvm template (damaged or truncated?): {e}"))
+    }
+
+    /// Only this simvm's own templates are loaded (see [`SIMVM_BUILD`]).
+    fn is_this_simvm(&self) -> bool {
+        self.format == TEMPLATE_FORMAT && self.simvm == SIMVM_BUILD
     }
 }
 
@@ -469,7 +547,7 @@ fn save(dir: &Path, built: Built) -> Result<()> {
     };
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
-    let tmp = parent.join(format!(".build.{}", std::process::id()));
+    let tmp = build_dir(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| io_error(&tmp, e))?;
     let result = (|| {
@@ -503,6 +581,14 @@ fn save(dir: &Path, built: Built) -> Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// The temporary directory a build of the template `dir` writes into, beside it:
+/// `.build.KEY.PID`. It names the key so that [`prune`] knows which lock guards it.
+fn build_dir(dir: &Path) -> PathBuf {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let key = dir.file_name().unwrap_or_default().to_string_lossy();
+    parent.join(format!("{BUILD_PREFIX}{key}.{}", std::process::id()))
 }
 
 /// Guest memory into `path`, skipping all-zero pages (the file is sparse); returns the BLAKE3

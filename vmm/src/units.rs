@@ -23,6 +23,7 @@ pub const DURATION_UNITS: &[(&str, u64)] = &[
     ("m", 60_000_000_000),
     ("min", 60_000_000_000),
     ("h", 3_600_000_000_000),
+    ("d", 86_400_000_000_000),
 ];
 
 /// Size units, in bytes (powers of 1024, case-insensitive; no unit is bytes).
@@ -50,7 +51,7 @@ pub const BANDWIDTH_UNITS: &[(&str, u64)] = &[
 ];
 
 /// What a duration should look like, for errors.
-pub const DURATION_EXPECTING: &str = "a duration like \"500ms\" (units ns, us, ms, s, m, h)";
+pub const DURATION_EXPECTING: &str = "a duration like \"500ms\" (units ns, us, ms, s, m, h, d)";
 /// What a size should look like, for errors.
 pub const SIZE_EXPECTING: &str = "a size like \"256M\" (units K, M, G)";
 
@@ -283,6 +284,8 @@ mod tests {
             ("2m", Ok(120_000_000_000)),
             ("2MIN", Ok(120_000_000_000)),
             ("1h", Ok(3_600_000_000_000)),
+            ("30d", Ok(2_592_000_000_000_000)),
+            ("1.5D", Ok(129_600_000_000_000)),
             ("7 ns", Ok(7)),
             (" 7ns ", Ok(7)),
             ("0ns", Ok(0)),
