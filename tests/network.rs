@@ -308,3 +308,45 @@ fn the_summary_counters_are_read_per_machine() {
     assert_eq!(counter(summary, "m2", "partitioned"), 7);
     assert_eq!(counter(summary, "m2", "lost"), 1);
 }
+
+/// m1 sends ARP requests for an address nobody has, so nothing comes back: every interrupt of
+/// its NIC is for sent frames. (Without NAPI for sending, the driver leaves the completion
+/// interrupt on until the first one, so the count starts after a first send.) m2 only waits.
+const SEND_ONLY: &str = "if [ $(hostname) = m1 ]; then \
+                         nic() { awk '/virtio0/ { print $2 }' /proc/interrupts; }; \
+                         ping -c 1 -W 1 10.0.0.98 >/dev/null; \
+                         before=$(nic); ping -c 2 -W 1 10.0.0.99 >/dev/null; \
+                         echo \"send interrupts $(( $(nic) - before ))\"; \
+                         echo \"napi_tx $(cat /sys/module/virtio_net/parameters/napi_tx)\"; \
+                         else sleep 4; fi; true";
+
+#[test]
+fn sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning() {
+    if !kvm_or_skip("sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning") {
+        return;
+    }
+    let runs = side_by_side(2, |i| {
+        let mut args = vec!["--machines", "2", "--seed", "3"];
+        if i == 1 {
+            args.push("--no-tx-reclaim-on-send");
+        }
+        simvm_tests::run_guest(&args, &["sh", "-c", SEND_ONLY])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    let (on, off) = (&runs[0], &runs[1]);
+    assert_eq!(on.console_after("m1", "napi_tx "), "N", "{}", on.all());
+    assert_eq!(
+        on.console_after("m1", "send interrupts "),
+        "0",
+        "{}",
+        on.all()
+    );
+    assert_eq!(off.console_after("m1", "napi_tx "), "Y", "{}", off.all());
+    let interrupts: u32 = off
+        .console_after("m1", "send interrupts ")
+        .parse()
+        .expect("a count");
+    assert!(interrupts > 0, "{}", off.all());
+}

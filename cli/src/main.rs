@@ -150,6 +150,11 @@ struct RunArgs {
     /// what the larger folios save; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_large_anon_folios: bool,
+    /// Guests take an interrupt for each completed batch of sent frames instead of reclaiming
+    /// their buffers at the next send (for measuring what that saves; docs/performance.md
+    /// "Guest tunings").
+    #[arg(long)]
+    no_tx_reclaim_on_send: bool,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -467,6 +472,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 timer_slack: !args.no_timer_slack,
                 huge_page_cache: !args.no_huge_page_cache,
                 large_anon_folios: !args.no_large_anon_folios,
+                tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
             },
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
@@ -602,6 +608,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_timer_slack, "--no-timer-slack"),
         (args.no_huge_page_cache, "--no-huge-page-cache"),
         (args.no_large_anon_folios, "--no-large-anon-folios"),
+        (args.no_tx_reclaim_on_send, "--no-tx-reclaim-on-send"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

@@ -35,6 +35,11 @@ pub struct GuestTuning {
     /// 256 KiB instead of per page: Linux's multi-size transparent huge pages, which need
     /// `CONFIG_TRANSPARENT_HUGEPAGE` (the speed kernel). On: `thp_anon=16K,64K,256K:always`.
     pub large_anon_folios: bool,
+    /// virtio-net reclaims the buffers of sent frames when it sends the next one, instead of
+    /// taking an interrupt for their completion: Linux's `napi_tx=0`, where the socket gives up
+    /// a frame's memory as it goes out. An etcd member sends about as many frames as it
+    /// receives, so this takes over a third of its interrupts away. On: `virtio_net.napi_tx=0`.
+    pub tx_reclaim_on_send: bool,
 }
 
 impl Default for GuestTuning {
@@ -46,6 +51,7 @@ impl Default for GuestTuning {
             timer_slack: true,
             huge_page_cache: true,
             large_anon_folios: true,
+            tx_reclaim_on_send: true,
         }
     }
 }
@@ -73,6 +79,7 @@ impl GuestTuning {
         timer_slack: false,
         huge_page_cache: false,
         large_anon_folios: false,
+        tx_reclaim_on_send: false,
     };
 
     /// The guest kernel parameters that apply the tuning.
@@ -126,6 +133,11 @@ impl GuestTuning {
                 "setup_thp_anon",
             ));
         }
+        if self.tx_reclaim_on_send {
+            // A built-in driver's parameter has no setup function of its own: the driver's
+            // probe says the kernel has it.
+            params.push(("virtio_net.napi_tx=0".to_string(), "virtnet_probe"));
+        }
         params
     }
 }
@@ -143,7 +155,7 @@ mod tests {
         assert_eq!(
             GuestTuning::default().kernel_args(),
             "inet_perturb_order=8 simvm_timer_slack=2000000 transparent_hugepage_tmpfs=within_size \
-             thp_anon=16K,64K,256K:always"
+             thp_anon=16K,64K,256K:always virtio_net.napi_tx=0"
         );
         assert_eq!(
             GuestTuning::NONE.kernel_args(),
@@ -154,6 +166,7 @@ mod tests {
             timer_slack: false,
             huge_page_cache: false,
             large_anon_folios: false,
+            tx_reclaim_on_send: false,
             ..GuestTuning::default()
         };
         assert_eq!(vdso_only.kernel_args(), "");
@@ -166,11 +179,12 @@ mod tests {
             "ffffffff818e91a0 t simvm_task_stack_setup\n\
              ffffffff818e91c0 t simvm_vdso_setup\n\
              ffffffff818e9210 t simvm_timer_slack_setup\n\
-             ffffffff818ff8b0 t inet_perturb_order_setup\n",
+             ffffffff818ff8b0 t inet_perturb_order_setup\n\
+             ffffffff8162f1a0 t virtnet_probe\n",
         );
         assert_eq!(
             GuestTuning::default().kernel_args_for(&compact),
-            "inet_perturb_order=8 simvm_timer_slack=2000000"
+            "inet_perturb_order=8 simvm_timer_slack=2000000 virtio_net.napi_tx=0"
         );
         assert_eq!(
             GuestTuning::NONE.kernel_args_for(&compact),
