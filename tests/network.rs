@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use simvm_tests::{
-    assert_same_run, image, kvm_or_skip, require_tshark, run_scenario, run_tshark, side_by_side,
-    simvm_on, temp_dir, tshark, Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_guest, run_scenario, run_tshark,
+    side_by_side, simvm_on, temp_dir, tshark, Run,
 };
 
 fn scenario(name: &str) -> std::path::PathBuf {
@@ -330,7 +330,7 @@ fn sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning() {
         if i == 1 {
             args.push("--no-tx-reclaim-on-send");
         }
-        simvm_tests::run_guest(&args, &["sh", "-c", SEND_ONLY])
+        run_guest(&args, &["sh", "-c", SEND_ONLY])
     });
     for run in &runs {
         assert_eq!(run.code, Some(0), "{}", run.all());
