@@ -100,7 +100,9 @@ impl GuestTuning {
         )
     }
 
-    /// Each kernel parameter the tuning passes, with the kernel function that parses it.
+    /// Each kernel parameter the tuning passes, with the kernel function whose presence says the
+    /// kernel parses it: its setup function, or for a built-in driver's parameter the driver's
+    /// probe.
     fn params(&self) -> Vec<(String, &'static str)> {
         let mut params = Vec::new();
         if !self.vdso_clock {
