@@ -15,6 +15,7 @@ use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
 use simvm_vmm::nemesis::{FaultKind, Nemesis};
+use simvm_vmm::page_clearing::PageClearing;
 use simvm_vmm::scenario::format_per_mille;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
@@ -155,6 +156,11 @@ struct RunArgs {
     /// "Guest tunings").
     #[arg(long)]
     no_tx_reclaim_on_send: bool,
+    /// Who zeroes the pages a guest kernel hands out: `host` (simvm, one exit a page; the
+    /// default where the host's KVM emulates guest kernel code, as PVM does) or `guest` (the
+    /// default elsewhere). The run is the same either way; only its speed differs.
+    #[arg(long, value_name = "host|guest", value_parser = parse_page_clearing)]
+    page_clearing: Option<PageClearing>,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -276,6 +282,14 @@ fn parse_chaos(text: &str) -> Result<u32, String> {
         return Err(format!("a probability is between 0 and 1, found {text}"));
     }
     Ok(simvm_vmm::scenario::per_mille(probability))
+}
+
+fn parse_page_clearing(text: &str) -> Result<PageClearing, String> {
+    match text {
+        "host" => Ok(PageClearing::Host),
+        "guest" => Ok(PageClearing::Guest),
+        _ => Err(format!("expected host or guest, found {text:?}")),
+    }
 }
 
 /// A duration, with the scenario files' exact parser.
@@ -474,6 +488,9 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 large_anon_folios: !args.no_large_anon_folios,
                 tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
             },
+            page_clearing: args
+                .page_clearing
+                .unwrap_or_else(PageClearing::for_this_host),
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
                 segmentation: !args.no_checksum_offload && !args.no_tso,

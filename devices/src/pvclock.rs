@@ -8,7 +8,7 @@
 use thiserror::Error;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::abi::{self, clock_page};
+use crate::abi::{self, clock_page, host_page};
 
 /// Most clock reads one kick may charge, unless the stall limit is higher: about a second of
 /// virtual time at the default 1 µs a read. An honest guest kicks at exactly `stall_limit`
@@ -153,6 +153,11 @@ pub struct SimvmPorts {
     entropy: [u8; clock_page::ENTROPY_SIZE],
     wall_base_ns: u64,
     stall_limit: u32,
+    /// Whether the host page asks the guest to have its pages cleared by the VMM.
+    clears_pages: bool,
+    /// `clears_pages` as last written to the host page; `None` after a restore, whose page may
+    /// have been written on another host.
+    published_clears: Option<bool>,
 }
 
 impl SimvmPorts {
@@ -172,7 +177,30 @@ impl SimvmPorts {
             entropy: [0; clock_page::ENTROPY_SIZE],
             wall_base_ns,
             stall_limit: stall_limit.max(1),
+            clears_pages: false,
+            published_clears: None,
         }
+    }
+
+    /// This port block, with a host page that asks the guest kernel to clear its pages through
+    /// [`abi::PORT_CLEAR_PAGE`] (`true`) or to clear them itself. Invisible to the guest's
+    /// programs either way.
+    pub fn with_clears_pages(mut self, clears_pages: bool) -> Self {
+        self.clears_pages = clears_pages;
+        self.published_clears = None;
+        self
+    }
+
+    /// Handles a guest `outl pfn` to [`abi::PORT_CLEAR_PAGE`]: zeroes that page of guest RAM.
+    /// Returns whether it did; a frame outside RAM or a write of another size changes nothing.
+    pub fn clear_page<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
+        static ZERO_PAGE: [u8; 4096] = [0; 4096];
+        let Ok(pfn) = <[u8; 4]>::try_from(data).map(u32::from_le_bytes) else {
+            return false;
+        };
+        let gpa = GuestAddress(u64::from(pfn) << 12);
+        mem.check_range(gpa, ZERO_PAGE.len(), Permissions::ReadWrite)
+            && mem.write_slice(&ZERO_PAGE, gpa).is_ok()
     }
 
     /// Whether `port` belongs to the block.
@@ -333,6 +361,12 @@ impl SimvmPorts {
             );
             self.published_entropy = Some(self.entropy_gen);
         }
+        if self.published_clears != Some(self.clears_pages) {
+            let flag = u32::from(self.clears_pages);
+            let host = page.unchecked_add(host_page::OFFSET);
+            let _ = mem.write_obj(flag, host.unchecked_add(host_page::CLEARS_PAGES));
+            self.published_clears = Some(self.clears_pages);
+        }
     }
 
     fn register_page<M: GuestMemory>(&mut self, mem: &M, gpa: u64, now: u64) -> PortEvent {
@@ -377,6 +411,8 @@ impl SimvmPorts {
         self.published_irq = Some(false);
         self.published_entropy = Some(self.entropy_gen);
         self.published_wall = true;
+        // The host page follows at the next publish, before the guest next runs.
+        self.published_clears = None;
         PortEvent::ClockPageRegistered(gpa)
     }
 
@@ -398,10 +434,11 @@ impl SimvmPorts {
     }
 }
 
-/// Whether a clock page at `gpa` lies wholly in guest RAM.
+/// Whether a clock page at `gpa` and the host page after it lie wholly in guest RAM.
 fn page_fits<M: GuestMemory>(mem: &M, gpa: u64) -> bool {
-    gpa.checked_add(4096).is_some()
-        && mem.check_range(GuestAddress(gpa), 4096, Permissions::ReadWrite)
+    const PAGES: usize = 2 * 4096;
+    gpa.checked_add(PAGES as u64).is_some()
+        && mem.check_range(GuestAddress(gpa), PAGES, Permissions::ReadWrite)
 }
 
 #[cfg(test)]
@@ -415,6 +452,7 @@ pub use state::PortsState;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
     use vm_memory::GuestMemoryMmap;
 
     fn memory() -> GuestMemoryMmap {
@@ -628,15 +666,56 @@ mod tests {
         let mut ports = SimvmPorts::new(0, 64);
         let event = out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xffff_ffff, 0);
         assert_eq!(event, PortEvent::ClockPageRejected(0xffff_ffff << 12));
-        // The last page of RAM is fine, one past it is not.
+        // The host page follows the clock page: the last page of RAM is too late for the clock
+        // page, the one before it is fine.
         assert!(matches!(
-            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x100, 0),
+            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xff, 0),
             PortEvent::ClockPageRejected(_)
         ));
         assert!(matches!(
-            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xff, 0),
+            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0xfe, 0),
             PortEvent::ClockPageRegistered(_)
         ));
+    }
+
+    #[test]
+    fn the_host_page_says_who_clears_pages_and_is_rewritten_after_a_restore() {
+        let mem = memory();
+        let host = GuestAddress(0x43000 + host_page::CLEARS_PAGES);
+        let flag = || mem.read_obj::<u32>(host).unwrap();
+        for clears_pages in [true, false] {
+            mem.write_obj(0xdead_u32, host).unwrap();
+            let mut ports = SimvmPorts::new(0, 64).with_clears_pages(clears_pages);
+            out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+            ports.publish(&mem, 0, false);
+            assert_eq!(flag(), u32::from(clears_pages));
+            // A restored page may come from another host: the next publish writes it again.
+            let state = ports.save();
+            mem.write_obj(0xdead_u32, host).unwrap();
+            ports.restore(&state, &mem).unwrap();
+            ports.publish(&mem, 0, false);
+            assert_eq!(flag(), u32::from(clears_pages));
+        }
+    }
+
+    #[test]
+    fn a_page_clear_zeroes_one_page_of_ram_and_nothing_outside_it() {
+        let mem = memory();
+        let ports = SimvmPorts::new(0, 64);
+        mem.write_slice(&[0xaa; 3 * 4096], GuestAddress(0x41000))
+            .unwrap();
+        assert!(ports.clear_page(&mem, &0x42u32.to_le_bytes()));
+        let mut bytes = [0u8; 3 * 4096];
+        mem.read_slice(&mut bytes, GuestAddress(0x41000)).unwrap();
+        assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
+        assert!(bytes[4096..8192].iter().all(|b| *b == 0));
+        assert!(bytes[8192..].iter().all(|b| *b == 0xaa));
+        // A frame past RAM and a write of another size change nothing and do not panic.
+        assert!(!ports.clear_page(&mem, &0x100u32.to_le_bytes()));
+        assert!(!ports.clear_page(&mem, &u32::MAX.to_le_bytes()));
+        assert!(!ports.clear_page(&mem, &[0x41]));
+        mem.read_slice(&mut bytes, GuestAddress(0x41000)).unwrap();
+        assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A real service's speed under simvm: `examples/etcd-cluster.toml` (three etcd 3.4 members and
 //! an etcdctl client putting a key a second), the same seed with the guest tunings off (as guests
-//! ran before any existed: the run-time tunings off and the compact kernel, `build.sh
-//! --compact-kernel`) and on, in one run.
+//! ran before any existed: the run-time tunings off, the compact kernel, `build.sh
+//! --compact-kernel`, and the guests clearing their own pages) and on, in one run.
 //!
 //! Figures per side: wall time of a cold boot of one etcd machine (no template); wall time to the
 //! client's "cluster up" (starting four machines from their templates, etcd's start and the first
@@ -13,17 +13,26 @@
 //! `SIMVM_BENCH_UNTIL` (virtual seconds per run, default 40), `SIMVM_BENCH_ONLY` (`on` or `off`:
 //! one side only).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use simvm_tests::{env_u64, ConsoleLine};
 use simvm_vmm::image;
+use simvm_vmm::page_clearing::PageClearing;
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::tuning::GuestTuning;
 
+/// What one side of the benchmark runs with.
+struct Side {
+    tuning: GuestTuning,
+    /// Replaces the images' kernel if given (the compact kernel).
+    kernel: Option<PathBuf>,
+    page_clearing: PageClearing,
+}
+
 /// Wall time of a cold boot (no template) of one etcd machine to its command, `true`.
-fn cold_boot(tuning: GuestTuning, kernel: Option<&Path>, seed: u64) -> Duration {
+fn cold_boot(side: &Side, seed: u64) -> Duration {
     let scenario = Scenario::parse(
         "[[machine]]\nname = \"m1\"\nrecipe = \"etcd\"\nmemory = \"384M\"\ncommand = \"true\"\n",
         "cold boot",
@@ -31,11 +40,10 @@ fn cold_boot(tuning: GuestTuning, kernel: Option<&Path>, seed: u64) -> Duration 
     .unwrap_or_else(|e| panic!("{e}"));
     let simulation = with_images(
         Simulation {
-            tuning,
             cold: true,
             ..Simulation::new(scenario, seed)
         },
-        kernel,
+        side,
     );
     let started = Instant::now();
     let outcome = simulation
@@ -48,12 +56,17 @@ fn cold_boot(tuning: GuestTuning, kernel: Option<&Path>, seed: u64) -> Duration 
     started.elapsed()
 }
 
-/// `simulation` with its machines' images built, their kernel replaced by `kernel` if given.
-fn with_images(simulation: Simulation, kernel: Option<&Path>) -> Simulation {
-    let mut simulation = simulation
-        .with_built_images()
-        .unwrap_or_else(|e| panic!("building the etcd image: {e}"));
-    if let Some(kernel) = kernel {
+/// `simulation` with `side`'s settings and its machines' images built, their kernel replaced by
+/// `side`'s if it has one.
+fn with_images(simulation: Simulation, side: &Side) -> Simulation {
+    let mut simulation = Simulation {
+        tuning: side.tuning,
+        page_clearing: side.page_clearing,
+        ..simulation
+    }
+    .with_built_images()
+    .unwrap_or_else(|e| panic!("building the etcd image: {e}"));
+    if let Some(kernel) = &side.kernel {
         for image in &mut simulation.images {
             image.kernel = kernel.to_path_buf();
         }
@@ -80,20 +93,19 @@ impl Figures {
     }
 }
 
-/// One side: `kernel` replaces the images' kernel if given (the compact kernel).
-fn run(tuning: GuestTuning, kernel: Option<&Path>, seed: u64, until_s: u64) -> Figures {
+/// One side's cold boot and run.
+fn run(side: &Side, seed: u64, until_s: u64) -> Figures {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/etcd-cluster.toml");
     let scenario = Scenario::load_with_until(&path, Some(until_s * 1_000_000_000))
         .unwrap_or_else(|e| panic!("{e}"));
-    let boot = cold_boot(tuning, kernel, seed);
+    let boot = cold_boot(side, seed);
     // The run ends at `until_s` whatever the scenario's own `until` says.
     let simulation = with_images(
         Simulation {
-            tuning,
             until_ns: Some(until_s * 1_000_000_000),
             ..Simulation::new(scenario, seed)
         },
-        kernel,
+        side,
     );
     let started = Instant::now();
     let mut up: Option<(Instant, Duration)> = None;
@@ -137,16 +149,26 @@ fn main() {
     let until = env_u64("SIMVM_BENCH_UNTIL", 40);
     let only = std::env::var("SIMVM_BENCH_ONLY").unwrap_or_default();
     let mut sides = Vec::new();
-    for (name, tuning, compact) in [
-        ("off", GuestTuning::NONE, true),
-        ("on", GuestTuning::default(), false),
+    for (name, tuning, compact, page_clearing) in [
+        ("off", GuestTuning::NONE, true, PageClearing::Guest),
+        (
+            "on",
+            GuestTuning::default(),
+            false,
+            PageClearing::for_this_host(),
+        ),
     ] {
         if only.is_empty() || only == name {
-            let compact_kernel = compact.then(|| {
+            let kernel = compact.then(|| {
                 image::compact_kernel()
                     .unwrap_or_else(|e| panic!("building the compact kernel: {e}"))
             });
-            let figures = run(tuning, compact_kernel.as_deref(), seed, until);
+            let side = Side {
+                tuning,
+                kernel,
+                page_clearing,
+            };
+            let figures = run(&side, seed, until);
             print_side(name, &figures);
             sides.push(figures);
         }

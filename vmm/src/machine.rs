@@ -39,6 +39,7 @@ use crate::crash::{self, CrashKind, CrashReport};
 use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
+use crate::page_clearing::PageClearing;
 use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
 use crate::skew::{ClockSkew, GuestClock};
 use crate::state::{self, StateFingerprint};
@@ -90,6 +91,8 @@ pub struct MachineConfig {
     pub clock_ppm: i64,
     /// Start from this template instead of booting (`None`: boot).
     pub template: Option<Arc<Template>>,
+    /// Who zeroes the pages the guest kernel hands out (invisible to the guest either way).
+    pub page_clearing: PageClearing,
 }
 
 impl MachineConfig {
@@ -116,6 +119,7 @@ impl MachineConfig {
             epoch_ns: 0,
             clock_ppm: 0,
             template: None,
+            page_clearing: PageClearing::for_this_host(),
         }
     }
 }
@@ -181,6 +185,8 @@ enum Exit {
         value: u64,
     },
     Hlt,
+    /// The guest had a page cleared ([`abi::PORT_CLEAR_PAGE`]); nothing else happened.
+    PageCleared,
     /// `KVM_RUN` returned because the watchdog signalled the thread.
     Interrupted,
     Crash(CrashKind),
@@ -200,6 +206,8 @@ pub struct ExitStats {
     pub benign_kicks: u64,
     /// Signals from elsewhere that interrupted `KVM_RUN`; the guest was resumed invisibly.
     pub foreign_signals: u64,
+    /// Pages the guest had simvm clear ([`PageClearing::Host`]); resumed invisibly.
+    pub page_clears: u64,
 }
 
 impl ExitStats {
@@ -218,6 +226,7 @@ impl ExitStats {
         self.watchdog_kicks += other.watchdog_kicks;
         self.benign_kicks += other.benign_kicks;
         self.foreign_signals += other.foreign_signals;
+        self.page_clears += other.page_clears;
     }
 }
 
@@ -383,7 +392,8 @@ impl Machine {
             _vm: vm,
             mem,
             pic: Pic::new(),
-            ports: SimvmPorts::new(wall_base_ns, config.stall_limit),
+            ports: SimvmPorts::new(wall_base_ns, config.stall_limit)
+                .with_clears_pages(config.page_clearing == PageClearing::Host),
             pio,
             mmio,
             console,
@@ -541,6 +551,9 @@ impl Machine {
         let exit = loop {
             match self.run_to_exit(watchdog)? {
                 // A profiling sample: note where the guest was and resume it, invisibly.
+                // The guest had a page cleared: no virtual time, no event, no interrupt here,
+                // so the run is the same as where the guest clears its own pages.
+                Exit::PageCleared => self.stats.page_clears += 1,
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
                     if watchdog.is_some_and(Watchdog::take_kick) {
@@ -610,6 +623,7 @@ impl Machine {
             }
             Exit::Interrupted => return self.kicked(step, trace),
             Exit::Crash(kind) => return self.crashed(step, kind),
+            Exit::PageCleared => unreachable!("page clears are resumed above"),
         };
         trace.record(step, index, now, &event)?;
         Ok(Status::Running)
@@ -640,6 +654,11 @@ impl Machine {
                     size: access_size(data),
                     value: le_u32(data),
                 }
+            }
+            Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, data)) => {
+                // A frame outside RAM stays as it is: the guest's own page is the loser.
+                self.ports.clear_page(&self.mem, data);
+                Exit::PageCleared
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut bytes = [0u8; 4];
@@ -1328,6 +1347,7 @@ fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut
 fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error>) -> ExitReason {
     let window = |addr: u64| addr.saturating_sub(abi::VIRTIO_MMIO_BASE) / abi::VIRTIO_MMIO_SIZE;
     match result {
+        Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, _)) => ExitReason::PageClear,
         Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
         Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {

@@ -40,6 +40,9 @@ pub enum ExitReason {
     Msr(u32),
     /// A signal: a sample, a watchdog kick or somebody else's.
     Signal,
+    /// The guest had simvm clear a page (`docs/guest-abi.md`, the host page): resumed at once,
+    /// invisibly, like a signal.
+    PageClear,
     /// A crash or an unexpected exit.
     Other,
 }
@@ -53,6 +56,7 @@ impl std::fmt::Display for ExitReason {
             Self::Hlt => f.write_str("hlt"),
             Self::Msr(index) => write!(f, "msr {index:#x}"),
             Self::Signal => f.write_str("signal"),
+            Self::PageClear => f.write_str("page clear (pio 0x0e14)"),
             Self::Other => f.write_str("other"),
         }
     }
@@ -498,18 +502,16 @@ impl RunProfile<'_> {
         );
         for (i, (name, _, profile)) in self.machines.iter().enumerate() {
             let vtime = profile.vtime_ns as f64 / 1e9;
-            let signals = profile
-                .exits
-                .get(&ExitReason::Signal)
-                .map_or(0, |(c, _)| *c);
+            let count = |reason| profile.exits.get(&reason).map_or(0, |(c, _)| *c);
             let _ = writeln!(
                 out,
                 "\n{name}: {:.3} virtual s per wall s; {:.2} s inside KVM_RUN; {} exits ({} of \
-                 them signals)",
+                 them signals, {} page clears)",
                 vtime / wall,
                 profile.run_wall_ns as f64 / 1e9,
                 profile.exit_count(),
-                signals
+                count(ExitReason::Signal),
+                count(ExitReason::PageClear)
             );
             let _ = writeln!(
                 out,

@@ -236,7 +236,8 @@ fn out_event(
     match event {
         PortEvent::ClockPageRegistered(gpa) => {
             assert_eq!((port, gpa), (abi::PORT_CLOCK_PAGE, u64::from(value) << 12));
-            assert!(gpa + 4096 <= MEM);
+            // The clock page and the host page after it.
+            assert!(gpa + 8192 <= MEM);
             assert_eq!(read_u64(gpa + clock_page::NOW_NS), now);
             assert_eq!(read_u64(gpa + clock_page::WALL_BASE_NS), ports.wall_base_ns);
             assert_eq!(read_u64(gpa + clock_page::TSC_KHZ), abi::VIRTUAL_TSC_KHZ);
@@ -245,7 +246,7 @@ fn out_event(
         }
         PortEvent::ClockPageRejected(gpa) => {
             assert_eq!((port, gpa), (abi::PORT_CLOCK_PAGE, u64::from(value) << 12));
-            assert!(gpa + 4096 > MEM);
+            assert!(gpa + 8192 > MEM);
             assert_eq!(ports.page, page.map(GuestAddress));
             tally.hit("page_rejected");
         }

@@ -78,6 +78,7 @@ impl Snapshot for SimvmPorts {
         self.published_irq = None;
         self.published_entropy = None;
         self.published_wall = false;
+        self.published_clears = None;
         Ok(())
     }
 }
@@ -228,7 +229,8 @@ mod tests {
         let mem = memory();
         let mut ports = SimvmPorts::new(0, 64);
         let outside = PortsState {
-            page: Some(MEM_SIZE as u64 - 4096),
+            // The clock page, then the host page.
+            page: Some(MEM_SIZE as u64 - 8192),
             deadline: Some(1),
             stall_limit: 8,
             entropy_gen: 0,
@@ -236,9 +238,12 @@ mod tests {
             wall_gen: 0,
             wall_steps_ns: 0,
         };
-        assert!(ports.restore(&outside, &mem).is_ok(), "the last page fits");
+        assert!(
+            ports.restore(&outside, &mem).is_ok(),
+            "the last two pages fit"
+        );
         let mut ports = SimvmPorts::new(0, 64);
-        for page in [MEM_SIZE as u64, 0x1234, !0xfff] {
+        for page in [MEM_SIZE as u64 - 4096, MEM_SIZE as u64, 0x1234, !0xfff] {
             let bad = PortsState {
                 page: Some(page),
                 ..outside.clone()
