@@ -550,10 +550,10 @@ impl Machine {
         self.prepare_entry(step, trace)?;
         let exit = loop {
             match self.run_to_exit(watchdog)? {
-                // A profiling sample: note where the guest was and resume it, invisibly.
                 // The guest had a page cleared: no virtual time, no event, no interrupt here,
                 // so the run is the same as where the guest clears its own pages.
                 Exit::PageCleared => self.stats.page_clears += 1,
+                // A profiling sample: note where the guest was and resume it, invisibly.
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
                     if watchdog.is_some_and(Watchdog::take_kick) {
