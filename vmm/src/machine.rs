@@ -657,7 +657,7 @@ impl Machine {
             }
             Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, data)) => {
                 // A frame outside RAM stays as it is: the guest's own page is the loser.
-                self.ports.clear_page(&self.mem, data);
+                SimvmPorts::clear_page(&self.mem, data);
                 Exit::PageCleared
             }
             Ok(VcpuExit::IoOut(port, data)) => {
