@@ -191,6 +191,34 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             "{m}:\n{summary}"
         );
     }
+    // What parallel stepping could make of the run: with two machines, two threads are a
+    // thread per machine, at most twice as fast as one and never slower.
+    let parallel = summary
+        .lines()
+        .find(|l| l.starts_with("parallel stepping"))
+        .unwrap_or_else(|| panic!("no parallel stepping estimate:\n{summary}"));
+    let seconds_before = |suffix: &str| -> f64 {
+        let before = parallel
+            .split(suffix)
+            .next()
+            .filter(|b| b.len() < parallel.len())
+            .unwrap_or_else(|| panic!("no \"{suffix}\" in: {parallel}"));
+        let number = before.split_whitespace().last().unwrap_or_default();
+        number
+            .parse()
+            .unwrap_or_else(|_| panic!("{number:?} before \"{suffix}\" in: {parallel}"))
+    };
+    let one = seconds_before(" s; with the switch's minimum latency");
+    let two = seconds_before(" s on 2 threads");
+    let per_machine = seconds_before(" s with a thread per machine");
+    let wall: f64 = profiled
+        .field("wall")
+        .trim_end_matches('s')
+        .parse()
+        .expect("the run's wall time");
+    assert!(one > 0.0 && one <= wall, "{parallel} (run: {wall} s)");
+    assert!(two <= one && two >= one / 2.0 - 0.01, "{parallel}");
+    assert_eq!(two, per_machine, "{parallel}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -321,6 +321,12 @@ impl Network {
         self.timeline.get(self.next_action).map(|(at, _)| *at)
     }
 
+    /// The least virtual time a frame takes between two machines now: the lookahead of
+    /// docs/design.md "Many machines".
+    pub fn min_latency_ns(&self) -> u64 {
+        self.switch.min_latency_ns()
+    }
+
     /// Hands a frame sent by `from` at `now` to the switch.
     pub fn send(&mut self, from: usize, frame: Frame, now: u64) -> Result<Vec<NetEvent>> {
         let mut events = vec![NetEvent::Sent {

@@ -27,6 +27,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::error::{Error, Result};
 
 mod activity;
+pub mod lookahead;
 
 /// Why a `KVM_RUN` ended, as the profile groups exits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -372,6 +373,8 @@ pub struct RunProfile<'a> {
     pub wall: Duration,
     /// Each machine's exit counters (interrupts injected, clock kicks), for their rates.
     pub stats: Vec<crate::machine::ExitStats>,
+    /// What conservative parallel stepping could make of the run's steps.
+    pub parallel: Option<&'a lookahead::ParallelEstimate>,
 }
 
 impl RunProfile<'_> {
@@ -500,6 +503,9 @@ impl RunProfile<'_> {
             "profile: {wall:.2} s of wall time, {samples} samples ({} in simvm itself)",
             self.simvm_samples
         );
+        if let Some(parallel) = self.parallel {
+            let _ = writeln!(out, "{}", parallel.summary());
+        }
         for (i, (name, _, profile)) in self.machines.iter().enumerate() {
             let vtime = profile.vtime_ns as f64 / 1e9;
             let count = |reason| profile.exits.get(&reason).map_or(0, |(c, _)| *c);
@@ -712,6 +718,15 @@ mod tests {
             syscalls: 5000,
             page_faults: 300,
         };
+        let parallel = lookahead::ParallelEstimate {
+            min_lookahead_ns: 50_000,
+            sequential: Duration::from_secs(4),
+            parallel: vec![
+                (Some(2), Duration::from_secs(2)),
+                (Some(4), Duration::from_secs(2)),
+                (None, Duration::from_secs(2)),
+            ],
+        };
         let run = RunProfile {
             machines: vec![("m1", &kernel, &profile)],
             simvm_samples: 1,
@@ -721,6 +736,7 @@ mod tests {
                 hlt: 7,
                 ..Default::default()
             }],
+            parallel: Some(&parallel),
         };
         let out = dir.join("out");
         let summary = run.write(&out).unwrap();
@@ -741,6 +757,13 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("75.0%  do_idle"), "{summary}");
+        assert!(
+            summary.contains(
+                "lookahead, they could take 2.00 s on 2 threads (2.00x), 2.00 s on 4 threads \
+                 (2.00x), 2.00 s with a thread per machine (2.00x)"
+            ),
+            "{summary}"
+        );
         assert!(summary.contains("75.0%  idle loop"), "{summary}");
         assert!(summary.contains("25.0%  user code"), "{summary}");
         assert!(

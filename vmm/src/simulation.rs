@@ -547,6 +547,7 @@ impl Simulation {
             simvm_samples: outcome.simvm_samples,
             wall: outcome.wall,
             stats: outcome.machines.iter().map(|m| m.stats).collect(),
+            parallel: outcome.parallel.as_ref(),
         };
         Ok(run.write(dir)?)
     }

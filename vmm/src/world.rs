@@ -25,6 +25,7 @@ use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{NetEvent, Network, NetworkConfig};
+use crate::profile::lookahead::{ParallelBound, ParallelEstimate};
 use crate::profile::{MachineProfile, ProcessProbe};
 use crate::seed::Seed;
 use crate::skew::{ClockChange, GuestClock};
@@ -222,6 +223,8 @@ pub struct Outcome {
     pub resumed_from: Option<SnapshotInfo>,
     /// Profiling samples that found simvm's own code running (`--profile`).
     pub simvm_samples: u64,
+    /// What conservative parallel stepping could make of the run (`--profile`).
+    pub parallel: Option<ParallelEstimate>,
     /// What the guests asserted (`simvm-assert`, docs/guest-abi.md "Assertions").
     pub assertions: Assertions,
     /// The workload history read back at the end (`WorldConfig::history`).
@@ -371,6 +374,8 @@ pub struct World {
     printed: Vec<bool>,
     /// Collecting a profile (`--profile`).
     profiling: bool,
+    /// The run's steps replayed onto more threads, when profiling.
+    parallel: Option<ParallelBound>,
     start_spread_ns: u64,
     /// The guests' assertion lines so far.
     assertions: Assertions,
@@ -556,6 +561,7 @@ impl World {
             resumed_from: resume.map(|r| r.info),
             printed,
             profiling: config.sample_every.is_some(),
+            parallel: config.sample_every.map(|_| ParallelBound::default()),
             start_spread_ns: config.start_spread_ns,
             history: config.history,
             assertions: Assertions::default(),
@@ -606,8 +612,25 @@ impl World {
             }
             self.step += 1;
             match machine {
-                None => self.apply_actions(at, print)?,
-                Some(index) => self.step_machine(index, at, started, print)?,
+                None => {
+                    self.apply_actions(at, print)?;
+                    if let Some(parallel) = &mut self.parallel {
+                        parallel.barrier();
+                    }
+                }
+                Some(index) => {
+                    let step_started = self.parallel.is_some().then(host_tsc::monotonic);
+                    self.step_machine(index, at, started, print)?;
+                    if let (Some(parallel), Some(step_started)) = (&mut self.parallel, step_started)
+                    {
+                        let lookahead = self
+                            .network
+                            .as_ref()
+                            .map_or(u64::MAX, Network::min_latency_ns);
+                        let wall = host_tsc::monotonic().saturating_sub(step_started);
+                        parallel.step(index, at, lookahead, wall);
+                    }
+                }
             }
             if self.snapshot_taken.is_none()
                 && self.snapshot_condition_holds(at)
@@ -1180,6 +1203,7 @@ impl World {
             snapshot: self.snapshot_taken,
             resumed_from: self.resumed_from,
             simvm_samples,
+            parallel: self.parallel.as_ref().map(ParallelBound::estimate),
             assertions: self.assertions,
             history,
             verdict: None,
