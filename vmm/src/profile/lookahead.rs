@@ -84,7 +84,10 @@ impl Schedule {
             self.threads[i] = end;
         }
         self.machines[machine] = end;
-        self.recent.push_back((vtime, end));
+        // Without a network no step ever waits for another machine's: keep none.
+        if lookahead_ns != u64::MAX {
+            self.recent.push_back((vtime, end));
+        }
         self.end = self.end.max(end);
     }
 
@@ -239,5 +242,6 @@ mod tests {
         let estimate = bound.estimate();
         assert_eq!(walls(&estimate), [30, 20, 20]);
         assert!(estimate.summary().contains("exchange no frames"));
+        assert!(bound.schedules.iter().all(|s| s.recent.is_empty()));
     }
 }
