@@ -618,19 +618,7 @@ impl World {
                         parallel.barrier();
                     }
                 }
-                Some(index) => {
-                    let step_started = self.parallel.is_some().then(host_tsc::monotonic);
-                    self.step_machine(index, at, started, print)?;
-                    if let (Some(parallel), Some(step_started)) = (&mut self.parallel, step_started)
-                    {
-                        let lookahead = self
-                            .network
-                            .as_ref()
-                            .map_or(u64::MAX, Network::min_latency_ns);
-                        let wall = host_tsc::monotonic().saturating_sub(step_started);
-                        parallel.step(index, at, lookahead, wall);
-                    }
-                }
+                Some(index) => self.step_machine_timed(index, at, started, print)?,
             }
             if self.snapshot_taken.is_none()
                 && self.snapshot_condition_holds(at)
@@ -644,6 +632,30 @@ impl World {
             return Err(error);
         }
         self.finish(ending, wall)
+    }
+
+    /// [`Self::step_machine`], timed for the parallel stepping estimate when profiling.
+    fn step_machine_timed(
+        &mut self,
+        index: usize,
+        at: u64,
+        started: Duration,
+        print: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        if self.parallel.is_none() {
+            return self.step_machine(index, at, started, print);
+        }
+        let step_started = host_tsc::monotonic();
+        self.step_machine(index, at, started, print)?;
+        let wall = host_tsc::monotonic().saturating_sub(step_started);
+        let lookahead = self
+            .network
+            .as_ref()
+            .map_or(u64::MAX, Network::min_latency_ns);
+        if let Some(parallel) = &mut self.parallel {
+            parallel.step(index, at, lookahead, wall);
+        }
+        Ok(())
     }
 
     /// Steps machine `index` at virtual time `at` (its clock, or its wake-up time if halted).
