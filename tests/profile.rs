@@ -191,8 +191,8 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             "{m}:\n{summary}"
         );
     }
-    // What parallel stepping could make of the run: with two machines, two threads are a
-    // thread per machine, at most twice as fast as one and never slower.
+    // What parallel stepping could make of the run: on two threads at most twice as fast as on
+    // one and never slower, and a thread per machine (two here) at least as fast.
     let parallel = summary
         .lines()
         .find(|l| l.starts_with("parallel stepping"))
@@ -218,7 +218,7 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
         .expect("the run's wall time");
     assert!(one > 0.0 && one <= wall, "{parallel} (run: {wall} s)");
     assert!(two <= one && two >= one / 2.0 - 0.01, "{parallel}");
-    assert_eq!(two, per_machine, "{parallel}");
+    assert!(per_machine <= two, "{parallel}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -74,11 +74,9 @@ impl Schedule {
         if self.machines.len() <= machine {
             self.machines.resize(machine + 1, 0);
         }
-        let mut start = self.settled.max(self.machines[machine]);
-        let thread = (0..self.threads.len()).min_by_key(|&i| self.threads[i]);
-        if let Some(i) = thread {
-            start = start.max(self.threads[i]);
-        }
+        let ready = self.settled.max(self.machines[machine]);
+        let thread = self.thread_for(ready);
+        let start = thread.map_or(ready, |i| ready.max(self.threads[i]));
         let end = start.saturating_add(wall_ns);
         if let Some(i) = thread {
             self.threads[i] = end;
@@ -89,6 +87,17 @@ impl Schedule {
             self.recent.push_back((vtime, end));
         }
         self.end = self.end.max(end);
+    }
+
+    /// The thread for a step that could start at `ready`: of those free by then the one that
+    /// became free last, leaving earlier ones for steps that can start earlier; else the one
+    /// free first. `None` with a thread per machine.
+    fn thread_for(&self, ready: u64) -> Option<usize> {
+        let free = |i: &usize| self.threads[*i];
+        let idle = (0..self.threads.len())
+            .filter(|i| free(i) <= ready)
+            .max_by_key(free);
+        idle.or_else(|| (0..self.threads.len()).min_by_key(free))
     }
 
     /// A world action (a fault, a network change) waits for every step before it, and every
@@ -222,6 +231,17 @@ mod tests {
             bound.step(m, 0, 50, 10 * MS);
         }
         assert_eq!(walls(&bound.estimate()), [20, 10, 10]);
+    }
+
+    #[test]
+    fn as_many_threads_as_machines_are_a_thread_per_machine() {
+        // Two machines that never wait for each other: m1's last step is ready at 8 ms, when
+        // the thread m0 used first is still busy; the other one is free.
+        let mut bound = ParallelBound::default();
+        for (machine, wall) in [(0, 10), (1, 5), (1, 3), (0, 10), (1, 15)] {
+            bound.step(machine, 0, u64::MAX, wall * MS);
+        }
+        assert_eq!(walls(&bound.estimate()), [23, 23, 23]);
     }
 
     #[test]
