@@ -618,7 +618,13 @@ impl World {
                         parallel.barrier();
                     }
                 }
-                Some(index) => self.step_machine_timed(index, at, started, print)?,
+                Some(index) => {
+                    let step_started = self.parallel.is_some().then(host_tsc::monotonic);
+                    self.step_machine(index, at, started, print)?;
+                    if let Some(step_started) = step_started {
+                        self.note_step_wall(index, at, step_started);
+                    }
+                }
             }
             if self.snapshot_taken.is_none()
                 && self.snapshot_condition_holds(at)
@@ -634,19 +640,9 @@ impl World {
         self.finish(ending, wall)
     }
 
-    /// [`Self::step_machine`], timed for the parallel stepping estimate when profiling.
-    fn step_machine_timed(
-        &mut self,
-        index: usize,
-        at: u64,
-        started: Duration,
-        print: &mut dyn FnMut(&str),
-    ) -> Result<()> {
-        if self.parallel.is_none() {
-            return self.step_machine(index, at, started, print);
-        }
-        let step_started = host_tsc::monotonic();
-        self.step_machine(index, at, started, print)?;
+    /// Feeds the parallel stepping estimate (`--profile`) the step of machine `index` at `at`
+    /// that began at `step_started`.
+    fn note_step_wall(&mut self, index: usize, at: u64, step_started: Duration) {
         let wall = host_tsc::monotonic().saturating_sub(step_started);
         let lookahead = self
             .network
@@ -655,7 +651,6 @@ impl World {
         if let Some(parallel) = &mut self.parallel {
             parallel.step(index, at, lookahead, wall);
         }
-        Ok(())
     }
 
     /// Steps machine `index` at virtual time `at` (its clock, or its wake-up time if halted).
