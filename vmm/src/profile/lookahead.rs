@@ -159,14 +159,13 @@ impl ParallelEstimate {
              machines' steps took {sequential:.2} s"
         );
         if self.min_lookahead_ns == u64::MAX {
-            line.push_str(", and the machines exchange no frames");
+            line.push_str("; as the machines exchange no frames, they could take");
         } else {
             line.push_str(&format!(
-                "; with the switch's minimum latency of {} as lookahead",
+                "; with the switch's minimum latency of {} as lookahead, they could take",
                 crate::units::format_ns(self.min_lookahead_ns)
             ));
         }
-        line.push_str(", they could take");
         for (i, (threads, wall)) in self.parallel.iter().enumerate() {
             let secs = wall.as_secs_f64();
             let ratio = sequential / secs.max(1e-9);
@@ -261,7 +260,9 @@ mod tests {
         }
         let estimate = bound.estimate();
         assert_eq!(walls(&estimate), [30, 20, 20]);
-        assert!(estimate.summary().contains("exchange no frames"));
+        assert!(estimate
+            .summary()
+            .contains("as the machines exchange no frames, they could take 0.03 s on 2 threads"));
         assert!(bound.schedules.iter().all(|s| s.recent.is_empty()));
     }
 }
