@@ -6,9 +6,10 @@
 //! replays the run's steps, with the wall time each took, onto a number of threads under that
 //! rule (each step as early as its own machine's previous step, every other machine's steps at
 //! least `L` earlier in virtual time, and the last world action allow), in the order the world
-//! took them. The result is the wall time a parallel scheduler could reach at best: the figure
-//! that says whether building one pays, per scenario. It is computed as the run goes, in memory
-//! bounded by the steps within `L` of the latest.
+//! took them. With a thread per machine the result is the wall time a parallel scheduler could
+//! reach at best; with fewer threads, where each step takes a thread greedily, an estimate of
+//! it. Either says whether building one pays, per scenario. It is computed as the run goes, in
+//! memory bounded by the steps within `L` of the latest.
 
 use std::collections::VecDeque;
 use std::time::Duration;
