@@ -583,6 +583,7 @@ impl World {
             }
         };
         let started = host_tsc::monotonic();
+        self.parallel_barrier();
         let ending = loop {
             if self.done() {
                 break Ending::Done;
@@ -614,9 +615,7 @@ impl World {
             match machine {
                 None => {
                     self.apply_actions(at, print)?;
-                    if let Some(parallel) = &mut self.parallel {
-                        parallel.barrier();
-                    }
+                    self.parallel_barrier();
                 }
                 Some(index) => {
                     let step_started = self.parallel.is_some().then(host_tsc::monotonic);
@@ -644,13 +643,23 @@ impl World {
     /// that began at `step_started`.
     fn note_step_wall(&mut self, index: usize, at: u64, step_started: Duration) {
         let wall = host_tsc::monotonic().saturating_sub(step_started);
+        if let Some(parallel) = &mut self.parallel {
+            parallel.step(index, at, wall);
+        }
+    }
+
+    /// Tells the parallel stepping estimate (`--profile`) that the world starts running or
+    /// applied an action, and the links' least latency from here: only actions change it, so
+    /// it is read here rather than at every step.
+    fn parallel_barrier(&mut self) {
+        let Some(parallel) = &mut self.parallel else {
+            return;
+        };
         let lookahead = self
             .network
             .as_ref()
             .map_or(u64::MAX, Network::min_latency_ns);
-        if let Some(parallel) = &mut self.parallel {
-            parallel.step(index, at, lookahead, wall);
-        }
+        parallel.barrier(lookahead);
     }
 
     /// Steps machine `index` at virtual time `at` (its clock, or its wake-up time if halted).

@@ -22,6 +22,9 @@ const THREADS: [Option<usize>; 3] = [Some(2), Some(4), None];
 pub struct ParallelBound {
     schedules: Vec<Schedule>,
     sequential_ns: u64,
+    /// The least virtual time a frame takes between machines since the last barrier
+    /// (`u64::MAX`: they exchange none).
+    lookahead_ns: u64,
     min_lookahead_ns: u64,
 }
 
@@ -114,25 +117,28 @@ impl Default for ParallelBound {
         Self {
             schedules: THREADS.iter().map(|&t| Schedule::new(t)).collect(),
             sequential_ns: 0,
+            lookahead_ns: u64::MAX,
             min_lookahead_ns: u64::MAX,
         }
     }
 }
 
 impl ParallelBound {
-    /// The world stepped `machine` at virtual time `vtime`, which took `wall` of real time;
-    /// frames then took at least `lookahead_ns` of virtual time between machines.
-    pub fn step(&mut self, machine: usize, vtime: u64, lookahead_ns: u64, wall: Duration) {
+    /// The world stepped `machine` at virtual time `vtime`, which took `wall` of real time.
+    pub fn step(&mut self, machine: usize, vtime: u64, wall: Duration) {
         let wall_ns = u64::try_from(wall.as_nanos()).unwrap_or(u64::MAX);
         self.sequential_ns = self.sequential_ns.saturating_add(wall_ns);
-        self.min_lookahead_ns = self.min_lookahead_ns.min(lookahead_ns);
+        self.min_lookahead_ns = self.min_lookahead_ns.min(self.lookahead_ns);
         for schedule in &mut self.schedules {
-            schedule.step(machine, vtime, lookahead_ns, wall_ns);
+            schedule.step(machine, vtime, self.lookahead_ns, wall_ns);
         }
     }
 
-    /// The world applied an action: see [`Schedule::barrier`].
-    pub fn barrier(&mut self) {
+    /// The world starts running or applied an action (see [`Schedule::barrier`]); from here
+    /// frames take at least `lookahead_ns` of virtual time between machines. Only an action
+    /// changes the links, so the steps between barriers share one lookahead.
+    pub fn barrier(&mut self, lookahead_ns: u64) {
+        self.lookahead_ns = lookahead_ns;
         for schedule in &mut self.schedules {
             schedule.barrier();
         }
@@ -187,6 +193,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    /// A run whose frames take `lookahead_ns` between machines from the start.
+    fn with_lookahead(lookahead_ns: u64) -> ParallelBound {
+        let mut bound = ParallelBound::default();
+        bound.barrier(lookahead_ns);
+        bound
+    }
+
     fn walls(estimate: &ParallelEstimate) -> Vec<u64> {
         estimate
             .parallel
@@ -197,9 +210,9 @@ mod tests {
 
     #[test]
     fn steps_of_one_machine_never_overlap() {
-        let mut bound = ParallelBound::default();
+        let mut bound = with_lookahead(50);
         for t in 0..5 {
-            bound.step(0, t * 1000, 50, 10 * MS);
+            bound.step(0, t * 1000, 10 * MS);
         }
         let estimate = bound.estimate();
         assert_eq!(estimate.sequential, 50 * MS);
@@ -210,15 +223,15 @@ mod tests {
     fn machines_within_the_lookahead_overlap_and_farther_apart_wait() {
         // Two machines stepped alternately 10 ns apart: within a lookahead of 50 ns each
         // machine's steps depend only on its own, so two threads halve the time.
-        let mut near = ParallelBound::default();
+        let mut near = with_lookahead(50);
         for i in 0..10 {
-            near.step((i % 2) as usize, i * 10, 50, 10 * MS);
+            near.step((i % 2) as usize, i * 10, 10 * MS);
         }
         assert_eq!(walls(&near.estimate()), [50, 50, 50]);
         // 100 ns apart, beyond the lookahead: every step waits for the one before.
-        let mut far = ParallelBound::default();
+        let mut far = with_lookahead(50);
         for i in 0..10 {
-            far.step((i % 2) as usize, i * 100, 50, 10 * MS);
+            far.step((i % 2) as usize, i * 100, 10 * MS);
         }
         assert_eq!(walls(&far.estimate()), [100, 100, 100]);
     }
@@ -226,9 +239,9 @@ mod tests {
     #[test]
     fn threads_limit_the_overlap() {
         // Four machines at once, each step 10 ms: two threads take 20 ms, four take 10.
-        let mut bound = ParallelBound::default();
+        let mut bound = with_lookahead(50);
         for m in 0..4 {
-            bound.step(m, 0, 50, 10 * MS);
+            bound.step(m, 0, 10 * MS);
         }
         assert_eq!(walls(&bound.estimate()), [20, 10, 10]);
     }
@@ -237,27 +250,27 @@ mod tests {
     fn as_many_threads_as_machines_are_a_thread_per_machine() {
         // Two machines that never wait for each other: m1's last step is ready at 8 ms, when
         // the thread m0 used first is still busy; the other one is free.
-        let mut bound = ParallelBound::default();
+        let mut bound = with_lookahead(u64::MAX);
         for (machine, wall) in [(0, 10), (1, 5), (1, 3), (0, 10), (1, 15)] {
-            bound.step(machine, 0, u64::MAX, wall * MS);
+            bound.step(machine, 0, wall * MS);
         }
         assert_eq!(walls(&bound.estimate()), [23, 23, 23]);
     }
 
     #[test]
     fn a_world_action_waits_for_every_step_before_it() {
-        let mut bound = ParallelBound::default();
-        bound.step(0, 0, 1_000, 30 * MS);
-        bound.barrier();
-        bound.step(1, 5, 1_000, 10 * MS);
+        let mut bound = with_lookahead(1_000);
+        bound.step(0, 0, 30 * MS);
+        bound.barrier(1_000);
+        bound.step(1, 5, 10 * MS);
         assert_eq!(walls(&bound.estimate()), [40, 40, 40]);
     }
 
     #[test]
     fn machines_without_a_network_never_wait_for_each_other() {
-        let mut bound = ParallelBound::default();
+        let mut bound = with_lookahead(u64::MAX);
         for i in 0..6 {
-            bound.step((i % 3) as usize, i * 1_000_000, u64::MAX, 10 * MS);
+            bound.step((i % 3) as usize, i * 1_000_000, 10 * MS);
         }
         let estimate = bound.estimate();
         assert_eq!(walls(&estimate), [30, 20, 20]);
