@@ -39,6 +39,7 @@
  * Freestanding like the other helpers (tiny.h, no libc).
  */
 #include "tiny.h"
+#include "hex.h"
 
 #define SYS_read 0
 #define SYS_open 2
@@ -445,17 +446,6 @@ static int copy_body(struct reply *r, const char *p, u64 n)
 	for (u64 i = 0; i < n; i++)
 		r->body[r->len++] = p[i];
 	return 1;
-}
-
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* Joins the chunks of a chunked body, p[0..n), into r->body. */

@@ -43,6 +43,7 @@
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
+#include "../helpers/hex.h"
 
 #define MACHINE_FILE "/simvm/machine"
 #define DISKS_FILE "/simvm/disks"
@@ -242,17 +243,6 @@ static int if_set_addr(int sock, const char *ifname, unsigned long req,
 	sin.sin_addr.s_addr = addr;
 	memcpy(&ifr.ifr_addr, &sin, sizeof(sin));
 	return ioctl(sock, req, &ifr);
-}
-
-static int hex_digit(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* Parses "aa:bb:cc:dd:ee:ff"; 0 if well formed. */
