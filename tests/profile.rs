@@ -111,6 +111,26 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     // for each machine.
     let summary = std::fs::read_to_string(out.join("profile.txt")).expect("profile.txt");
     let trace = std::fs::read_to_string(&trace).expect("the trace");
+    // Every sample, kernel ones too, counts for the task the guest ran: `ls`'s directory walks
+    // are most of m1's samples.
+    let m1 = summary
+        .split_once("\nm1: ")
+        .and_then(|(_, rest)| rest.split_once("\nm2: "))
+        .map(|(m1, _)| m1)
+        .unwrap_or_else(|| panic!("no m1 before m2 in the summary:\n{summary}"));
+    let processes: Vec<&str> = m1
+        .split_once("  by process")
+        .unwrap_or_else(|| panic!("no samples by process:\n{summary}"))
+        .1
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once("%  ").map(|(_, comm)| comm))
+        .collect();
+    assert_eq!(processes.first(), Some(&"ls"), "{summary}");
+    assert!(
+        !processes.contains(&"?"),
+        "a sample without its task:\n{summary}"
+    );
     for m in ["m1", "m2"] {
         let line = summary
             .lines()

@@ -884,14 +884,19 @@ impl Machine {
         let user = sregs.cs.selector & 3 == 3;
         let stack =
             (!user).then(|| crate::profile::kernel_stack(&self.mem, &sregs, regs.rip, regs.rbp));
-        let comm = match (&stack, self.process_probe.as_mut()) {
-            (None, Some(probe)) => probe.current_comm(&self.mem, &sregs),
-            _ => None,
-        };
+        // The running task names the process for user and kernel samples alike.
+        let comm = self
+            .process_probe
+            .as_mut()
+            .map(|probe| probe.current_comm(&self.mem, &sregs));
         if let Some(profile) = self.profile.as_mut() {
+            let name = comm.as_ref().and_then(|c| c.as_deref()).unwrap_or("?");
+            if comm.is_some() {
+                profile.process_sample(name);
+            }
             match stack {
                 Some(stack) => profile.kernel_sample(stack),
-                None => profile.user_sample(comm.as_deref().unwrap_or("?")),
+                None => profile.user_sample(name),
             }
         }
     }

@@ -89,6 +89,10 @@ pub struct MachineProfile {
     pub kernel_samples: BTreeMap<Vec<u64>, u64>,
     /// Samples of guest user code, by the name of the process running it (`?` if unknown).
     pub user_samples: BTreeMap<String, u64>,
+    /// Every sample, user and kernel, by the name of the task the guest was running (`?` if
+    /// unknown): a system call or fault counts for the task that made it, an interrupt for the
+    /// task it interrupted, the idle loop for `swapper`. Empty without a process probe.
+    pub process_samples: BTreeMap<String, u64>,
     /// Virtual time skipped while the guest was halted (the rest of its virtual time was
     /// charged for work: exits, clock reads, interrupts).
     pub idle_ns: u64,
@@ -113,6 +117,11 @@ impl MachineProfile {
         *self.user_samples.entry(comm.to_string()).or_default() += 1;
     }
 
+    /// A sample, user or kernel, taken while the guest ran task `comm`.
+    pub fn process_sample(&mut self, comm: &str) {
+        *self.process_samples.entry(comm.to_string()).or_default() += 1;
+    }
+
     pub fn user_sample_count(&self) -> u64 {
         self.user_samples.values().sum()
     }
@@ -135,6 +144,9 @@ impl MachineProfile {
         }
         for (comm, count) in &other.user_samples {
             *self.user_samples.entry(comm.clone()).or_default() += count;
+        }
+        for (comm, count) in &other.process_samples {
+            *self.process_samples.entry(comm.clone()).or_default() += count;
         }
         self.idle_ns = self.idle_ns.saturating_add(other.idle_ns);
         self.guest.add(&other.guest);
@@ -585,6 +597,22 @@ impl RunProfile<'_> {
                     100.0 * *count as f64 / total as f64
                 );
             }
+            if !profile.process_samples.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  by process (the task running: its system calls and faults, and the \
+                     interrupts that came while it ran):"
+                );
+                let mut processes: Vec<_> = profile.process_samples.iter().collect();
+                processes.sort_by_key(|(_, count)| std::cmp::Reverse(**count));
+                for (comm, count) in processes.iter().take(5) {
+                    let _ = writeln!(
+                        out,
+                        "  {:>9.1}%  {comm}",
+                        100.0 * **count as f64 / total as f64
+                    );
+                }
+            }
         }
         out
     }
@@ -688,12 +716,16 @@ mod tests {
         b.exit(ExitReason::Hlt, Duration::from_millis(3));
         b.kernel_sample(vec![0x10]);
         b.user_sample("sh");
+        b.process_sample("sh");
+        b.process_sample("sh");
+        a.process_sample("sh");
         a.add(&b);
         assert_eq!(a.exits[&ExitReason::Hlt], (2, 5_000_000));
         assert_eq!(a.exit_count(), 3);
         assert_eq!(a.run_wall_ns, 6_000_000);
         assert_eq!(a.kernel_samples[&vec![0x10]], 2);
         assert_eq!(a.user_samples["sh"], 1);
+        assert_eq!(a.process_samples["sh"], 3);
     }
 
     #[test]
@@ -713,6 +745,9 @@ mod tests {
         profile.kernel_sample(vec![0xffff_ffff_8100_0120, 0xffff_ffff_8100_0210]);
         profile.kernel_sample(vec![0xffff_ffff_8100_0120, 0xffff_ffff_8100_0210]);
         profile.user_sample("etcd");
+        for comm in ["swapper", "swapper", "etcd", "etcd"] {
+            profile.process_sample(comm);
+        }
         profile.vtime_ns = 2_000_000_000;
         profile.guest = GuestCounts {
             syscalls: 5000,
@@ -766,6 +801,14 @@ mod tests {
         );
         assert!(summary.contains("75.0%  idle loop"), "{summary}");
         assert!(summary.contains("25.0%  user code"), "{summary}");
+        let by_process = summary
+            .split_once("  by process")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default();
+        assert!(
+            by_process.contains("50.0%  swapper\n") && by_process.contains("50.0%  etcd\n"),
+            "{summary}"
+        );
         assert!(
             summary.contains("300 interrupts injected (150.0 per virtual s), 7 halts"),
             "{summary}"
