@@ -259,6 +259,10 @@ build_kernel() {
 	local kmake=(make -C "$src" O="$obj" -j"$(nproc)" LOCALVERSION=
 		KBUILD_BUILD_USER=simvm KBUILD_BUILD_HOST=simvm KBUILD_BUILD_VERSION=1
 		KBUILD_BUILD_TIMESTAMP="2025-01-01 00:00:00 UTC")
+	# The speed kernel's compiler flags beyond speed.config's -O2: where the kernel's code is
+	# emulated, every executed instruction costs, and -O3 with unrolled loops executes fewer
+	# (docs/performance.md "The kernel's compiler and allocator options").
+	[[ $COMPACT_KERNEL -eq 1 ]] || kmake+=(KCFLAGS="-O3 -funroll-loops")
 	local fragments
 	mapfile -t fragments < <(kernel_fragments)
 	log "kernel: configuring (tinyconfig + ${fragments[*]})"
@@ -269,7 +273,7 @@ build_kernel() {
 	check_config "$obj/.config"
 	[[ $COMPACT_KERNEL -eq 1 ]] || check_fragment_holds "$obj/.config" "$HERE/kernel/speed.config"
 
-	log "kernel: building vmlinux with $(nproc) jobs (about 3 minutes on 2 cores)"
+	log "kernel: building vmlinux with $(nproc) jobs (about 3 to 8 minutes on 2 cores)"
 	local start=$SECONDS
 	"${kmake[@]}" -s vmlinux >&2 || die "kernel build failed"
 	log "kernel: built in $((SECONDS - start)) s"
