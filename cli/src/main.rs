@@ -213,8 +213,8 @@ struct RunArgs {
     from: Option<PathBuf>,
     /// Profile the run into DIR: exits by reason with their wall time, and samples of where
     /// each guest was (kernel functions, user code, by process) as folded stacks and flame
-    /// graphs, plus a summary on stderr that also estimates what stepping machines in parallel would gain
-    /// (docs/profiling.md). The digest is the same as without.
+    /// graphs, plus a summary on stderr that also estimates what stepping machines in
+    /// parallel would gain (docs/profiling.md). The digest is the same as without.
     #[arg(long, value_name = "DIR")]
     profile: Option<PathBuf>,
     /// Write the workload's history (the scenario's `[check]`) to FILE as JSON lines, times in
