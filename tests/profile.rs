@@ -1,6 +1,6 @@
 //! `simvm run --profile DIR`: exits by reason and samples of where the guests were, as folded
 //! stacks, flame graphs and a summary; profiling does not change the run, nor does who clears
-//! the guest kernel's pages.
+//! and copies the guest kernel's pages.
 
 use simvm_tests::{image, kvm_or_skip, run_guest, side_by_side, temp_dir};
 
@@ -10,8 +10,8 @@ const WORK: &str = "for i in 1 2 3; do ls -R /bin >/dev/null; done; ping -c 2 m1
 
 #[test]
 fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
-    // The profiled run also has simvm clear the guests' pages and the plain one has them clear
-    // their own, so the digests show that neither changes the run.
+    // The profiled run also has simvm clear and copy the guests' pages and the plain one has
+    // them do their own, so the digests show that neither changes the run.
     if !kvm_or_skip("a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone") {
         return;
     }
@@ -27,7 +27,7 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
         let mut args = vec!["--machines", "2", "--seed", "4"];
         if i == 0 {
             args.extend([
-                "--page-clearing",
+                "--page-work",
                 "host",
                 "--profile",
                 &out_s,
@@ -37,7 +37,7 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
                 &trace_s,
             ]);
         } else {
-            args.extend(["--page-clearing", "guest"]);
+            args.extend(["--page-work", "guest"]);
         }
         run_guest(&args, &["sh", "-c", WORK])
     });
@@ -45,11 +45,11 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     assert_eq!(profiled.code, Some(0), "{}", profiled.all());
     assert_eq!(plain.code, Some(0), "{}", plain.all());
     // Sampling interrupts the guests at host-time instants and resumes them unchanged, and a
-    // page the host clears is the page the guest would have cleared.
+    // page the host clears or copies is the page the guest would have made.
     assert_eq!(
         profiled.field("digest"),
         plain.field("digest"),
-        "profiling or clearing pages through the host changed the run"
+        "profiling or page work through the host changed the run"
     );
 
     // Samples in guest kernel functions, named from the kernel's System.map.
@@ -107,8 +107,8 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     );
     assert!(out.join("m2.svg").is_file() && out.join("m2.folded").is_file());
 
-    // The summary's exits, less the signals and page clears, are the exits the trace recorded
-    // for each machine.
+    // The summary's exits, less the signals, page clears and page copies, are the exits the
+    // trace recorded for each machine.
     let summary = std::fs::read_to_string(out.join("profile.txt")).expect("profile.txt");
     let trace = std::fs::read_to_string(&trace).expect("the trace");
     // Every sample, kernel ones too, counts for the task the guest ran: `ls`'s directory walks
@@ -146,6 +146,7 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
         };
         let (exits, signals) = (number_before(" exits"), number_before(" of them signals"));
         let page_clears = number_before(" page clears");
+        let page_copies = number_before(" page copies");
         let traced = trace
             .lines()
             .filter(|l| l.contains(&format!("\"machine\":\"{m}\"")))
@@ -164,9 +165,15 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
             })
             .count() as u64;
         assert!(signals > 0, "no samples interrupted {m}:\n{summary}");
-        // The guest kernel's zeroed pages (157 for m1 of this seed): none unless it asks.
+        // The guest kernel's zeroed pages (157 for m1 of this seed) and its copy-on-write
+        // copies after each fork: none unless it asks.
         assert!(page_clears > 100, "{m} had few pages cleared:\n{summary}");
-        assert_eq!(exits - signals - page_clears, traced, "{m}:\n{summary}");
+        assert!(page_copies > 10, "{m} had few pages copied:\n{summary}");
+        assert_eq!(
+            exits - signals - page_clears - page_copies,
+            traced,
+            "{m}:\n{summary}"
+        );
         // And its interrupts are the ones the trace recorded.
         let injected: u64 = summary
             .lines()

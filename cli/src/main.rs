@@ -15,7 +15,7 @@ use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
 use simvm_vmm::nemesis::{FaultKind, Nemesis};
-use simvm_vmm::page_clearing::PageClearing;
+use simvm_vmm::page_work::PageWork;
 use simvm_vmm::scenario::format_per_mille;
 use simvm_vmm::scenario::{assign_mounts, DiskSpec, Scenario, MAX_DISKS};
 use simvm_vmm::simulation::{Simulation, DEFAULT_MEM};
@@ -156,11 +156,11 @@ struct RunArgs {
     /// "Guest tunings").
     #[arg(long)]
     no_tx_reclaim_on_send: bool,
-    /// Who zeroes the pages a guest kernel hands out: `host` (simvm, one exit a page; the
+    /// Who clears and copies the guest kernel's pages: `host` (simvm, one exit a page; the
     /// default where the host's KVM emulates guest kernel code, as PVM does) or `guest` (the
     /// default elsewhere). The run is the same either way; only its speed differs.
-    #[arg(long, value_name = "host|guest", value_parser = parse_page_clearing)]
-    page_clearing: Option<PageClearing>,
+    #[arg(long, value_name = "host|guest", value_parser = parse_page_work)]
+    page_work: Option<PageWork>,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability
     /// (e.g. 2% or 0.02; 0.1% steps), so another seed explores other interleavings of each
     /// machine's threads and processes. Overrides the scenario's `chaos`; default off.
@@ -285,10 +285,10 @@ fn parse_chaos(text: &str) -> Result<u32, String> {
     Ok(simvm_vmm::scenario::per_mille(probability))
 }
 
-fn parse_page_clearing(text: &str) -> Result<PageClearing, String> {
+fn parse_page_work(text: &str) -> Result<PageWork, String> {
     match text {
-        "host" => Ok(PageClearing::Host),
-        "guest" => Ok(PageClearing::Guest),
+        "host" => Ok(PageWork::Host),
+        "guest" => Ok(PageWork::Guest),
         _ => Err(format!("expected host or guest, found {text:?}")),
     }
 }
@@ -489,9 +489,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 large_anon_folios: !args.no_large_anon_folios,
                 tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
             },
-            page_clearing: args
-                .page_clearing
-                .unwrap_or_else(PageClearing::for_this_host),
+            page_work: args.page_work.unwrap_or_else(PageWork::for_this_host),
             offloads: Offloads {
                 checksum: !args.no_checksum_offload,
                 segmentation: !args.no_checksum_offload && !args.no_tso,

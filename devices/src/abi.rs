@@ -4,7 +4,7 @@
 /// First port of the simvm port block.
 pub const PORT_BASE: u16 = 0x0e00;
 /// Number of ports in the block.
-pub const PORT_COUNT: u16 = 0x18;
+pub const PORT_COUNT: u16 = 0x1c;
 /// `inl`: probe; `outl pfn`: register the clock page.
 pub const PORT_CLOCK_PAGE: u16 = 0x0e00;
 /// `outl 1`: arm the one-shot timer at the page's deadline; `outl 0`: disarm.
@@ -16,13 +16,16 @@ pub const PORT_CONTROL: u16 = 0x0e0c;
 /// `outl 0`: an exit at which the VMM can inject the interrupt the clock page says is pending.
 pub const PORT_IRQ_POLL: u16 = 0x0e10;
 /// `outl pfn`: zero that page of guest RAM, where the host page asks for it
-/// ([`host_page::CLEARS_PAGES`]). No virtual time, no trace event: the guest runs the same whoever
+/// ([`host_page::PAGES_BY_VMM`]). No virtual time, no trace event: the guest runs the same whoever
 /// clears its pages.
 pub const PORT_CLEAR_PAGE: u16 = 0x0e14;
+/// `outl pfn`: copy the page the host page's [`host_page::COPY_FROM`] names to that page of guest
+/// RAM, where the host page asks for it. No virtual time, no trace event, as [`PORT_CLEAR_PAGE`].
+pub const PORT_COPY_PAGE: u16 = 0x0e18;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 /// The user kick page: guest-physical, outside RAM. A 32-bit write of `n` at its start is a clock
 /// kick of `n` reads, as `outl n` to [`PORT_CLOCK_KICK`], but one user mode can make: the guest's
 /// vDSO clock kicks through it.
@@ -57,8 +60,11 @@ pub mod clock_page {
 pub mod host_page {
     /// Its offset from the clock page.
     pub const OFFSET: u64 = 0x1000;
-    /// u32: 1 if [`super::PORT_CLEAR_PAGE`] is cheaper than clearing a page in the guest.
-    pub const CLEARS_PAGES: u64 = 0x00;
+    /// u32: 1 if [`super::PORT_CLEAR_PAGE`] and [`super::PORT_COPY_PAGE`] are cheaper than
+    /// clearing and copying a page in the guest.
+    pub const PAGES_BY_VMM: u64 = 0x00;
+    /// u32, written by the guest: the frame [`super::PORT_COPY_PAGE`] copies from.
+    pub const COPY_FROM: u64 = 0x04;
 }
 
 /// Frequency of the virtual TSC: it counts nanoseconds.

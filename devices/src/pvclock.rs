@@ -18,6 +18,8 @@ pub const MAX_KICK_READS: u32 = 1 << 20;
 /// guest kernel's clockevent never asks for more than an hour ahead (its `max_delta_ns`), and a
 /// year is still 500 years short of the end of `u64` nanoseconds.
 pub const MAX_TIMER_AHEAD_NS: u64 = 365 * 24 * 3600 * 1_000_000_000;
+/// The size of the guest pages the clear and copy ports take by frame number.
+const PAGE_SIZE: usize = 4096;
 
 /// Something the guest did through the port block that the machine must act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,11 +155,11 @@ pub struct SimvmPorts {
     entropy: [u8; clock_page::ENTROPY_SIZE],
     wall_base_ns: u64,
     stall_limit: u32,
-    /// Whether the host page asks the guest to have its pages cleared by the VMM.
-    clears_pages: bool,
-    /// `clears_pages` as last written to the host page; `None` after a restore, whose page may
+    /// Whether the host page asks the guest to have its pages cleared and copied by the VMM.
+    pages_by_vmm: bool,
+    /// `pages_by_vmm` as last written to the host page; `None` after a restore, whose page may
     /// have been written on another host.
-    published_clears: Option<bool>,
+    published_pages_by_vmm: Option<bool>,
 }
 
 impl SimvmPorts {
@@ -177,17 +179,17 @@ impl SimvmPorts {
             entropy: [0; clock_page::ENTROPY_SIZE],
             wall_base_ns,
             stall_limit: stall_limit.max(1),
-            clears_pages: false,
-            published_clears: None,
+            pages_by_vmm: false,
+            published_pages_by_vmm: None,
         }
     }
 
-    /// This port block, with a host page that asks the guest kernel to clear its pages through
-    /// [`abi::PORT_CLEAR_PAGE`] (`true`) or to clear them itself. Invisible to the guest's
-    /// programs either way.
-    pub fn with_clears_pages(mut self, clears_pages: bool) -> Self {
-        self.clears_pages = clears_pages;
-        self.published_clears = None;
+    /// This port block, with a host page that asks the guest kernel to clear and copy its pages
+    /// through [`abi::PORT_CLEAR_PAGE`] and [`abi::PORT_COPY_PAGE`] (`true`) or to do it itself.
+    /// Invisible to the guest's programs either way.
+    pub fn with_pages_by_vmm(mut self, pages_by_vmm: bool) -> Self {
+        self.pages_by_vmm = pages_by_vmm;
+        self.published_pages_by_vmm = None;
         self
     }
 
@@ -195,13 +197,29 @@ impl SimvmPorts {
     /// Returns whether it did; a frame outside RAM or a write of another size changes nothing.
     /// The block keeps no state for it: the host page said whether to ask.
     pub fn clear_page<M: GuestMemory>(mem: &M, data: &[u8]) -> bool {
-        static ZERO_PAGE: [u8; 4096] = [0; 4096];
-        let Ok(pfn) = <[u8; 4]>::try_from(data).map(u32::from_le_bytes) else {
+        static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        let Some(to) = page_of(mem, data) else {
             return false;
         };
-        let gpa = GuestAddress(u64::from(pfn) << 12);
-        mem.check_range(gpa, ZERO_PAGE.len(), Permissions::ReadWrite)
-            && mem.write_slice(&ZERO_PAGE, gpa).is_ok()
+        mem.write_slice(&ZERO_PAGE, to).is_ok()
+    }
+
+    /// Handles a guest `outl pfn` to [`abi::PORT_COPY_PAGE`]: copies the frame the host page's
+    /// [`host_page::COPY_FROM`] names to that page of guest RAM. Returns whether it did; without
+    /// a clock page, with either frame outside RAM or a write of another size nothing changes.
+    pub fn copy_page<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
+        let Some(host) = self.page.map(|page| page.unchecked_add(host_page::OFFSET)) else {
+            return false;
+        };
+        let Ok(from_pfn) = mem.read_obj::<u32>(host.unchecked_add(host_page::COPY_FROM)) else {
+            return false;
+        };
+        let (Some(from), Some(to)) = (page_of(mem, &from_pfn.to_le_bytes()), page_of(mem, data))
+        else {
+            return false;
+        };
+        let mut bytes = [0u8; PAGE_SIZE];
+        mem.read_slice(&mut bytes, from).is_ok() && mem.write_slice(&bytes, to).is_ok()
     }
 
     /// Whether `port` belongs to the block.
@@ -362,11 +380,11 @@ impl SimvmPorts {
             );
             self.published_entropy = Some(self.entropy_gen);
         }
-        if self.published_clears != Some(self.clears_pages) {
-            let flag = u32::from(self.clears_pages);
+        if self.published_pages_by_vmm != Some(self.pages_by_vmm) {
+            let flag = u32::from(self.pages_by_vmm);
             let host = page.unchecked_add(host_page::OFFSET);
-            let _ = mem.write_obj(flag, host.unchecked_add(host_page::CLEARS_PAGES));
-            self.published_clears = Some(self.clears_pages);
+            let _ = mem.write_obj(flag, host.unchecked_add(host_page::PAGES_BY_VMM));
+            self.published_pages_by_vmm = Some(self.pages_by_vmm);
         }
     }
 
@@ -413,7 +431,7 @@ impl SimvmPorts {
         self.published_entropy = Some(self.entropy_gen);
         self.published_wall = true;
         // The host page follows at the next publish, before the guest next runs.
-        self.published_clears = None;
+        self.published_pages_by_vmm = None;
         PortEvent::ClockPageRegistered(gpa)
     }
 
@@ -433,6 +451,14 @@ impl SimvmPorts {
         mem.read_obj::<u64>(page.unchecked_add(clock_page::TIMER_DEADLINE_NS))
             .ok()
     }
+}
+
+/// The guest page whose frame number a 32-bit port write carries, if it lies wholly in RAM.
+fn page_of<M: GuestMemory>(mem: &M, data: &[u8]) -> Option<GuestAddress> {
+    let pfn = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()?;
+    let gpa = GuestAddress(u64::from(pfn) << 12);
+    mem.check_range(gpa, PAGE_SIZE, Permissions::ReadWrite)
+        .then_some(gpa)
 }
 
 /// Whether a clock page at `gpa` and the host page after it lie wholly in guest RAM.
@@ -680,22 +706,22 @@ mod tests {
     }
 
     #[test]
-    fn the_host_page_says_who_clears_pages_and_is_rewritten_after_a_restore() {
+    fn the_host_page_says_who_does_page_work_and_is_rewritten_after_a_restore() {
         let mem = memory();
-        let host = GuestAddress(0x43000 + host_page::CLEARS_PAGES);
+        let host = GuestAddress(0x43000 + host_page::PAGES_BY_VMM);
         let flag = || mem.read_obj::<u32>(host).unwrap();
-        for clears_pages in [true, false] {
+        for pages_by_vmm in [true, false] {
             mem.write_obj(0xdead_u32, host).unwrap();
-            let mut ports = SimvmPorts::new(0, 64).with_clears_pages(clears_pages);
+            let mut ports = SimvmPorts::new(0, 64).with_pages_by_vmm(pages_by_vmm);
             out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
             ports.publish(&mem, 0, false);
-            assert_eq!(flag(), u32::from(clears_pages));
+            assert_eq!(flag(), u32::from(pages_by_vmm));
             // A restored page may come from another host: the next publish writes it again.
             let state = ports.save();
             mem.write_obj(0xdead_u32, host).unwrap();
             ports.restore(&state, &mem).unwrap();
             ports.publish(&mem, 0, false);
-            assert_eq!(flag(), u32::from(clears_pages));
+            assert_eq!(flag(), u32::from(pages_by_vmm));
         }
     }
 
@@ -715,6 +741,35 @@ mod tests {
         assert!(!SimvmPorts::clear_page(&mem, &u32::MAX.to_le_bytes()));
         assert!(!SimvmPorts::clear_page(&mem, &[0x41]));
         mem.read_slice(&mut bytes, GuestAddress(0x41000)).unwrap();
+        assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn a_page_copy_takes_its_source_from_the_host_page_and_writes_one_page() {
+        let mem = memory();
+        let copy_from = GuestAddress(0x43000 + host_page::COPY_FROM);
+        let source: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        mem.write_slice(&source, GuestAddress(0x30000)).unwrap();
+        mem.write_slice(&[0xaa; 3 * 4096], GuestAddress(0x20000))
+            .unwrap();
+        let mut ports = SimvmPorts::new(0, 64).with_pages_by_vmm(true);
+        // Without a clock page there is no host page to name the source.
+        mem.write_obj(0x30u32, copy_from).unwrap();
+        assert!(!ports.copy_page(&mem, &0x21u32.to_le_bytes()));
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        mem.write_obj(0x30u32, copy_from).unwrap();
+        assert!(ports.copy_page(&mem, &0x21u32.to_le_bytes()));
+        let mut bytes = [0u8; 3 * 4096];
+        mem.read_slice(&mut bytes, GuestAddress(0x20000)).unwrap();
+        assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
+        assert_eq!(&bytes[4096..8192], &source[..]);
+        assert!(bytes[8192..].iter().all(|b| *b == 0xaa));
+        // A source or destination past RAM, or a write of another size, changes nothing.
+        assert!(!ports.copy_page(&mem, &0x100u32.to_le_bytes()));
+        assert!(!ports.copy_page(&mem, &[0x20]));
+        mem.write_obj(u32::MAX, copy_from).unwrap();
+        assert!(!ports.copy_page(&mem, &0x20u32.to_le_bytes()));
+        mem.read_slice(&mut bytes, GuestAddress(0x20000)).unwrap();
         assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use simvm_tests::{env_u64, ConsoleLine};
 use simvm_vmm::image;
-use simvm_vmm::page_clearing::PageClearing;
+use simvm_vmm::page_work::PageWork;
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::tuning::GuestTuning;
@@ -28,7 +28,7 @@ struct Side {
     tuning: GuestTuning,
     /// Replaces the images' kernel if given (the compact kernel).
     kernel: Option<PathBuf>,
-    page_clearing: PageClearing,
+    page_work: PageWork,
 }
 
 /// Wall time of a cold boot (no template) of one etcd machine to its command, `true`.
@@ -61,7 +61,7 @@ fn cold_boot(side: &Side, seed: u64) -> Duration {
 fn with_images(simulation: Simulation, side: &Side) -> Simulation {
     let mut simulation = Simulation {
         tuning: side.tuning,
-        page_clearing: side.page_clearing,
+        page_work: side.page_work,
         ..simulation
     }
     .with_built_images()
@@ -149,13 +149,13 @@ fn main() {
     let until = env_u64("SIMVM_BENCH_UNTIL", 40);
     let only = std::env::var("SIMVM_BENCH_ONLY").unwrap_or_default();
     let mut sides = Vec::new();
-    for (name, tuning, compact, page_clearing) in [
-        ("off", GuestTuning::NONE, true, PageClearing::Guest),
+    for (name, tuning, compact, page_work) in [
+        ("off", GuestTuning::NONE, true, PageWork::Guest),
         (
             "on",
             GuestTuning::default(),
             false,
-            PageClearing::for_this_host(),
+            PageWork::for_this_host(),
         ),
     ] {
         if only.is_empty() || only == name {
@@ -166,7 +166,7 @@ fn main() {
             let side = Side {
                 tuning,
                 kernel,
-                page_clearing,
+                page_work,
             };
             let figures = run(&side, seed, until);
             print_side(name, &figures);

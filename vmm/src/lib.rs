@@ -30,7 +30,7 @@ pub mod machine;
 pub mod msr;
 pub mod nemesis;
 pub mod network;
-pub mod page_clearing;
+pub mod page_work;
 pub mod profile;
 pub mod scenario;
 pub mod seed;

@@ -39,7 +39,7 @@ use crate::crash::{self, CrashKind, CrashReport};
 use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
-use crate::page_clearing::PageClearing;
+use crate::page_work::PageWork;
 use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
 use crate::skew::{ClockSkew, GuestClock};
 use crate::state::{self, StateFingerprint};
@@ -92,7 +92,7 @@ pub struct MachineConfig {
     /// Start from this template instead of booting (`None`: boot).
     pub template: Option<Arc<Template>>,
     /// Who zeroes the pages the guest kernel hands out (invisible to the guest either way).
-    pub page_clearing: PageClearing,
+    pub page_work: PageWork,
 }
 
 impl MachineConfig {
@@ -119,7 +119,7 @@ impl MachineConfig {
             epoch_ns: 0,
             clock_ppm: 0,
             template: None,
-            page_clearing: PageClearing::for_this_host(),
+            page_work: PageWork::for_this_host(),
         }
     }
 }
@@ -187,6 +187,8 @@ enum Exit {
     Hlt,
     /// The guest had a page cleared ([`abi::PORT_CLEAR_PAGE`]); nothing else happened.
     PageCleared,
+    /// The guest had a page copied ([`abi::PORT_COPY_PAGE`]); nothing else happened.
+    PageCopied,
     /// `KVM_RUN` returned because the watchdog signalled the thread.
     Interrupted,
     Crash(CrashKind),
@@ -206,8 +208,10 @@ pub struct ExitStats {
     pub benign_kicks: u64,
     /// Signals from elsewhere that interrupted `KVM_RUN`; the guest was resumed invisibly.
     pub foreign_signals: u64,
-    /// Pages the guest had simvm clear ([`PageClearing::Host`]); resumed invisibly.
+    /// Pages the guest had simvm clear ([`PageWork::Host`]); resumed invisibly.
     pub page_clears: u64,
+    /// Pages the guest had simvm copy ([`PageWork::Host`]); resumed invisibly.
+    pub page_copies: u64,
 }
 
 impl ExitStats {
@@ -227,6 +231,7 @@ impl ExitStats {
         self.benign_kicks += other.benign_kicks;
         self.foreign_signals += other.foreign_signals;
         self.page_clears += other.page_clears;
+        self.page_copies += other.page_copies;
     }
 }
 
@@ -393,7 +398,7 @@ impl Machine {
             mem,
             pic: Pic::new(),
             ports: SimvmPorts::new(wall_base_ns, config.stall_limit)
-                .with_clears_pages(config.page_clearing == PageClearing::Host),
+                .with_pages_by_vmm(config.page_work == PageWork::Host),
             pio,
             mmio,
             console,
@@ -550,9 +555,10 @@ impl Machine {
         self.prepare_entry(step, trace)?;
         let exit = loop {
             match self.run_to_exit(watchdog)? {
-                // The guest had a page cleared: no virtual time, no event, no interrupt here,
-                // so the run is the same as where the guest clears its own pages.
+                // The guest had a page cleared or copied: no virtual time, no event, no
+                // interrupt here, so the run is the same as where the guest does its own.
                 Exit::PageCleared => self.stats.page_clears += 1,
+                Exit::PageCopied => self.stats.page_copies += 1,
                 // A profiling sample: note where the guest was and resume it, invisibly.
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
@@ -623,7 +629,9 @@ impl Machine {
             }
             Exit::Interrupted => return self.kicked(step, trace),
             Exit::Crash(kind) => return self.crashed(step, kind),
-            Exit::PageCleared => unreachable!("page clears are resumed above"),
+            Exit::PageCleared | Exit::PageCopied => {
+                unreachable!("page clears and copies are resumed above")
+            }
         };
         trace.record(step, index, now, &event)?;
         Ok(Status::Running)
@@ -655,10 +663,14 @@ impl Machine {
                     value: le_u32(data),
                 }
             }
+            // A frame outside RAM stays as it is: the guest's own page is the loser.
             Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, data)) => {
-                // A frame outside RAM stays as it is: the guest's own page is the loser.
                 SimvmPorts::clear_page(&self.mem, data);
                 Exit::PageCleared
+            }
+            Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, data)) => {
+                self.ports.copy_page(&self.mem, data);
+                Exit::PageCopied
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut bytes = [0u8; 4];
@@ -1353,6 +1365,7 @@ fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error
     let window = |addr: u64| addr.saturating_sub(abi::VIRTIO_MMIO_BASE) / abi::VIRTIO_MMIO_SIZE;
     match result {
         Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, _)) => ExitReason::PageClear,
+        Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, _)) => ExitReason::PageCopy,
         Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
         Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {

@@ -44,6 +44,8 @@ pub enum ExitReason {
     /// The guest had simvm clear a page (`docs/guest-abi.md`, the host page): resumed at once,
     /// invisibly, like a signal.
     PageClear,
+    /// The guest had simvm copy a page: resumed at once, invisibly, as a page clear.
+    PageCopy,
     /// A crash or an unexpected exit.
     Other,
 }
@@ -58,6 +60,7 @@ impl std::fmt::Display for ExitReason {
             Self::Msr(index) => write!(f, "msr {index:#x}"),
             Self::Signal => f.write_str("signal"),
             Self::PageClear => f.write_str("page clear (pio 0x0e14)"),
+            Self::PageCopy => f.write_str("page copy (pio 0x0e18)"),
             Self::Other => f.write_str("other"),
         }
     }
@@ -524,12 +527,13 @@ impl RunProfile<'_> {
             let _ = writeln!(
                 out,
                 "\n{name}: {:.3} virtual s per wall s; {:.2} s inside KVM_RUN; {} exits ({} of \
-                 them signals, {} page clears)",
+                 them signals, {} page clears, {} page copies)",
                 vtime / wall,
                 profile.run_wall_ns as f64 / 1e9,
                 profile.exit_count(),
                 count(ExitReason::Signal),
-                count(ExitReason::PageClear)
+                count(ExitReason::PageClear),
+                count(ExitReason::PageCopy)
             );
             let _ = writeln!(
                 out,

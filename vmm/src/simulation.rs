@@ -34,7 +34,7 @@ use crate::image::{self, GuestImage};
 use crate::machine::{disk_name, MachineConfig, Stop};
 use crate::nemesis::Nemesis;
 use crate::network::{NetAction, NetworkConfig};
-use crate::page_clearing::PageClearing;
+use crate::page_work::PageWork;
 use crate::scenario::{Action, DiskContents, Event, Expect, Heal, Scenario};
 use crate::seed::Seed;
 use crate::trace::first_divergence;
@@ -74,7 +74,7 @@ pub struct Simulation {
     /// The offloads each machine's virtio-net offers.
     pub offloads: Offloads,
     /// Who zeroes the guest kernels' pages; invisible to the guests.
-    pub page_clearing: PageClearing,
+    pub page_work: PageWork,
     /// Overrides the scenario's crash policy.
     pub crash_policy: Option<CrashPolicy>,
     /// Write every disk's final image to this directory.
@@ -191,7 +191,7 @@ impl Simulation {
             kernel_args: String::new(),
             tuning: GuestTuning::default(),
             offloads: Offloads::default(),
-            page_clearing: PageClearing::for_this_host(),
+            page_work: PageWork::for_this_host(),
             crash_policy: None,
             keep_disks: None,
             cache_dir: image::cache_dir(),
@@ -380,7 +380,7 @@ impl Simulation {
                 )),
                 mac,
                 offloads: self.offloads,
-                page_clearing: self.page_clearing,
+                page_work: self.page_work,
                 ..MachineConfig::new(
                     &machine.name,
                     image.kernel.clone(),

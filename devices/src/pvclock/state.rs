@@ -78,7 +78,7 @@ impl Snapshot for SimvmPorts {
         self.published_irq = None;
         self.published_entropy = None;
         self.published_wall = false;
-        self.published_clears = None;
+        self.published_pages_by_vmm = None;
         Ok(())
     }
 }
