@@ -463,7 +463,7 @@ fn page_of<M: GuestMemory>(mem: &M, data: &[u8]) -> Option<GuestAddress> {
 
 /// Whether a clock page at `gpa` and the host page after it lie wholly in guest RAM.
 fn page_fits<M: GuestMemory>(mem: &M, gpa: u64) -> bool {
-    const PAGES: usize = 2 * 4096;
+    const PAGES: usize = 2 * PAGE_SIZE;
     gpa.checked_add(PAGES as u64).is_some()
         && mem.check_range(GuestAddress(gpa), PAGES, Permissions::ReadWrite)
 }
