@@ -91,7 +91,7 @@ pub struct MachineConfig {
     pub clock_ppm: i64,
     /// Start from this template instead of booting (`None`: boot).
     pub template: Option<Arc<Template>>,
-    /// Who zeroes the pages the guest kernel hands out (invisible to the guest either way).
+    /// Who clears and copies the guest kernel's pages (invisible to the guest either way).
     pub page_work: PageWork,
 }
 

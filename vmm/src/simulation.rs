@@ -73,7 +73,7 @@ pub struct Simulation {
     pub tuning: GuestTuning,
     /// The offloads each machine's virtio-net offers.
     pub offloads: Offloads,
-    /// Who zeroes the guest kernels' pages; invisible to the guests.
+    /// Who clears and copies the guest kernels' pages; invisible to the guests.
     pub page_work: PageWork,
     /// Overrides the scenario's crash policy.
     pub crash_policy: Option<CrashPolicy>,
