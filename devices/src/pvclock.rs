@@ -198,7 +198,7 @@ impl SimvmPorts {
     /// The block keeps no state for it: the host page said whether to ask.
     pub fn clear_page<M: GuestMemory>(mem: &M, data: &[u8]) -> bool {
         static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-        let Some(to) = page_of(mem, data) else {
+        let Some(to) = frame_of(data).and_then(|pfn| page_of(mem, pfn)) else {
             return false;
         };
         mem.write_slice(&ZERO_PAGE, to).is_ok()
@@ -214,8 +214,8 @@ impl SimvmPorts {
         let Ok(from_pfn) = mem.read_obj::<u32>(host.unchecked_add(host_page::COPY_FROM)) else {
             return false;
         };
-        let (Some(from), Some(to)) = (page_of(mem, &from_pfn.to_le_bytes()), page_of(mem, data))
-        else {
+        let to = frame_of(data).and_then(|pfn| page_of(mem, pfn));
+        let (Some(from), Some(to)) = (page_of(mem, from_pfn), to) else {
             return false;
         };
         let mut bytes = [0u8; PAGE_SIZE];
@@ -453,9 +453,13 @@ impl SimvmPorts {
     }
 }
 
-/// The guest page whose frame number a 32-bit port write carries, if it lies wholly in RAM.
-fn page_of<M: GuestMemory>(mem: &M, data: &[u8]) -> Option<GuestAddress> {
-    let pfn = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()?;
+/// The frame number a 32-bit port write carries; `None` for a write of another size.
+fn frame_of(data: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()
+}
+
+/// The guest page of frame `pfn`, if it lies wholly in RAM.
+fn page_of<M: GuestMemory>(mem: &M, pfn: u32) -> Option<GuestAddress> {
     let gpa = GuestAddress(u64::from(pfn) << 12);
     mem.check_range(gpa, PAGE_SIZE, Permissions::ReadWrite)
         .then_some(gpa)
