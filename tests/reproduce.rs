@@ -10,7 +10,7 @@ use simvm_tests::{kvm_or_skip, run_guest, simvm_bin, Run};
 /// memory size, so a `--mem` replayed in whole MiB does too. The values are ones the reproduce
 /// line once rounded: `12500us` (printed as `12ms`) and `100000K` (printed as `97M`). Linux's own
 /// 50 us timer slack (`--no-timer-slack`) keeps the 1 ms sleeps 1 ms apart, and the line must
-/// carry that switch: with simvm's 2 ms slack the guest would wake at other times.
+/// carry that switch: with simvm's 10 ms slack the guest would wake at other times.
 #[test]
 fn the_reproduce_line_of_a_failing_run_replays_it() {
     if !kvm_or_skip("the_reproduce_line_of_a_failing_run_replays_it") {

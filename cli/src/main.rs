@@ -137,7 +137,7 @@ struct RunArgs {
     /// docs/performance.md "Guest tunings").
     #[arg(long)]
     no_task_stack_entry: bool,
-    /// Guest tasks start with Linux's 50 µs timer slack instead of 2 ms, so timers that fall
+    /// Guest tasks start with Linux's 50 µs timer slack instead of 10 ms, so timers that fall
     /// close together each wake the guest (for measuring what the slack saves; docs/performance.md
     /// "Guest tunings").
     #[arg(long)]

@@ -21,7 +21,7 @@ pub struct GuestTuning {
     /// Every task starts with a timer slack of [`TIMER_SLACK_NS`] instead of Linux's 50 µs, so
     /// timers that fall within it expire together in one interrupt and a guest whose threads
     /// sleep on many short timers (a Go runtime) wakes less often (guest patch 0019). On:
-    /// `simvm_timer_slack=2000000`.
+    /// `simvm_timer_slack=10000000`.
     pub timer_slack: bool,
     /// Files in tmpfs, the initramfs's rootfs among them, sit in the page cache in 2 MiB huge
     /// pages wherever a whole one fits within the file, so an executable there is mapped with
@@ -58,8 +58,11 @@ impl Default for GuestTuning {
 
 /// The timer slack every guest task starts with under [`GuestTuning::timer_slack`]: timers
 /// may expire up to this late, as Linux allows any timer to (a task's own `prctl` or
-/// /proc/PID/timerslack_ns still sets another). 2 ms halves an idle etcd member's wake-ups.
-pub const TIMER_SLACK_NS: u64 = 2_000_000;
+/// /proc/PID/timerslack_ns still sets another). 10 ms, the granularity of a kernel timer at
+/// `HZ=100`, lets a Go runtime's `sysmon` sleep end with the program's next timer instead of
+/// waking the guest on its own: an idle etcd member wakes a third less often than with 2 ms
+/// (docs/performance.md "Timer slack").
+pub const TIMER_SLACK_NS: u64 = 10_000_000;
 
 /// The folio sizes anonymous memory is faulted in with [`GuestTuning::large_anon_folios`].
 /// Clearing a folio costs about as much per byte as faulting it page by page costs per page
@@ -156,7 +159,7 @@ mod tests {
     fn each_tuning_has_its_kernel_argument() {
         assert_eq!(
             GuestTuning::default().kernel_args(),
-            "inet_perturb_order=8 simvm_timer_slack=2000000 transparent_hugepage_tmpfs=within_size \
+            "inet_perturb_order=8 simvm_timer_slack=10000000 transparent_hugepage_tmpfs=within_size \
              thp_anon=16K,64K,256K:always virtio_net.napi_tx=0"
         );
         assert_eq!(
@@ -186,7 +189,7 @@ mod tests {
         );
         assert_eq!(
             GuestTuning::default().kernel_args_for(&compact),
-            "inet_perturb_order=8 simvm_timer_slack=2000000 virtio_net.napi_tx=0"
+            "inet_perturb_order=8 simvm_timer_slack=10000000 virtio_net.napi_tx=0"
         );
         assert_eq!(
             GuestTuning::NONE.kernel_args_for(&compact),
