@@ -198,7 +198,7 @@ impl SimvmPorts {
     /// The block keeps no state for it: the host page said whether to ask.
     pub fn clear_page<M: GuestMemory>(mem: &M, data: &[u8]) -> bool {
         static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-        let Some(to) = frame_of(data).and_then(|pfn| page_of(mem, pfn)) else {
+        let Some(to) = written_page(mem, data) else {
             return false;
         };
         mem.write_slice(&ZERO_PAGE, to).is_ok()
@@ -214,8 +214,7 @@ impl SimvmPorts {
         let Ok(from_pfn) = mem.read_obj::<u32>(host.unchecked_add(host_page::COPY_FROM)) else {
             return false;
         };
-        let to = frame_of(data).and_then(|pfn| page_of(mem, pfn));
-        let (Some(from), Some(to)) = (page_of(mem, from_pfn), to) else {
+        let (Some(from), Some(to)) = (page_of(mem, from_pfn), written_page(mem, data)) else {
             return false;
         };
         let mut bytes = [0u8; PAGE_SIZE];
@@ -453,9 +452,11 @@ impl SimvmPorts {
     }
 }
 
-/// The frame number a 32-bit port write carries; `None` for a write of another size.
-fn frame_of(data: &[u8]) -> Option<u32> {
-    <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()
+/// The guest page whose frame number a 32-bit port write carries, if it lies wholly in RAM;
+/// `None` for a write of another size.
+fn written_page<M: GuestMemory>(mem: &M, data: &[u8]) -> Option<GuestAddress> {
+    let pfn = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()?;
+    page_of(mem, pfn)
 }
 
 /// The guest page of frame `pfn`, if it lies wholly in RAM.
