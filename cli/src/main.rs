@@ -156,6 +156,11 @@ struct RunArgs {
     /// "Guest tunings").
     #[arg(long)]
     no_tx_reclaim_on_send: bool,
+    /// Guests leave a TCP timer armed when TCP clears it, so it fires later and finds nothing
+    /// to do (Linux's way), instead of stopping it (for measuring the wake-ups that saves;
+    /// docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_stop_cleared_timers: bool,
     /// Who clears and copies the guest kernel's pages: `host` (simvm, one exit a page; the
     /// default where the host's KVM emulates guest kernel code, as PVM does) or `guest` (the
     /// default elsewhere). The run is the same either way; only its speed differs.
@@ -488,6 +493,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 huge_page_cache: !args.no_huge_page_cache,
                 large_anon_folios: !args.no_large_anon_folios,
                 tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
+                stop_cleared_timers: !args.no_stop_cleared_timers,
             },
             page_work: args.page_work.unwrap_or_else(PageWork::for_this_host),
             offloads: Offloads {
@@ -625,6 +631,7 @@ fn reproduce_command(args: &RunArgs) -> String {
         (args.no_huge_page_cache, "--no-huge-page-cache"),
         (args.no_large_anon_folios, "--no-large-anon-folios"),
         (args.no_tx_reclaim_on_send, "--no-tx-reclaim-on-send"),
+        (args.no_stop_cleared_timers, "--no-stop-cleared-timers"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];
