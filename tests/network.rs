@@ -309,6 +309,23 @@ fn the_summary_counters_are_read_per_machine() {
     assert_eq!(counter(summary, "m2", "lost"), 1);
 }
 
+/// Two machines (seed 3) run `command` side by side twice: with every guest tuning, then with
+/// the one that `switch_off` turns off. Both runs must succeed.
+fn with_and_without_tuning(switch_off: &str, command: &str) -> [Run; 2] {
+    let runs = side_by_side(2, |i| {
+        let mut args = vec!["--machines", "2", "--seed", "3"];
+        if i == 1 {
+            args.push(switch_off);
+        }
+        run_guest(&args, &["sh", "-c", command])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    runs.try_into()
+        .unwrap_or_else(|_| panic!("side_by_side(2, ...) gave another number of runs"))
+}
+
 /// m1 sends ARP requests for an address nobody has, so nothing comes back: every interrupt of
 /// its NIC is for sent frames. (Without NAPI for sending, the driver leaves the completion
 /// interrupt on until the first one, so the count starts after a first send.) m2 only waits.
@@ -325,17 +342,7 @@ fn sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning() {
     if !kvm_or_skip("sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning") {
         return;
     }
-    let runs = side_by_side(2, |i| {
-        let mut args = vec!["--machines", "2", "--seed", "3"];
-        if i == 1 {
-            args.push("--no-tx-reclaim-on-send");
-        }
-        run_guest(&args, &["sh", "-c", SEND_ONLY])
-    });
-    for run in &runs {
-        assert_eq!(run.code, Some(0), "{}", run.all());
-    }
-    let (on, off) = (&runs[0], &runs[1]);
+    let [on, off] = with_and_without_tuning("--no-tx-reclaim-on-send", SEND_ONLY);
     assert_eq!(on.console_after("m1", "napi_tx "), "N", "{}", on.all());
     assert_eq!(
         on.console_after("m1", "send interrupts "),
@@ -365,23 +372,12 @@ fn cleared_tcp_timers_wake_a_reader_only_without_the_tuning() {
     if !kvm_or_skip("cleared_tcp_timers_wake_a_reader_only_without_the_tuning") {
         return;
     }
-    let runs = side_by_side(2, |i| {
-        let mut args = vec!["--machines", "2", "--seed", "3"];
-        if i == 1 {
-            args.push("--no-stop-cleared-timers");
-        }
-        run_guest(&args, &["sh", "-c", ONE_WAY_MESSAGES])
-    });
-    let timer_interrupts: Vec<u32> = runs
-        .iter()
-        .map(|run| {
-            assert_eq!(run.code, Some(0), "{}", run.all());
+    let [on, off] =
+        with_and_without_tuning("--no-stop-cleared-timers", ONE_WAY_MESSAGES).map(|run| {
             run.console_after("m1", "timer interrupts ")
-                .parse()
+                .parse::<u32>()
                 .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()))
-        })
-        .collect();
-    let (on, off) = (timer_interrupts[0], timer_interrupts[1]);
+        });
     // Without the tuning, once the connection leaves quick-ACK mode (its first 16 ACKs) each
     // message schedules a delayed ACK, the read sends the ACK at once, and the stale timer
     // still fires 40 ms later: one more interrupt for each of the last 24 messages (73 with
