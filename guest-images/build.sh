@@ -107,9 +107,19 @@ KVERSION=$(read_version_field kernelversion)
 KTARBALL=/usr/src/${KPKG}.tar.xz
 
 # --- build dependencies (Debian packages) ---------------------------------------------
-DEPS=("$KPKG" bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
+DEPS=(bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
 # What tools/recipe.py needs on its own (apt-get download, dpkg -x, readelf), for --recipe-tree.
 RECIPE_DEPS=(binutils python3 dpkg apt)
+
+# Runs apt-get with the given arguments, as root or through sudo.
+apt_get() {
+	local sudo=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || die "apt-get $*: run it as root"
+		sudo=(sudo)
+	fi
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get "$@" >&2
+}
 
 # Installs those of the given packages that are missing.
 install_missing() {
@@ -121,23 +131,26 @@ install_missing() {
 	done
 	if [[ ${#missing[@]} -gt 0 ]]; then
 		log "installing build dependencies: ${missing[*]}"
-		local sudo=()
-		if [[ $(id -u) -ne 0 ]]; then
-			command -v sudo >/dev/null || die "missing packages ${missing[*]}; install them as root (apt-get install ${missing[*]})"
-			sudo=(sudo)
-		fi
-		"${sudo[@]}" apt-get update >&2 || die "apt-get update failed"
-		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}" >&2 ||
+		apt_get update || die "apt-get update failed"
+		apt_get install -y --no-install-recommends "${missing[@]}" ||
 			die "apt-get install ${missing[*]} failed"
 	fi
 }
 
+# The kernel source at its pinned version, not the archive's newest: security updates to the
+# package come every few weeks, and each would change the guest kernel under a fixed commit.
+installed_kernel_source() {
+	dpkg-query -W -f='${Status} ${Version}' "$KPKG" 2>/dev/null | sed -n 's/^install ok installed //p'
+}
+
 ensure_deps() {
 	install_missing "${DEPS[@]}"
-	local installed
-	installed=$(dpkg-query -W -f='${Version}' "$KPKG")
-	[[ $installed == "$KPKG_VERSION" ]] ||
-		die "$KPKG is $installed but guest-images/kernel/VERSION pins $KPKG_VERSION (install that version or update the pin and check the patches apply)"
+	if [[ $(installed_kernel_source) != "$KPKG_VERSION" ]]; then
+		log "installing $KPKG $KPKG_VERSION (pinned in guest-images/kernel/VERSION)"
+		apt_get update || die "apt-get update failed"
+		apt_get install -y --no-install-recommends --allow-downgrades "$KPKG=$KPKG_VERSION" ||
+			die "cannot install $KPKG $KPKG_VERSION; if the archive no longer has it, pin the version it has in guest-images/kernel/VERSION and check the patches apply"
+	fi
 	[[ -f $KTARBALL ]] || die "$KTARBALL not found (package $KPKG)"
 }
 
