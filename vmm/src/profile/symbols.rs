@@ -1,0 +1,100 @@
+//! Guest kernel function names from the `System.map` kept beside the cached `vmlinux`.
+
+use std::path::Path;
+
+/// Kernel function names from a `System.map`.
+#[derive(Default)]
+pub struct Symbols {
+    /// Text symbols by address, sorted.
+    text: Vec<(u64, String)>,
+}
+
+impl Symbols {
+    /// Reads the `System.map` beside `kernel`; none (every address unnamed) if there is none.
+    pub fn beside(kernel: &Path) -> Self {
+        let map = kernel.with_file_name("System.map");
+        std::fs::read_to_string(map)
+            .map(|text| Self::parse(&text))
+            .unwrap_or_default()
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let mut text_symbols: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let addr = u64::from_str_radix(words.next()?, 16).ok()?;
+                let kind = words.next()?;
+                let name = words.next()?;
+                matches!(kind, "T" | "t" | "W" | "w").then(|| (addr, name.to_string()))
+            })
+            .collect();
+        text_symbols.sort();
+        Self { text: text_symbols }
+    }
+
+    /// Whether the map had no functions (or there was no map).
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Whether the kernel has a function called `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.text.iter().any(|(_, n)| n == name)
+    }
+
+    /// The start address and name of the function containing `rip`.
+    fn containing(&self, rip: u64) -> Option<&(u64, String)> {
+        let at = self.text.partition_point(|(addr, _)| *addr <= rip);
+        at.checked_sub(1).map(|i| &self.text[i])
+    }
+
+    /// `function+0xOFFSET` of `rip`, or its address.
+    pub fn name_and_offset(&self, rip: u64) -> String {
+        match self.containing(rip) {
+            Some((start, name)) => format!("{name}+{:#x}", rip - start),
+            None => format!("{rip:#x}"),
+        }
+    }
+
+    /// The function containing `rip`, or its address.
+    pub fn name(&self, rip: u64) -> String {
+        match self.containing(rip) {
+            Some((_, name)) => name.clone(),
+            None => format!("{rip:#x}"),
+        }
+    }
+}
+
+/// The function names of a kernel stack, innermost first. A return address names its caller
+/// (the call instruction precedes it), so it is looked up one byte back.
+pub(super) fn frame_names(symbols: &Symbols, frames: &[u64]) -> Vec<String> {
+    frames
+        .iter()
+        .enumerate()
+        .map(|(depth, &addr)| {
+            symbols.name(if depth == 0 {
+                addr
+            } else {
+                addr.saturating_sub(1)
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_name_the_function_containing_an_address() {
+        let symbols = Symbols::parse(
+            "ffffffff81000000 T _stext\nffffffff81000100 t do_one\nffffffff81000200 D data\n\
+             ffffffff81000300 T do_two\n",
+        );
+        assert_eq!(symbols.name(0xffff_ffff_8100_0150), "do_one");
+        assert_eq!(symbols.name(0xffff_ffff_8100_0250), "do_one");
+        assert_eq!(symbols.name(0xffff_ffff_8100_0300), "do_two");
+        assert_eq!(symbols.name(0x1000), "0x1000");
+    }
+}
