@@ -8,7 +8,10 @@ fn user_space_spin_is_kicked_and_reported() {
     if !kvm_or_skip("user_space_spin_is_kicked_and_reported") {
         return;
     }
-    let run = run_guest(&["--watchdog", "1s", "--strict"], &["simvm-userspin", "3"]);
+    // The watchdog reports a spin at its second kick, so the spin must outlast two watchdog
+    // periods on any host: "8" is 8 s of work on the machine the helper was calibrated on, and
+    // over 4 s on hosts twice as fast ("3" ended between the two kicks on one).
+    let run = run_guest(&["--watchdog", "1s", "--strict"], &["simvm-userspin", "8"]);
     assert!(
         run.stdout
             .contains("NONDETERMINISTIC: the watchdog kicked machine m1"),
@@ -26,7 +29,7 @@ fn user_space_spin_is_kicked_and_reported() {
     assert!(
         run.console("m1")
             .iter()
-            .any(|l| l.starts_with("done 3 s of user work")),
+            .any(|l| l.starts_with("done 8 s of user work")),
         "the spinner never finished:\n{}",
         run.all()
     );
