@@ -107,7 +107,9 @@ KVERSION=$(read_version_field kernelversion)
 KTARBALL=/usr/src/${KPKG}.tar.xz
 
 # --- build dependencies (Debian packages) ---------------------------------------------
-DEPS=(bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
+# The kernel source at its pinned version, not the archive's newest: security updates to the
+# package come every few weeks, and each would change the guest kernel under a fixed commit.
+DEPS=("$KPKG=$KPKG_VERSION" bc bison flex libelf-dev make gcc libc6-dev binutils patch xz-utils python3 dpkg apt)
 # What tools/recipe.py needs on its own (apt-get download, dpkg -x, readelf), for --recipe-tree.
 RECIPE_DEPS=(binutils python3 dpkg apt)
 
@@ -121,36 +123,30 @@ apt_get() {
 	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get "$@" >&2
 }
 
-# Installs those of the given packages that are missing.
+# Whether a package spec, NAME or NAME=VERSION, is installed (at that version, if it names one).
+installed() {
+	local name=${1%%=*} version
+	version=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null | sed -n 's/^install ok installed //p')
+	[[ -n $version && ($1 != *=* || $version == "${1#*=}") ]]
+}
+
+# Installs those of the given package specs that are not installed; a pinned version replaces
+# whatever version is there, older or newer.
 install_missing() {
-	local missing=() pkg
-	for pkg in "$@"; do
-		if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-			missing+=("$pkg")
-		fi
+	local missing=() spec
+	for spec in "$@"; do
+		installed "$spec" || missing+=("$spec")
 	done
 	if [[ ${#missing[@]} -gt 0 ]]; then
 		log "installing build dependencies: ${missing[*]}"
 		apt_get update || die "apt-get update failed"
-		apt_get install -y --no-install-recommends "${missing[@]}" ||
-			die "apt-get install ${missing[*]} failed"
+		apt_get install -y --no-install-recommends --allow-downgrades "${missing[@]}" ||
+			die "apt-get install ${missing[*]} failed (a pinned version the archive no longer has: pin the one it has, in guest-images/kernel/VERSION, and check the patches apply)"
 	fi
-}
-
-# The kernel source at its pinned version, not the archive's newest: security updates to the
-# package come every few weeks, and each would change the guest kernel under a fixed commit.
-installed_kernel_source() {
-	dpkg-query -W -f='${Status} ${Version}' "$KPKG" 2>/dev/null | sed -n 's/^install ok installed //p'
 }
 
 ensure_deps() {
 	install_missing "${DEPS[@]}"
-	if [[ $(installed_kernel_source) != "$KPKG_VERSION" ]]; then
-		log "installing $KPKG $KPKG_VERSION (pinned in guest-images/kernel/VERSION)"
-		apt_get update || die "apt-get update failed"
-		apt_get install -y --no-install-recommends --allow-downgrades "$KPKG=$KPKG_VERSION" ||
-			die "cannot install $KPKG $KPKG_VERSION; if the archive no longer has it, pin the version it has in guest-images/kernel/VERSION and check the patches apply"
-	fi
 	[[ -f $KTARBALL ]] || die "$KTARBALL not found (package $KPKG)"
 }
 
