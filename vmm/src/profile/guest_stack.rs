@@ -6,6 +6,8 @@ use std::path::Path;
 use kvm_bindings::kvm_sregs;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::symbols::{map_beside, map_entries};
+
 /// Kernel addresses start here (the upper half of the 48-bit address space).
 const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
 /// Deeper stacks are cut: a corrupt frame chain must not run on.
@@ -65,14 +67,9 @@ const COMM_LEN: usize = 16;
 impl ProcessProbe {
     /// The probe for the kernel whose `System.map` lies beside `kernel`, if it has the symbols.
     pub fn beside(kernel: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(kernel.with_file_name("System.map")).ok()?;
+        let text = std::fs::read_to_string(map_beside(kernel)).ok()?;
         let find = |wanted: &str| {
-            text.lines().find_map(|line| {
-                let mut words = line.split_whitespace();
-                let addr = u64::from_str_radix(words.next()?, 16).ok()?;
-                let _kind = words.next()?;
-                (words.next()? == wanted).then_some(addr)
-            })
+            map_entries(&text).find_map(|(addr, _, name)| (name == wanted).then_some(addr))
         };
         Some(Self {
             pcpu_hot: find("pcpu_hot")?,

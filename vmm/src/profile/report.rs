@@ -255,14 +255,18 @@ fn write_samples(out: &mut String, symbols: &Symbols, profile: &MachineProfile) 
             "  by process (the task running: its system calls and faults, and the interrupts \
              that came while it ran):"
         );
-        write_shares(out, profile.process_samples.clone(), total, 5);
+        let processes = profile
+            .process_samples
+            .iter()
+            .map(|(k, v)| (k.as_str(), *v));
+        write_shares(out, processes, total, 5);
     }
 }
 
 /// The `take` largest of `counts` as shares of `total`, largest first.
-fn write_shares(
+fn write_shares<K: std::fmt::Display>(
     out: &mut String,
-    counts: impl IntoIterator<Item = (String, u64)>,
+    counts: impl IntoIterator<Item = (K, u64)>,
     total: u64,
     take: usize,
 ) {

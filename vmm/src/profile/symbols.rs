@@ -2,6 +2,20 @@
 
 use std::path::Path;
 
+/// The `System.map` beside the kernel image `kernel`.
+pub(super) fn map_beside(kernel: &Path) -> std::path::PathBuf {
+    kernel.with_file_name("System.map")
+}
+
+/// A `System.map`'s entries: address, kind (`T`, `d`, ...) and name; malformed lines are skipped.
+pub(super) fn map_entries(text: &str) -> impl Iterator<Item = (u64, &str, &str)> {
+    text.lines().filter_map(|line| {
+        let mut words = line.split_whitespace();
+        let addr = u64::from_str_radix(words.next()?, 16).ok()?;
+        Some((addr, words.next()?, words.next()?))
+    })
+}
+
 /// Kernel function names from a `System.map`.
 #[derive(Default)]
 pub struct Symbols {
@@ -12,22 +26,15 @@ pub struct Symbols {
 impl Symbols {
     /// Reads the `System.map` beside `kernel`; none (every address unnamed) if there is none.
     pub fn beside(kernel: &Path) -> Self {
-        let map = kernel.with_file_name("System.map");
-        std::fs::read_to_string(map)
+        std::fs::read_to_string(map_beside(kernel))
             .map(|text| Self::parse(&text))
             .unwrap_or_default()
     }
 
     pub fn parse(text: &str) -> Self {
-        let mut text_symbols: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                let addr = u64::from_str_radix(words.next()?, 16).ok()?;
-                let kind = words.next()?;
-                let name = words.next()?;
-                matches!(kind, "T" | "t" | "W" | "w").then(|| (addr, name.to_string()))
-            })
+        let mut text_symbols: Vec<(u64, String)> = map_entries(text)
+            .filter(|(_, kind, _)| matches!(*kind, "T" | "t" | "W" | "w"))
+            .map(|(addr, _, name)| (addr, name.to_string()))
             .collect();
         text_symbols.sort();
         Self { text: text_symbols }
