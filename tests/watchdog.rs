@@ -49,7 +49,7 @@ fn foreign_signals_are_not_watchdog_kicks() {
         .arg(&image.kernel)
         .arg("--initramfs")
         .arg(&image.initramfs)
-        .args(["--", "simvm-userspin", "3"])
+        .args(["--", "simvm-userspin", "8"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -58,9 +58,14 @@ fn foreign_signals_are_not_watchdog_kicks() {
     let done = std::sync::atomic::AtomicBool::new(false);
     let sent = std::thread::scope(|scope| {
         let sender = scope.spawn(|| {
-            // simvm installs its handler for this signal when it builds the world, well
-            // within the first seconds; the guest takes about 20 s to boot.
-            std::thread::sleep(std::time::Duration::from_secs(5));
+            // Before simvm installs its handler (when it builds the world), the signal's
+            // default action would end it.
+            while !catches(pid, libc::SIGRTMIN() + 1) {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return 0;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             let mut sent = 0u32;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 // SAFETY: kill has no memory effects; the pid is our live child (or, once it
@@ -88,5 +93,18 @@ fn foreign_signals_are_not_watchdog_kicks() {
         assert_eq!(run.code, Some(0), "{}", run.all());
         sender.join().expect("the signal sender")
     });
+    // The spin lasts seconds: a signal every 20 ms lands many times inside KVM_RUN.
     assert!(sent > 100, "only {sent} signals were sent");
+}
+
+/// Whether process `pid` has a handler for `signal` (its `SigCgt` mask in /proc).
+fn catches(pid: libc::pid_t, signal: libc::c_int) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal - 1)) != 0)
 }
