@@ -15,8 +15,10 @@
 //! Templates that will not be used again are removed ([`prune`]): after each build, and by
 //! `simvm image prune`.
 
+mod memory_file;
 mod prune;
 
+pub(crate) use memory_file::{map_private, open_memory, write_sparse_memory};
 pub use prune::{prune, EntryKind, PruneReport, PruneRules, Removed};
 
 use std::fs::File;
@@ -29,8 +31,7 @@ use kvm_ioctls::Kvm;
 use serde::{Deserialize, Serialize};
 use simvm_devices::net::MacAddr;
 use simvm_devices::virtio::block::{BlockOp, BlockResult};
-use vm_memory::mmap::MmapRegion;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestMemoryMmap;
 
 use crate::error::{Error, Result};
 use crate::host_tsc::{self, TscTrap};
@@ -53,7 +54,6 @@ const BUILD_PREFIX: &str = ".build.";
 const MAX_BOOT_NS: u64 = 600_000_000_000;
 /// `template.json` is small (registers, device state); anything far bigger is not one.
 const MAX_STATE_BYTES: u64 = 16 << 20;
-const PAGE: usize = 4096;
 
 /// The MAC the template's NIC has while it boots; every machine sets its own.
 const TEMPLATE_MAC: MacAddr = MacAddr([0x02, 0x53, 0x49, 0x4d, 0xff, 0xff]);
@@ -591,87 +591,6 @@ fn build_dir(dir: &Path) -> PathBuf {
     parent.join(format!("{BUILD_PREFIX}{key}.{}", std::process::id()))
 }
 
-/// Guest memory into `path`, skipping all-zero pages (the file is sparse); returns the BLAKE3
-/// of the memory, hashed on the same pass.
-pub(crate) fn write_sparse_memory(
-    path: &Path,
-    mem: &GuestMemoryMmap,
-    mem_size: u64,
-) -> Result<String> {
-    use std::os::unix::fs::FileExt;
-    let io_error = |e: std::io::Error| Error::SnapshotFile {
-        path: path.to_path_buf(),
-        reason: format!("cannot write: {e}"),
-    };
-    let file = File::create(path).map_err(io_error)?;
-    file.set_len(mem_size).map_err(io_error)?;
-    let mut hash = blake3::Hasher::new();
-    let mut page = [0u8; PAGE];
-    let mut addr = 0;
-    while addr < mem_size {
-        mem.read_slice(&mut page, GuestAddress(addr))
-            .map_err(|e| Error::GuestMemory(e.to_string()))?;
-        hash.update(&page);
-        if page.iter().any(|&b| b != 0) {
-            file.write_all_at(&page, addr).map_err(io_error)?;
-        }
-        addr += PAGE as u64;
-    }
-    file.sync_all().map_err(io_error)?;
-    Ok(hash.finalize().to_hex().to_string())
-}
-
-/// Opens a template's memory file, checking its size and hash.
-pub(crate) fn open_memory(path: &Path, mem_size: u64, blake3_hex: &str) -> Result<File> {
-    let refuse = |reason: String| Error::SnapshotFile {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let mut file = File::open(path).map_err(|e| refuse(format!("cannot open: {e}")))?;
-    let len = file
-        .metadata()
-        .map_err(|e| refuse(format!("cannot read: {e}")))?
-        .len();
-    if len != mem_size {
-        return Err(refuse(format!(
-            "holds {len} bytes of guest memory, the template says {mem_size} (truncated?)"
-        )));
-    }
-    let mut h = blake3::Hasher::new();
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut chunk)
-            .map_err(|e| refuse(format!("cannot read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&chunk[..n]);
-    }
-    if h.finalize().to_hex().as_str() != blake3_hex {
-        return Err(refuse("guest memory is damaged (its hash differs)".into()));
-    }
-    Ok(file)
-}
-
-/// Maps `file` as guest RAM, private and copy on write: the machine's writes stay its own,
-/// and machines started from one template share the pages they have not written.
-pub(crate) fn map_private(file: &File, mem_size: u64) -> Result<GuestMemoryMmap> {
-    let alloc_error = |reason: String| Error::MemoryAlloc { mem_size, reason };
-    let size = usize::try_from(mem_size).map_err(|e| alloc_error(e.to_string()))?;
-    let file = file.try_clone().map_err(|e| alloc_error(e.to_string()))?;
-    let region = MmapRegion::build(
-        Some(FileOffset::new(file, 0)),
-        size,
-        libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-    )
-    .map_err(|e| alloc_error(e.to_string()))?;
-    let region = GuestRegionMmap::new(region, GuestAddress(0))
-        .ok_or_else(|| alloc_error("the region does not fit the address space".into()))?;
-    GuestMemoryMmap::from_regions(vec![region]).map_err(|e| alloc_error(e.to_string()))
-}
-
 /// Templates shared by the machines of a run, by key.
 #[derive(Default)]
 pub struct Templates {
@@ -750,41 +669,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    #[test]
-    fn memory_is_written_sparse_and_checked_when_opened() {
-        let dir = scratch("memory");
-        let size = 1u64 << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
-        mem.write_slice(b"kernel", GuestAddress(0x1000)).unwrap();
-        mem.write_slice(b"stack", GuestAddress(0xf_f000)).unwrap();
-        let path = dir.join(MEMORY_FILE);
-        let hash = write_sparse_memory(&path, &mem, size).unwrap();
-        let file = open_memory(&path, size, &hash).unwrap();
-
-        // Mapped back privately: the same bytes, and writes stay out of the file.
-        let mapped = map_private(&file, size).unwrap();
-        let mut word = [0u8; 6];
-        mapped.read_slice(&mut word, GuestAddress(0x1000)).unwrap();
-        assert_eq!(&word, b"kernel");
-        mapped.write_slice(b"CHANGE", GuestAddress(0x1000)).unwrap();
-        open_memory(&path, size, &hash).expect("the file is unchanged");
-        let again = map_private(&file, size).unwrap();
-        again.read_slice(&mut word, GuestAddress(0x1000)).unwrap();
-        assert_eq!(&word, b"kernel");
-
-        // Only the two written pages hold data (where the file system keeps holes).
-        use std::os::unix::fs::MetadataExt;
-        let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
-        assert!(blocks < size / 2, "{blocks} bytes allocated for two pages");
-
-        let refused = |e: Error| e.to_string();
-        let wrong = open_memory(&path, size * 2, &hash).map(|_| ());
-        assert!(refused(wrong.unwrap_err()).contains("truncated"));
-        let damaged = open_memory(&path, size, &"0".repeat(64)).map(|_| ());
-        assert!(refused(damaged.unwrap_err()).contains("damaged"));
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
