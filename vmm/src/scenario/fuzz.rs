@@ -19,7 +19,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 
 use super::*;
-use crate::units::{format_size, parse_duration_ns, parse_size};
+use crate::units::{format_ns, format_size, parse_duration_ns, parse_size};
+use toml::Value;
 
 const FILE: &str = "fuzz.toml";
 const DEFAULT_CASES: u32 = 256;
