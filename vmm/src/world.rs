@@ -3,9 +3,17 @@
 //! The world owns what outlives a machine: the network, the disks, the timeline of faults and
 //! the trace. A killed machine's next incarnation boots on the same disks, with the same name
 //! and addresses.
+//!
+//! Here: the machines and the loop that steps them. The timeline's actions on machines and
+//! disks are in `actions`, frames and disk requests on their way in `traffic`, saving and
+//! continuing a whole world in `snapshot`.
 
 // Values from guests (exit data, frames, requests) must not be truncated silently.
 #![warn(clippy::cast_possible_truncation)]
+
+mod actions;
+mod snapshot;
+mod traffic;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,8 +21,6 @@ use std::time::Duration;
 use kvm_ioctls::Kvm;
 use simvm_devices::disk::{CrashPolicy, Fault};
 use simvm_devices::net::switch::MachineCounters;
-use simvm_devices::virtio::block::BlockOp;
-use simvm_devices::virtio::net::RxDrop;
 
 use crate::assertions::Assertions;
 use crate::console::format_line;
@@ -24,17 +30,16 @@ use crate::error::{Error, Result};
 use crate::host_cpu;
 use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
-use crate::network::{NetEvent, Network, NetworkConfig};
+use crate::network::{Network, NetworkConfig};
 use crate::profile::lookahead::{ParallelBound, ParallelEstimate};
 use crate::profile::{MachineProfile, ProcessProbe};
 use crate::seed::Seed;
 use crate::skew::{ClockChange, GuestClock};
 use crate::template::{TemplateUse, Templates};
-
-mod snapshot;
-use crate::trace::{Event, Note, Stable, Trace};
+use crate::trace::{Event, Trace};
 use crate::watchdog::Watchdog;
 use snapshot::LoadedSnapshot;
+
 pub use snapshot::{SnapshotCondition, SnapshotInfo, SnapshotRequest};
 
 /// Something the world does to a machine or a disk at a virtual time.
@@ -791,197 +796,6 @@ impl World {
         }
     }
 
-    /// Applies every world action due at `at`: network changes, then machine actions.
-    fn apply_actions(&mut self, at: u64, print: &mut dyn FnMut(&str)) -> Result<()> {
-        self.apply_network_timeline(at, print)?;
-        while let Some((t, action)) = self.timeline.get(self.next_action).cloned() {
-            if t > at {
-                break;
-            }
-            self.next_action += 1;
-            let notes = self.apply_machine_action(action, t)?;
-            let fault_id = self.nodes.len() + 1;
-            for action in notes {
-                print(&format_line(self.step, FAULT_SOURCE, t, &action.text));
-                self.trace
-                    .record(self.step, fault_id, t, &Event::Fault { action })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Carries out one machine action; returns what happened, for the console and the trace.
-    fn apply_machine_action(&mut self, action: MachineAction, at: u64) -> Result<Vec<Note>> {
-        match action {
-            MachineAction::Kill { machine, policy } => {
-                let policy = policy.unwrap_or(self.crash_policy);
-                Ok(self.kill(machine, policy, at))
-            }
-            MachineAction::Restart { machine } => {
-                let mut lines = Vec::new();
-                if self.nodes[machine].machine.is_some() {
-                    lines = self.kill(machine, self.crash_policy, at);
-                }
-                self.power_on(machine, at)?;
-                let node = &self.nodes[machine];
-                lines.push(Note::new(
-                    format!(
-                        "restart {}: incarnation {} boots",
-                        node.name(),
-                        node.incarnation()
-                    ),
-                    Stable::new(4)
-                        .u64(machine as u64)
-                        .u64(node.incarnation().into()),
-                ));
-                Ok(lines)
-            }
-            MachineAction::DiskFault {
-                machine,
-                disk,
-                fault,
-            } => {
-                let node = &mut self.nodes[machine];
-                let line = format!("disk {}/{}: {fault}", node.config.name, disk_name(disk));
-                if let Some(disk) = node.disks.get_mut(disk) {
-                    disk.apply_fault(fault);
-                }
-                let stable =
-                    stable_fault(Stable::new(5).u64(machine as u64).u64(disk as u64), fault);
-                Ok(vec![Note::new(line, stable)])
-            }
-            MachineAction::Pause { machine } => Ok(vec![self.pause(machine, at)]),
-            MachineAction::Resume { machine } => self.resume(machine, at).map(|note| vec![note]),
-            MachineAction::Clock { machine, change } => {
-                Ok(vec![self.change_clock(machine, change, at)])
-            }
-        }
-    }
-
-    /// Stops stepping machine `index` until it resumes.
-    fn pause(&mut self, index: usize, at: u64) -> Note {
-        let node = &mut self.nodes[index];
-        let label = node.label();
-        let stable = Stable::new(6).u64(index as u64);
-        if node.machine.is_none() || node.paused.is_some() {
-            return Note::new(format!("pause {label}: not running"), stable.u64(0));
-        }
-        node.paused = Some(at);
-        Note::new(format!("pause {label}"), stable.u64(1))
-    }
-
-    /// Steps machine `index` again from `at`: its clock jumps over the pause.
-    fn resume(&mut self, index: usize, at: u64) -> Result<Note> {
-        let node = &mut self.nodes[index];
-        let label = node.label();
-        let stable = Stable::new(7).u64(index as u64);
-        let (Some(machine), Some(since)) = (node.machine.as_mut(), node.paused) else {
-            return Ok(Note::new(
-                format!("resume {label}: not paused"),
-                stable.u64(0),
-            ));
-        };
-        let gap = at.saturating_sub(since);
-        machine.wake(self.step, at, &mut self.trace)?;
-        node.paused = None;
-        Ok(Note::new(
-            format!(
-                "resume {label}: its clock jumps {}",
-                crate::units::format_ns(gap)
-            ),
-            stable.u64(1).u64(gap),
-        ))
-    }
-
-    /// Applies a clock fault to machine `index` and to its later incarnations.
-    fn change_clock(&mut self, index: usize, change: ClockChange, at: u64) -> Note {
-        let node = &mut self.nodes[index];
-        let label = node.label();
-        let config = &mut node.config;
-        let stable = Stable::new(8).u64(index as u64);
-        let stable = match change {
-            ClockChange::Rate { ppm } => {
-                config.clock_ppm = ppm;
-                if let Some(machine) = node.machine.as_mut() {
-                    // A halted machine's clock still reads its halt time; it runs at the old
-                    // rate until `at`. A machine already past `at` has shown its guest the old
-                    // rate up to its own time, which must not change.
-                    machine.set_clock_rate(at.max(machine.now()), ppm);
-                }
-                stable.u64(1).i64(ppm)
-            }
-            ClockChange::Step { delta_ns } => {
-                config.wall_base_ns = config.wall_base_ns.saturating_add_signed(delta_ns);
-                if let Some(machine) = node.machine.as_mut() {
-                    machine.step_wall_clock(delta_ns);
-                }
-                stable.u64(2).i64(delta_ns)
-            }
-            ClockChange::Offset { offset_ns } => {
-                // How far the guest's wall clock is from the world's now, and the step that
-                // puts it at `offset_ns`.
-                let error = match node.machine.as_ref() {
-                    Some(machine) => machine.wall_clock_error_ns(at),
-                    None => wall_error(config.wall_base_ns),
-                };
-                let delta_ns = offset_ns.saturating_sub(error);
-                config.wall_base_ns = config.wall_base_ns.saturating_add_signed(delta_ns);
-                if let Some(machine) = node.machine.as_mut() {
-                    machine.step_wall_clock(delta_ns);
-                }
-                stable.u64(3).i64(offset_ns)
-            }
-        };
-        Note::new(format!("clock {label}: {change}"), stable)
-    }
-
-    /// Power loss on machine `index`: the VM is discarded, frames on their way to it are
-    /// lost, and each disk keeps what `policy` says of its unflushed writes.
-    fn kill(&mut self, index: usize, policy: CrashPolicy, at: u64) -> Vec<Note> {
-        let seed = self.seed;
-        let node = &mut self.nodes[index];
-        let name = node.config.name.clone();
-        if node.machine.is_none() {
-            return vec![Note::new(
-                format!("kill {name}: already stopped"),
-                Stable::new(2).u64(index as u64),
-            )];
-        }
-        let incarnation = node.incarnation();
-        node.retire(Stop::Killed);
-        node.last_now = node.last_now.max(at);
-        let label = node.label();
-        let mut lines = vec![Note::new(
-            format!("kill {label}: power lost"),
-            Stable::new(1).u64(index as u64).u64(incarnation.into()),
-        )];
-        for disk in &mut node.disks {
-            let outcome = disk.crash(seed, &name, incarnation, policy);
-            let policy_code = CrashPolicy::ALL.iter().position(|p| *p == outcome.policy);
-            let stable = Stable::new(3)
-                .u64(index as u64)
-                .str(&disk.name)
-                .opt_u64(policy_code.map(|p| p as u64))
-                .u64(outcome.unflushed_writes)
-                .u64(outcome.in_flight_writes)
-                .u64(outcome.writes_lost)
-                .u64(outcome.sectors_lost)
-                .u64(outcome.writes_torn)
-                .u64(outcome.dropped_requests);
-            lines.push(Note::new(
-                format!("kill {label}: {}: {outcome}", disk.name),
-                stable,
-            ));
-        }
-        if let Some(network) = &mut self.network {
-            for delivery in network.take_due(index, u64::MAX) {
-                // The NIC is gone: counted as dropped at the receiver.
-                let _ = network.delivered(&delivery, Err(RxDrop::NotRunning));
-            }
-        }
-        lines
-    }
-
     /// Whether every awaited machine has stopped for good: no restart of it is still to come.
     /// A run that awaits no machine runs until `until` or until it is idle.
     fn done(&self) -> bool {
@@ -1025,120 +839,6 @@ impl World {
                 wake.map(|t| (i, t.max(machine.now())))
             })
             .min_by_key(|&(i, t)| (t, i))
-    }
-
-    /// Applies network timeline actions due by `now`.
-    fn apply_network_timeline(&mut self, now: u64, print: &mut dyn FnMut(&str)) -> Result<()> {
-        let Some(network) = &mut self.network else {
-            return Ok(());
-        };
-        let net_id = self.nodes.len();
-        for event in network.apply_timeline(now)? {
-            if let NetEvent::Applied(action) = event {
-                print(&format_line(self.step, NET_SOURCE, now, &action.text));
-                self.trace
-                    .record(self.step, net_id, now, &Event::Network { action })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands `index` the frames that have arrived for it by its current time.
-    fn deliver_frames(&mut self, index: usize) -> Result<()> {
-        let (Some(network), Some(machine)) =
-            (&mut self.network, self.nodes[index].machine.as_mut())
-        else {
-            return Ok(());
-        };
-        for delivery in network.take_due(index, machine.now()) {
-            let result = machine.deliver_frame(self.step, &delivery.frame, &mut self.trace)?;
-            let accepted = result.is_ok();
-            network.delivered(&delivery, result)?;
-            let event = Event::FrameDelivered {
-                from: delivery.from.0,
-                len: u32::try_from(delivery.frame.data.len()).unwrap_or(u32::MAX),
-                fingerprint: crate::network::fingerprint(&delivery.frame.data),
-                accepted,
-            };
-            self.trace.record(self.step, index, machine.now(), &event)?;
-        }
-        Ok(())
-    }
-
-    /// Switches the frames `index` sent during its last step.
-    fn send_frames(&mut self, index: usize) -> Result<()> {
-        let node = &mut self.nodes[index];
-        let Some(machine) = node.machine.as_mut() else {
-            return Ok(());
-        };
-        let Some(network) = &mut self.network else {
-            // A NIC with no network attached: its frames go nowhere, as on an unplugged cable,
-            // instead of piling up.
-            node.frames_unplugged += machine.take_outbox().len() as u64;
-            return Ok(());
-        };
-        let now = machine.now();
-        for frame in machine.take_outbox() {
-            for event in network.send(index, frame, now)? {
-                let event = match event {
-                    NetEvent::Sent {
-                        len, fingerprint, ..
-                    } => Event::FrameSent {
-                        len: u32::try_from(len).unwrap_or(u32::MAX),
-                        fingerprint,
-                    },
-                    NetEvent::Dropped { to, reason, .. } => Event::FrameDropped {
-                        to: u16::try_from(to).unwrap_or(u16::MAX),
-                        reason: Note::new(
-                            reason.to_string(),
-                            Stable::new(1).u64(drop_code(reason)),
-                        ),
-                    },
-                    NetEvent::Applied(action) => Event::Network { action },
-                };
-                self.trace.record(self.step, index, now, &event)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands the disks the requests `index` made during its last step.
-    fn submit_disk_requests(&mut self, index: usize) -> Result<()> {
-        let node = &mut self.nodes[index];
-        let incarnation = node.config.incarnation;
-        let Some(machine) = node.machine.as_mut() else {
-            return Ok(());
-        };
-        let now = machine.now();
-        for (d, request) in machine.take_block_requests() {
-            let Some(disk) = node.disks.get_mut(d) else {
-                continue;
-            };
-            let write = matches!(request.op, BlockOp::Write { .. });
-            let event = disk.submit(now, incarnation, request);
-            self.trace.record(self.step, index, now, &event)?;
-            if write && !machine.disk_write_cache(d) {
-                disk.write_through(now);
-            }
-        }
-        Ok(())
-    }
-
-    /// Completes into `index` the disk requests done by its current time.
-    fn complete_disk_requests(&mut self, index: usize) -> Result<()> {
-        let node = &mut self.nodes[index];
-        let incarnation = node.config.incarnation;
-        let Some(machine) = node.machine.as_mut() else {
-            return Ok(());
-        };
-        let now = machine.now();
-        for (d, disk) in node.disks.iter_mut().enumerate() {
-            for delivery in disk.complete_due(now, incarnation) {
-                machine.complete_block(d, delivery.token, delivery.result);
-                self.trace.record(self.step, index, now, &delivery.event)?;
-            }
-        }
-        Ok(())
     }
 
     /// Closes the network and the trace, keeps the disks if asked, and sums up.
@@ -1331,30 +1031,6 @@ fn template_event(template: &crate::template::Template) -> Event {
     }
 }
 
-/// The digest's code of a switch drop reason.
-fn drop_code(reason: simvm_devices::net::switch::DropReason) -> u64 {
-    use simvm_devices::net::switch::DropReason;
-    match reason {
-        DropReason::Loss => 1,
-        DropReason::Partition => 2,
-        DropReason::LinkDown => 3,
-        DropReason::QueueFull => 4,
-        DropReason::NotRunning => 5,
-        DropReason::TooBig => 6,
-    }
-}
-
-/// The digest's bytes of a disk fault, after `stable`'s.
-fn stable_fault(stable: Stable, fault: Fault) -> Stable {
-    match fault {
-        Fault::LatentErrors { start, count } => stable.u64(1).u64(start).u64(count),
-        Fault::WriteErrors { start, count } => stable.u64(2).u64(start).u64(count),
-        Fault::Stall { until_ns } => stable.u64(3).u64(until_ns),
-        Fault::Slow { extra_ns } => stable.u64(4).u64(extra_ns),
-        Fault::Clear => stable.u64(5),
-    }
-}
-
 /// The seeded delay of a machine's power-on within `[0, spread]`, from its own stream.
 fn start_delay(seed: Seed, name: &str, incarnation: u32, spread: u64) -> u64 {
     use rand_core::RngCore;
@@ -1363,12 +1039,6 @@ fn start_delay(seed: Seed, name: &str, incarnation: u32, spread: u64) -> u64 {
     }
     let component = format!("machine/{name}/incarnation/{incarnation}/start-delay");
     seed.stream(&component).next_u64() % spread.saturating_add(1)
-}
-
-/// How far a wall clock base (`CLOCK_REALTIME` at the guest clock's zero) is from the world's.
-fn wall_error(wall_base_ns: u64) -> i64 {
-    let world = i128::from(crate::clock::DEFAULT_WALL_BASE_NS);
-    i64::try_from(i128::from(wall_base_ns) - world).unwrap_or(i64::MAX)
 }
 
 /// Refuses timeline actions that name a machine or disk the world does not have, or come out
