@@ -663,7 +663,8 @@ impl Templates {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
+    /// An empty directory of its own for a test's files.
+    pub(super) fn scratch(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("simvm-template-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -152,15 +152,7 @@ pub(crate) fn map_private(file: &File, mem_size: u64) -> Result<GuestMemoryMmap>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("simvm-memory-file-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::template::tests::scratch;
 
     #[test]
     fn memory_is_written_sparse_and_checked_when_opened() {
