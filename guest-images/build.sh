@@ -123,19 +123,18 @@ apt_get() {
 	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get "$@" >&2
 }
 
-# Whether a package spec, NAME or NAME=VERSION, is installed (at that version, if it names one).
-installed() {
-	local name=${1%%=*} version
-	version=$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null | sed -n 's/^install ok installed //p')
-	[[ -n $version && ($1 != *=* || $version == "${1#*=}") ]]
-}
-
-# Installs those of the given package specs that are not installed; a pinned version replaces
-# whatever version is there, older or newer.
+# Installs those of the given package specs (NAME, or NAME=VERSION for a pinned version) that
+# are not installed; a pinned version replaces whatever version is there, older or newer. One
+# dpkg-query answers for all of them: every run checks, and each call costs milliseconds.
 install_missing() {
-	local missing=() spec
+	local missing=() spec name status version
+	local -A have=()
+	while read -r name status version; do
+		[[ $status == installed ]] && have[$name]=$version
+	done < <(dpkg-query -W -f='${Package} ${db:Status-Status} ${Version}\n' "${@%%=*}" 2>/dev/null)
 	for spec in "$@"; do
-		installed "$spec" || missing+=("$spec")
+		version=${have[${spec%%=*}]:-}
+		[[ -n $version && ($spec != *=* || $version == "${spec#*=}") ]] || missing+=("$spec")
 	done
 	if [[ ${#missing[@]} -gt 0 ]]; then
 		log "installing build dependencies: ${missing[*]}"
