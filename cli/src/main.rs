@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use simvm_devices::disk::CrashPolicy;
 use simvm_devices::virtio::net::Offloads;
 use simvm_vmm::image;
@@ -399,12 +399,39 @@ fn with_snapshot_args(argv: Vec<String>, cli: Cli) -> Result<Cli, String> {
     let run_at = argv.iter().position(|a| a == "run").unwrap_or(1);
     let mut all: Vec<String> = argv[..=run_at].to_vec();
     let given = &argv[run_at + 1..];
+    // An option given now replaces the saved one: `--from DIR --until 20s` runs a snapshot
+    // taken by a run with `--until 10s` on to 20 s.
+    let saved = without(&saved, &run_options_in(given));
     // The saved `-- command` must stay last.
     let split = saved.iter().position(|a| a == "--").unwrap_or(saved.len());
     all.extend_from_slice(&saved[..split]);
     all.extend_from_slice(given);
     all.extend_from_slice(&saved[split..]);
-    Cli::try_parse_from(all).map_err(|e| e.to_string())
+    // clap's message starts with the "error: " that main prints before every message.
+    Cli::try_parse_from(all).map_err(|e| {
+        let message = e.to_string();
+        message
+            .strip_prefix("error: ")
+            .unwrap_or(&message)
+            .to_owned()
+    })
+}
+
+/// The `simvm run` options named in `args` (up to a `--`), each with whether it takes a value.
+fn run_options_in(args: &[String]) -> Vec<(&str, bool)> {
+    let cli = Cli::command();
+    let Some(run) = cli.find_subcommand("run") else {
+        return Vec::new();
+    };
+    args.iter()
+        .take_while(|a| *a != "--")
+        .filter_map(|arg| {
+            let name = arg.split_once('=').map_or(arg.as_str(), |(n, _)| n);
+            let long = name.strip_prefix("--")?;
+            let option = run.get_arguments().find(|a| a.get_long() == Some(long))?;
+            Some((name, option.get_action().takes_values()))
+        })
+        .collect()
 }
 
 fn main() -> ExitCode {
@@ -731,6 +758,39 @@ mod tests {
         assert_eq!((args.machines, args.seed), (Some(2), 7));
         assert_eq!(args.command, strings(&["sh", "-c", "echo hi"]));
         assert_eq!(args.from.as_deref(), Some(dir.as_path()));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn options_given_with_from_replace_the_snapshots() {
+        let dir = std::env::temp_dir().join(format!("simvm-cli-from-over-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let saved = strings(&["s.toml", "--until", "10.5s", "--mem=256M", "--strict"]);
+        std::fs::write(dir.join(SNAPSHOT_ARGS), serde_json::to_vec(&saved).unwrap()).unwrap();
+        let dir_s = dir.to_string_lossy().into_owned();
+        for given in [
+            &["--until", "20s", "--mem", "512M"][..],
+            &["--until=20s", "--mem=512M"],
+        ] {
+            let mut argv = strings(&["simvm", "run", "--from", &dir_s]);
+            argv.extend(strings(given));
+            let Ok(Cli {
+                command: Command::Run(args),
+            }) = with_snapshot_args(argv.clone(), Cli::parse_from(&argv))
+            else {
+                panic!("{given:?} did not parse");
+            };
+            assert_eq!(args.until, Some(20_000_000_000), "{given:?}");
+            assert_eq!(args.mem, 512 << 20, "{given:?}");
+            assert!(
+                args.strict,
+                "{given:?}: a saved option not given again stays"
+            );
+            assert_eq!(
+                args.scenario.as_deref(),
+                Some(std::path::Path::new("s.toml"))
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
