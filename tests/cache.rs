@@ -61,7 +61,6 @@ fn prune_removes_other_builds_templates_and_keeps_this_ones() {
     assert_eq!(all.code, Some(0), "{}", all.all());
     assert!(!current.exists(), "{}", all.all());
     assert!(all.stdout.ends_with("removed 1 template, 2.5 MB\n"));
-    let _ = std::fs::remove_dir_all(cache);
 }
 
 #[test]
@@ -79,7 +78,6 @@ fn a_bad_duration_is_refused_with_a_clear_error() {
     let run = prune(&cache, &["--unused-for", "30"]);
     assert_eq!(run.code, Some(2), "{}", run.all());
     assert!(run.stderr.contains("needs a unit"), "{}", run.all());
-    let _ = std::fs::remove_dir_all(cache);
 }
 
 #[test]
@@ -95,5 +93,4 @@ fn an_unusable_cache_is_a_clear_error() {
         run.all()
     );
     assert!(!run.stderr.contains("panicked"), "{}", run.all());
-    let _ = std::fs::remove_dir_all(cache);
 }

@@ -136,7 +136,6 @@ fn check_determinism_compares_guest_state_and_leaves_the_digest_alone() {
         "{}",
         states[0]
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The first host CPU this process may run on (CI runners may not offer CPU 0).

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use simvm_tests::{image, kvm_or_skip, run_scenario_on, side_by_side, temp_dir, Image, Run};
+use simvm_tests::{
+    image, kvm_or_skip, run_scenario_on, side_by_side, temp_dir, Image, Run, TempDir,
+};
 
 const SECTOR: usize = 512;
 /// Where the unflushed record of iteration `k` goes: sector `UNSYNCED_BASE + k`.
@@ -159,7 +161,6 @@ fn killed_disks_keep_what_their_crash_policy_says() {
     // The kills fall at different points of the loop; at least one must land between a write
     // and its flush, or the test checked nothing about losing writes.
     assert!(tails_lost > 0, "no kill fell between a write and its flush");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// An ext4 disk: the first incarnation appends records with fsync, then without, and is killed
@@ -275,7 +276,6 @@ fn ext4_recovers_its_journal_after_a_kill_and_a_seed_replays_the_disk() {
         read(first) != read(other),
         "another seed kept the very same disk image"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// SQLite on ext4, killed one virtual second in with lose-all. Committed transactions survive
@@ -323,7 +323,7 @@ fn sqlite_keeps_synchronous_full_commits_and_loses_synchronous_off_ones() {
     if !kvm_or_skip("sqlite_keeps_synchronous_full_commits_and_loses_synchronous_off_ones") {
         return;
     }
-    let (run, dir) = run_scenario("sqlite", SQLITE_SCENARIO, &image(Some("sqlite")), 5);
+    let (run, _dir) = run_scenario("sqlite", SQLITE_SCENARIO, &image(Some("sqlite")), 5);
     assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
     let committed = |db: &str| last_number(&run, "m1", &format!("{db} committed"));
     let rows = |db: &str| last_number(&run, "m1#2", &format!("{db} rows"));
@@ -346,7 +346,6 @@ fn sqlite_keeps_synchronous_full_commits_and_loses_synchronous_off_ones() {
         "no OFF commit was lost, so the crash lost nothing:\n{}",
         run.all()
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The base image with etcd's files on a disk: the guest reads the 37 MiB of binaries from the
@@ -367,7 +366,7 @@ fn a_recipe_disk_runs_etcdctl_on_the_base_image() {
     if !kvm_or_skip("a_recipe_disk_runs_etcdctl_on_the_base_image") {
         return;
     }
-    let (run, dir) = run_scenario("recipe-disk", RECIPE_DISK_SCENARIO, &image(None), 1);
+    let (run, _dir) = run_scenario("recipe-disk", RECIPE_DISK_SCENARIO, &image(None), 1);
     assert_eq!(run.code, Some(0), "the run failed:\n{}", run.all());
     assert!(
         run.console("m1")
@@ -376,12 +375,11 @@ fn a_recipe_disk_runs_etcdctl_on_the_base_image() {
         "etcdctl did not run from the disk:\n{}",
         run.all()
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Runs the scenario `text` (written to a fresh temporary directory named after `name`, which is
-/// returned for the test to remove) with `image` and `seed`.
-fn run_scenario(name: &str, text: &str, image: &Image, seed: u64) -> (Run, std::path::PathBuf) {
+/// returned: the test's files stay until it drops it) with `image` and `seed`.
+fn run_scenario(name: &str, text: &str, image: &Image, seed: u64) -> (Run, TempDir) {
     let dir = temp_dir(name);
     let scenario = dir.join(format!("{name}.toml"));
     std::fs::write(&scenario, text).expect("write the scenario");

@@ -93,7 +93,6 @@ fn a_directory_or_a_device_as_the_image_is_named_as_such() {
         assert_clean_error(&run, &[&expected]);
         assert!(!run.stderr.contains("not found"), "{}", run.all());
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Every scenario error names the file, line and column: syntax errors, a file that is not
@@ -145,7 +144,6 @@ fn scenario_errors_name_the_file_line_and_column() {
         &[],
     );
     assert_clean_error(&run, &["/nonexistent/vmlinux not found"]);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -410,5 +408,4 @@ fn receive_chain_errors_are_reported_at_delivery() {
             .expect("a step number")
     };
     assert_eq!(step_of("device_error"), step_of("frame_delivered"));
-    let _ = std::fs::remove_dir_all(dir);
 }

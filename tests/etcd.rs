@@ -134,7 +134,6 @@ fn etcd_histories_are_checked_replayed_and_drawn() {
         dom.contains("class=\"band\""),
         "the offending window is not marked"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The history's operations: each invocation with its completion.

@@ -304,7 +304,6 @@ fn nemesis_schedules_differ_by_seed_and_each_replays_exactly() {
     );
     let report = std::fs::read_to_string(&junit).expect("the JUnit report");
     assert_eq!(report.matches("<testcase").count(), 10, "{report}");
-    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]
@@ -385,5 +384,4 @@ fn a_soak_finds_a_bug_that_one_fault_at_one_phase_triggers_and_its_repro_fails_a
     let stdout = String::from_utf8_lossy(&replay.stdout);
     assert_eq!(replay.status.code(), Some(1), "{line}\n{stdout}");
     assert_eq!(bug(&stdout), found, "{line}");
-    let _ = std::fs::remove_dir_all(&out);
 }

@@ -271,7 +271,6 @@ fn bulk_tcp_arrives_whole_in_wire_sized_segments() {
         0,
         "frames with bad checksums"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A per-machine counter of the summary line, which reads

@@ -246,7 +246,6 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     assert!(one > 0.0 && one <= wall, "{parallel} (run: {wall} s)");
     assert!(two <= one && two >= one / 2.0 - 0.01, "{parallel}");
     assert!(per_machine <= two, "{parallel}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Samples in `sync_regs` in a profile's `m1.instructions` (`ADDRESS function+OFFSET COUNT`).
@@ -302,5 +301,4 @@ fn entering_on_the_task_stack_leaves_sync_regs_nothing_to_copy() {
         on * 2 < off,
         "{on} samples in sync_regs on the task stack, {off} on the entry stack"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }

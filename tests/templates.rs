@@ -116,7 +116,6 @@ fn template_starts_replay_exactly_and_differ_like_boots() {
         isn7.iter().all(|isn| !isn8.contains(isn)),
         "seeds 7 and 8 chose the same ISNs: {isn7:?} {isn8:?}"
     );
-    let _ = std::fs::remove_dir_all(&scratch);
 
     // The guest's monotonic clock goes on from the template's (it includes the boot, which
     // took this much virtual time): it reads what a cold boot's reads at the same point. It
@@ -247,8 +246,6 @@ fn bad_template_files_are_refused_with_a_clear_error() {
     // Another image's (or machine shape's) template is refused by key.
     let error = refusal(&good, Some("0123456789abcdef0123456789abcdef"));
     assert!(error.contains("another image"), "{error}");
-
-    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// What the snapshot tests' machines run: "ready" (the snapshot condition), then, after the
@@ -387,7 +384,6 @@ fn world_snapshot_continues_with_new_seeds() {
     let run = world_run(&["--seed", "1", "--from", &damaged_s]);
     assert_eq!(run.code, Some(2), "{}", run.all());
     assert!(run.stderr.contains("truncated"), "{}", run.all());
-    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 /// A world saved before its nemesis starts is continued by every seed under that seed's own
@@ -488,5 +484,4 @@ fn a_snapshot_taken_before_the_nemesis_starts_gets_each_seeds_own_faults() {
         "{}",
         refused.all()
     );
-    let _ = std::fs::remove_dir_all(&scratch);
 }
