@@ -122,6 +122,7 @@ pub fn soak(args: SoakArgs) -> Result<i32, String> {
     prepare(&run_args)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    check_out_dir(&args.out)?;
 
     let jobs = args.jobs.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
@@ -360,6 +361,40 @@ fn utf8(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{}: only UTF-8 paths are supported", path.display()))
 }
 
+/// A seed replaces its directory under `--out` (an earlier soak's files would mix with its
+/// own), so a `seed-N` directory holding anything a soak does not write stops the soak before
+/// it starts instead of being deleted.
+fn check_out_dir(out: &Path) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(out).map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_seed_dir = name.to_str().is_some_and(|n| {
+            n.strip_prefix("seed-")
+                .is_some_and(|seed| seed.parse::<u64>().is_ok())
+        });
+        if !is_seed_dir || !entry.path().is_dir() {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let file_name = file.file_name();
+            if !child::SEED_FILES.iter().any(|&f| file_name == f) {
+                return Err(format!(
+                    "--out {}: {} holds {}, which a soak does not write; a soak replaces its \
+                     seeds' directories, so give another --out or move the file",
+                    out.display(),
+                    entry.path().display(),
+                    file_name.to_string_lossy()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +412,21 @@ mod tests {
             Ok(_) => Err("another command".into()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    #[test]
+    fn a_seed_directory_holding_foreign_files_stops_the_soak_before_it_starts() {
+        let out = std::env::temp_dir().join(format!("simvm-soak-out-{}", std::process::id()));
+        let seed = out.join("seed-3");
+        std::fs::create_dir_all(seed.join(child::DISKS)).unwrap();
+        std::fs::write(seed.join(child::CONSOLE_LOG), "an earlier soak's").unwrap();
+        std::fs::write(out.join("notes.txt"), "beside the seeds").unwrap();
+        assert_eq!(check_out_dir(&out), Ok(()));
+        std::fs::write(seed.join("important"), "precious").unwrap();
+        let refused = check_out_dir(&out).unwrap_err();
+        assert!(refused.contains("holds important"), "{refused}");
+        assert_eq!(std::fs::read(seed.join("important")).unwrap(), b"precious");
+        let _ = std::fs::remove_dir_all(out);
     }
 
     #[test]

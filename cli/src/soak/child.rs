@@ -32,6 +32,17 @@ pub const DISKS: &str = "disks";
 /// The workload history and its timeline (scenarios with a `[check]`).
 pub const HISTORY: &str = "history.jsonl";
 pub const REPRO: &str = "repro.sh";
+/// Every name a soak writes into a seed's directory (`--history` adds its `.html` timeline).
+pub const SEED_FILES: [&str; 8] = [
+    CONSOLE_LOG,
+    SIMVM_LOG,
+    TRACE,
+    PCAP,
+    DISKS,
+    HISTORY,
+    "history.html",
+    REPRO,
+];
 
 impl ChildTemplate {
     pub fn seed_dir(&self, seed: u64) -> Option<PathBuf> {
