@@ -474,10 +474,13 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         (Some(path), true) => {
             Scenario::load_with_until(path, args.until).map_err(|e| e.to_string())?
         }
-        (None, false) => Scenario::from_cli(
-            usize::from(args.machines.unwrap_or(1)),
-            args.command.clone(),
-        ),
+        (None, false) => {
+            check_command(&args.command)?;
+            Scenario::from_cli(
+                usize::from(args.machines.unwrap_or(1)),
+                args.command.clone(),
+            )
+        }
         (None, true) => Scenario::demo(),
     };
     if let Some(n) = args
@@ -591,6 +594,15 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         plan.run()
     };
     result.map_err(|e| e.to_string())
+}
+
+/// The command after `--` must name a program: an empty one would leave the guest's init
+/// at an interactive shell that nothing ever answers, as a scenario's empty `command` is refused.
+fn check_command(command: &[String]) -> Result<(), String> {
+    match command.first() {
+        Some(program) if !program.trim().is_empty() => Ok(()),
+        _ => Err("the command after `--` is empty: give a program to run".into()),
+    }
 }
 
 /// The arguments a snapshot keeps: this run's, less the seed, outputs and snapshot options.
@@ -759,6 +771,13 @@ mod tests {
         assert_eq!(args.command, strings(&["sh", "-c", "echo hi"]));
         assert_eq!(args.from.as_deref(), Some(dir.as_path()));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_command_must_name_a_program() {
+        assert!(check_command(&strings(&["", "foo"])).is_err());
+        assert!(check_command(&strings(&[" "])).is_err());
+        assert_eq!(check_command(&strings(&["true", ""])), Ok(()));
     }
 
     #[test]
