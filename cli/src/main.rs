@@ -467,6 +467,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
+    check_late_outputs(&args)?;
     let scenario = match (&args.scenario, args.command.is_empty()) {
         (Some(_), false) => {
             return Err("give either a scenario file or a command after `--`, not both".into())
@@ -594,6 +595,36 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         plan.run()
     };
     result.map_err(|e| e.to_string())
+}
+
+/// The outputs written only once the run is over (`--profile`, `--history`, `--keep-disks`):
+/// a path that cannot take them is found before the run, not after minutes of it.
+fn check_late_outputs(args: &RunArgs) -> Result<(), String> {
+    for (flag, dir) in [
+        ("--profile", &args.profile),
+        ("--keep-disks", &args.keep_disks),
+    ] {
+        if let Some(dir) = dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+            return Err(format!(
+                "{flag} {}: exists and is not a directory",
+                dir.display()
+            ));
+        }
+    }
+    if let Some(file) = &args.history {
+        if file.is_dir() {
+            return Err(format!("--history {}: is a directory", file.display()));
+        }
+        let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+            return Err(format!(
+                "--history {}: the directory {} does not exist",
+                file.display(),
+                parent.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The command after `--` must name a program: an empty one would leave the guest's init
@@ -771,6 +802,39 @@ mod tests {
         assert_eq!(args.command, strings(&["sh", "-c", "echo hi"]));
         assert_eq!(args.from.as_deref(), Some(dir.as_path()));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn outputs_written_after_the_run_are_checked_before_it() {
+        let file = std::env::temp_dir().join(format!("simvm-cli-late-{}", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let file_s = file.to_string_lossy().into_owned();
+        let missing = format!("{file_s}.d/h.jsonl");
+        for (given, expected) in [
+            (
+                ["--profile", file_s.as_str()],
+                "exists and is not a directory",
+            ),
+            (
+                ["--keep-disks", file_s.as_str()],
+                "exists and is not a directory",
+            ),
+            (["--history", missing.as_str()], "does not exist"),
+            (["--history", "/"], "is a directory"),
+        ] {
+            let mut argv = strings(&["simvm", "run"]);
+            argv.extend(strings(&given));
+            argv.extend(strings(&["--", "true"]));
+            let Cli {
+                command: Command::Run(args),
+            } = Cli::parse_from(&argv)
+            else {
+                panic!("not a run");
+            };
+            let refused = check_late_outputs(&args).unwrap_err();
+            assert!(refused.contains(expected), "{given:?}: {refused}");
+        }
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]
