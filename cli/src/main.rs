@@ -585,6 +585,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
     }
     let plan = RunPlan {
         reproduce: reproduce_command(&args),
+        reproduce_with_snapshot: reproduce_line(&args, true),
         simulation,
         profile: args.profile.clone(),
         history: args.history.clone(),
@@ -645,6 +646,11 @@ fn snapshot_args(argv: &[String]) -> Vec<u8> {
 
 /// The shortest `simvm run` line that repeats this run.
 fn reproduce_command(args: &RunArgs) -> String {
+    reproduce_line(args, false)
+}
+
+/// [`reproduce_command`], with `--snapshot-at` and `--snapshot` if `with_snapshot`.
+fn reproduce_line(args: &RunArgs, with_snapshot: bool) -> String {
     let mut line = String::from("simvm run");
     if let Some(path) = &args.scenario {
         line.push_str(&format!(" {}", shell_quote(&path.to_string_lossy())));
@@ -711,6 +717,18 @@ fn reproduce_command(args: &RunArgs) -> String {
     }
     if let Some(dir) = &args.from {
         line.push_str(&format!(" --from {}", shell_quote(&dir.to_string_lossy())));
+    }
+    if let Some((condition, dir)) = args
+        .snapshot_at
+        .as_ref()
+        .zip(args.snapshot.as_ref())
+        .filter(|_| with_snapshot)
+    {
+        line.push_str(&format!(
+            " --snapshot-at {} --snapshot {}",
+            shell_quote(&condition.to_string()),
+            shell_quote(&dir.to_string_lossy())
+        ));
     }
     for disk in &args.disks {
         line.push_str(&format!(" --disk {}", shell_quote(&disk.text)));
@@ -835,6 +853,32 @@ mod tests {
             assert!(refused.contains(expected), "{given:?}: {refused}");
         }
         let _ = std::fs::remove_file(file);
+    }
+
+    #[test]
+    fn a_run_missing_its_snapshot_reproduces_with_the_snapshot_options() {
+        let argv = [
+            "simvm",
+            "run",
+            "--seed",
+            "1",
+            "--snapshot-at",
+            "console=up now",
+        ];
+        let argv = [&argv[..], &["--snapshot", "s d", "--", "sleep", "1"]].concat();
+        let Cli {
+            command: Command::Run(args),
+        } = Cli::parse_from(argv)
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(reproduce_command(&args), "simvm run --seed 1 -- sleep 1");
+        assert_eq!(
+            reproduce_line(&args, true),
+            "simvm run --seed 1 --snapshot-at 'console=up now' --snapshot 's d' -- sleep 1"
+        );
+        let condition = SnapshotCondition::parse("time=1500ms").unwrap();
+        assert_eq!(condition.to_string(), "time=1500ms");
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct RunPlan {
     pub simulation: Simulation,
     /// The command line that reproduces this run, for failure reports.
     pub reproduce: String,
+    /// The same with the snapshot options: the line for a run that failed for want of its
+    /// snapshot (without them the run passes).
+    pub reproduce_with_snapshot: String,
     /// Write the run's profile here (`--profile`).
     pub profile: Option<std::path::PathBuf>,
     /// Write the workload's history here, and its timeline beside it (`--history`).
@@ -106,7 +109,7 @@ impl RunPlan {
                 None => {
                     snapshot_missing = true;
                     eprintln!(
-                        "simvm: no snapshot: the condition {:?} never held at a quiet moment \
+                        "simvm: no snapshot: the condition {} never held at a quiet moment \
                          (no frame or disk request on its way) before the run ended",
                         request.condition
                     );
@@ -158,7 +161,11 @@ impl RunPlan {
             println!("{extra}");
         }
         if !success {
-            eprintln!("reproduce: {}", self.reproduce);
+            let line = match snapshot_missing {
+                true => &self.reproduce_with_snapshot,
+                false => &self.reproduce,
+            };
+            eprintln!("reproduce: {line}");
         }
         match (success, outcome.machines.as_slice()) {
             (true, _) => 0,

@@ -55,6 +55,16 @@ impl SnapshotCondition {
     }
 }
 
+/// As the command line gives it: `time=10s`, `console=cluster up`.
+impl std::fmt::Display for SnapshotCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Self::At(ns) => write!(f, "time={}", crate::units::format_ns(*ns)),
+            Self::Console(text) => write!(f, "console={text}"),
+        }
+    }
+}
+
 /// Take a snapshot into `dir` when `condition` holds.
 #[derive(Clone, Debug)]
 pub struct SnapshotRequest {
