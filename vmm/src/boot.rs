@@ -78,10 +78,13 @@ fn load_initramfs(
     archives: &[impl AsRef<[u8]>],
 ) -> Result<(u64, u64)> {
     let size: u64 = archives.iter().map(|a| a.as_ref().len() as u64).sum();
+    if size == 0 {
+        return Err(Error::EmptyInitramfs);
+    }
     let top = mem_size.min(INITRD_MAX_END);
     let addr = top.checked_sub(size).map(|a| a & !0xfff);
     let addr = match addr {
-        Some(addr) if addr >= kernel_end && size > 0 => addr,
+        Some(addr) if addr >= kernel_end => addr,
         Some(_) | None => {
             return Err(Error::MemoryTooSmall {
                 mem_size,
@@ -289,5 +292,13 @@ mod tests {
         let archives = vec![vec![0u8; 3 << 20]];
         let err = load_initramfs(&mem, size, 0x20_0000, &archives).unwrap_err();
         assert!(matches!(err, Error::MemoryTooSmall { .. }));
+    }
+
+    #[test]
+    fn an_empty_initramfs_is_its_own_error_not_too_little_memory() {
+        let size = 64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap();
+        let err = load_initramfs(&mem, size, 0x20_0000, &[Vec::<u8>::new()]).unwrap_err();
+        assert!(matches!(err, Error::EmptyInitramfs), "{err}");
     }
 }

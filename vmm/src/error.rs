@@ -35,6 +35,8 @@ pub enum Error {
 
     #[error("cannot read the initramfs {}: {source}", path.display())]
     InitramfsOpen { path: PathBuf, source: io::Error },
+    #[error("the initramfs is empty: the guest needs a cpio archive holding its init")]
+    EmptyInitramfs,
 
     #[error("guest memory of {} MiB is too small: the kernel and initramfs need at least {} MiB", mem_size >> 20, needed.div_ceil(1 << 20))]
     MemoryTooSmall { mem_size: u64, needed: u64 },
