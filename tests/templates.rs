@@ -280,11 +280,18 @@ fn world_snapshot_continues_with_new_seeds() {
         "console=ready",
         "--snapshot",
         &dir_s,
+        // The second run of the check neither takes the snapshot nor trips over the first's.
+        "--check-determinism",
     ];
     let taken = world_run(&take);
     assert_eq!(taken.code, Some(0), "{}", taken.all());
     assert!(
         taken.stderr.contains("saved the world as snapshot"),
+        "{}",
+        taken.all()
+    );
+    assert!(
+        taken.stdout.contains("deterministic: both runs have digest"),
         "{}",
         taken.all()
     );

@@ -512,11 +512,13 @@ impl Simulation {
     ) -> Result<DeterminismCheck, SimulationError> {
         let first = World::new(self.world_config(true, self.trace.clone())?)?.run(print)?;
         let first = self.judged(first);
-        // The second run takes no snapshot: taking one must not change the run either.
-        let second = WorldConfig {
+        // The second run takes no snapshot (taking one must not change the run either), nor
+        // looks for an empty directory to take it into: the first run has just filled it.
+        let without_snapshot = Simulation {
             snapshot: None,
-            ..self.world_config(true, None)?
+            ..self.clone()
         };
+        let second = without_snapshot.world_config(true, None)?;
         let second = World::new(second)?.run(&mut |_| {})?;
         let divergence = match (&first.fingerprints, &second.fingerprints) {
             (Some(a), Some(b)) => first_divergence(a, b),
