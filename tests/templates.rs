@@ -291,7 +291,9 @@ fn world_snapshot_continues_with_new_seeds() {
         taken.all()
     );
     assert!(
-        taken.stdout.contains("deterministic: both runs have digest"),
+        taken
+            .stdout
+            .contains("deterministic: both runs have digest"),
         "{}",
         taken.all()
     );
