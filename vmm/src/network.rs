@@ -158,16 +158,19 @@ pub struct Network {
     next_action: usize,
     /// Names of the active partitions, for healing by prefix.
     partitions: Vec<String>,
+    /// The machines' names, by index: the timeline's actions are described with them.
+    names: Vec<String>,
     pcap: Option<PcapngWriter<BufWriter<File>>>,
 }
 
 impl Network {
     pub fn new(
         seed: Seed,
-        machines: usize,
+        names: &[String],
         config: &NetworkConfig,
         pcap: Option<&Path>,
     ) -> Result<Self> {
+        let machines = names.len();
         let count = u16::try_from(machines)
             .map_err(|_| Error::Network(format!("{machines} machines is too many")))?;
         let network_seed = seed.key("network");
@@ -203,6 +206,7 @@ impl Network {
             timeline: config.timeline.clone(),
             next_action: 0,
             partitions: Vec::new(),
+            names: names.to_vec(),
             pcap,
         })
     }
@@ -253,12 +257,9 @@ impl Network {
     }
 
     fn apply(&mut self, action: NetAction) -> Result<String> {
-        let describe = |ids: &[usize]| {
-            ids.iter()
-                .map(|&i| id(i).to_string())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let names = &self.names;
+        let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| id(i).to_string());
+        let describe = |ids: &[usize]| ids.iter().map(|&i| name(i)).collect::<Vec<_>>().join(",");
         let result = match &action {
             NetAction::Partition { name, a, b, cut } => {
                 let a_ids: Vec<MachineId> = a.iter().map(|&i| id(i)).collect();
@@ -300,7 +301,7 @@ impl Network {
                     self.switch
                         .set_link(id(*from), id(*to), patch.apply(current))
                 })
-                .map(|()| format!("link {}->{}: {patch}", id(*from), id(*to))),
+                .map(|()| format!("link {}->{}: {patch}", name(*from), name(*to))),
         };
         result.map_err(|e| Error::Network(e.to_string()))
     }
@@ -475,5 +476,55 @@ fn stable_action(action: &NetAction) -> crate::trace::Stable {
             .opt_u64(patch.bandwidth_bps)
             .opt_u64(patch.reorder.map(u64::from))
             .opt_u64(patch.up.map(u64::from)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_actions_are_described_with_the_machines_names() {
+        let names = ["beta".to_string(), "alpha".to_string()];
+        let config = NetworkConfig {
+            defaults: LinkConfig::default(),
+            links: Vec::new(),
+            timeline: vec![
+                (
+                    1,
+                    NetAction::Partition {
+                        name: "p".into(),
+                        a: vec![1],
+                        b: vec![0],
+                        cut: Cut::OneWay,
+                    },
+                ),
+                (
+                    2,
+                    NetAction::PatchLink {
+                        from: 1,
+                        to: 0,
+                        patch: LinkPatch {
+                            latency_ns: Some(1_000_000),
+                            ..LinkPatch::default()
+                        },
+                    },
+                ),
+            ],
+        };
+        let mut network = Network::new(Seed(1), &names, &config, None).unwrap();
+        let described: Vec<String> = (network.apply_timeline(2).unwrap().into_iter())
+            .map(|event| match event {
+                NetEvent::Applied(note) => note.text,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "partition p: {alpha} -> {beta} cut",
+                "link alpha->beta: latency=1000000ns"
+            ]
+        );
     }
 }

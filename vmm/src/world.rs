@@ -388,8 +388,8 @@ pub struct World {
 }
 
 /// The trace ids of the two non-machine sources, after the machines.
-const NET_SOURCE: &str = "net";
-const FAULT_SOURCE: &str = "fault";
+pub(crate) const NET_SOURCE: &str = "net";
+pub(crate) const FAULT_SOURCE: &str = "fault";
 
 impl World {
     /// Opens KVM, the disks and the network, and powers on every machine.
@@ -400,21 +400,14 @@ impl World {
                 source,
             })?;
         let mut names: Vec<String> = config.machines.iter().map(|m| m.name.clone()).collect();
-        // Timeline events that belong to no machine are traced as "net" and "fault".
-        names.push(NET_SOURCE.to_string());
-        names.push(FAULT_SOURCE.to_string());
         let network = config
             .network
             .as_ref()
-            .map(|net| {
-                Network::new(
-                    config.seed,
-                    config.machines.len(),
-                    net,
-                    config.pcap.as_deref(),
-                )
-            })
+            .map(|net| Network::new(config.seed, &names, net, config.pcap.as_deref()))
             .transpose()?;
+        // Timeline events that belong to no machine are traced as "net" and "fault".
+        names.push(NET_SOURCE.to_string());
+        names.push(FAULT_SOURCE.to_string());
         check_timeline(&config.timeline, &config.machines, &config.disks)?;
         let mut trace = Trace::new(names);
         if let Some(path) = &config.trace_json {

@@ -546,6 +546,12 @@ pub(super) fn check_host_name(name: &Spanned<String>) -> Result<String, Problem>
             format!("`{text}` is not a host name: use a letter, then letters, digits or `-` (at most 63)"),
         ));
     }
+    if [crate::world::NET_SOURCE, crate::world::FAULT_SOURCE].contains(&text.as_str()) {
+        return Err(Problem::at(
+            name.span(),
+            format!("`{text}` labels simvm's own console lines (the network's and the faults' events): name the machine otherwise"),
+        ));
+    }
     Ok(text.clone())
 }
 

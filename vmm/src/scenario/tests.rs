@@ -387,6 +387,7 @@ fn errors_name_line_column_and_what_was_expected() {
         ("[[machine]]\nname = \"a\"\ncommand = \"x\"\n[[machine]]\nname = \"a\"\ncommand = \"x\"\n".into(), (5, 8), "two machines are named `a`"),
         ("[[machine]]\nname = \"m2\"\ncommand = \"x\"\n[[machine]]\ncommand = \"x\"\n".into(), (4, 1), "two machines are named `m2`"),
         ("[[machine]]\nname = \"1st\"\ncommand = \"x\"\n".into(), (2, 8), "not a host name"),
+        ("[[machine]]\nname = \"fault\"\ncommand = \"x\"\n".into(), (2, 8), "labels simvm's own console lines"),
         ("[[machine]]\ncount = 2\nname = \"a\"\ncommand = \"x\"\n".into(), (3, 8), "remove `name`"),
         ("[[machine]]\ncount = 0\ncommand = \"x\"\n".into(), (2, 9), "between 1 and 64"),
         ("[[machine]]\ncommand = []\n".into(), (2, 11), "needs a program"),
