@@ -480,32 +480,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
     check_late_outputs(&args)?;
-    let scenario = match (&args.scenario, args.command.is_empty()) {
-        (Some(_), false) => {
-            return Err("give either a scenario file or a command after `--`, not both".into())
-        }
-        (Some(path), true) => {
-            Scenario::load_with_until(path, args.until).map_err(|e| e.to_string())?
-        }
-        (None, false) => {
-            check_command(&args.command)?;
-            Scenario::from_cli(
-                usize::from(args.machines.unwrap_or(1)),
-                args.command.clone(),
-            )
-        }
-        (None, true) => Scenario::demo(),
-    };
-    if let Some(n) = args
-        .machines
-        .filter(|&n| args.command.is_empty() && usize::from(n) != scenario.machines.len())
-    {
-        return Err(format!(
-            "--machines {n} does not match the scenario, which has {} machines",
-            scenario.machines.len()
-        ));
-    }
-    let mut scenario = scenario;
+    let mut scenario = scenario_of(&args)?;
     if !args.disks.is_empty() {
         if args.disks.len() > MAX_DISKS {
             return Err(format!("at most {MAX_DISKS} disks per machine"));
@@ -608,6 +583,39 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         plan.run()
     };
     result.map_err(|e| e.to_string())
+}
+
+/// The scenario `simvm run` runs: the file, the command after `--` on `--machines` machines,
+/// or the demo; with the checks made before anything starts (`simvm soak` makes them once for
+/// all its seeds).
+pub(crate) fn scenario_of(args: &RunArgs) -> Result<Scenario, String> {
+    let scenario = match (&args.scenario, args.command.is_empty()) {
+        (Some(_), false) => {
+            return Err("give either a scenario file or a command after `--`, not both".into())
+        }
+        (Some(path), true) => {
+            Scenario::load_with_until(path, args.until).map_err(|e| e.to_string())?
+        }
+        (None, false) => {
+            check_command(&args.command)?;
+            Scenario::from_cli(
+                usize::from(args.machines.unwrap_or(1)),
+                args.command.clone(),
+            )
+        }
+        (None, true) => Scenario::demo(),
+    };
+    let count = scenario.machines.len();
+    if let Some(n) = args
+        .machines
+        .filter(|&n| args.command.is_empty() && usize::from(n) != count)
+    {
+        let machines = if count == 1 { "machine" } else { "machines" };
+        return Err(format!(
+            "--machines {n} does not match the scenario, which has {count} {machines}"
+        ));
+    }
+    Ok(scenario)
 }
 
 /// The outputs written only once the run is over (`--profile`, `--history`, `--keep-disks`):
@@ -891,6 +899,29 @@ mod tests {
         );
         let condition = SnapshotCondition::parse("time=1500ms").unwrap();
         assert_eq!(condition.to_string(), "time=1500ms");
+    }
+
+    #[test]
+    fn machines_that_do_not_match_the_scenario_are_refused_before_any_run() {
+        let file = std::env::temp_dir().join(format!("simvm-cli-one-{}.toml", std::process::id()));
+        std::fs::write(&file, "until = \"1s\"\n[[machine]]\ncommand = \"true\"\n").unwrap();
+        let file_s = file.to_string_lossy().into_owned();
+        let parse = |extra: &[&str]| {
+            let argv = [&["simvm", "run", file_s.as_str()][..], extra].concat();
+            match Cli::parse_from(argv) {
+                Cli {
+                    command: Command::Run(args),
+                } => args,
+                _ => panic!("not a run"),
+            }
+        };
+        let refused = scenario_of(&parse(&["--machines", "2"])).unwrap_err();
+        assert_eq!(
+            refused,
+            "--machines 2 does not match the scenario, which has 1 machine"
+        );
+        assert_eq!(scenario_of(&parse(&[])).unwrap().machines.len(), 1);
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

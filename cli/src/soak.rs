@@ -17,7 +17,7 @@ use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::units::{format_ns, format_size};
 
-use crate::{without, Cli, Command, RunArgs};
+use crate::{scenario_of, without, Cli, Command, RunArgs};
 use child::ChildTemplate;
 use progress::Progress;
 use report::Summary;
@@ -333,16 +333,7 @@ fn check_run_args(template: &ChildTemplate) -> Result<RunArgs, String> {
 /// a bad scenario is one error rather than one per seed, and children never build the same
 /// image side by side.
 fn prepare(args: &RunArgs) -> Result<(), String> {
-    let scenario = match (&args.scenario, args.command.is_empty()) {
-        (Some(path), _) => {
-            Scenario::load_with_until(path, args.until).map_err(|e| e.to_string())?
-        }
-        (None, false) => Scenario::from_cli(
-            usize::from(args.machines.unwrap_or(1)),
-            args.command.clone(),
-        ),
-        (None, true) => Scenario::demo(),
-    };
+    let scenario = scenario_of(args)?;
     if args.kernel.is_none() {
         Simulation::new(scenario, 0)
             .with_recipe_images(args.recipe.as_deref())
