@@ -6,7 +6,7 @@ mod prune;
 mod run;
 mod soak;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -636,16 +636,22 @@ fn check_late_outputs(args: &RunArgs) -> Result<(), String> {
         if file.is_dir() {
             return Err(format!("--history {}: is a directory", file.display()));
         }
-        let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(parent) = parent.filter(|p| !p.is_dir()) {
-            return Err(format!(
-                "--history {}: the directory {} does not exist",
-                file.display(),
-                parent.display()
-            ));
-        }
+        check_parent_dir("--history", file)?;
     }
     Ok(())
+}
+
+/// The directory an output `file` given as `flag` goes into must exist.
+pub(crate) fn check_parent_dir(flag: &str, file: &Path) -> Result<(), String> {
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent.filter(|p| !p.is_dir()) {
+        Some(parent) => Err(format!(
+            "{flag} {}: the directory {} does not exist",
+            file.display(),
+            parent.display()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The command after `--` must name a program: an empty one would leave the guest's init

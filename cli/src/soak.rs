@@ -17,7 +17,7 @@ use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
 use simvm_vmm::units::{format_ns, format_size};
 
-use crate::{scenario_of, without, Cli, Command, RunArgs};
+use crate::{check_parent_dir, scenario_of, without, Cli, Command, RunArgs};
 use child::ChildTemplate;
 use progress::Progress;
 use report::Summary;
@@ -110,14 +110,7 @@ pub fn soak(args: SoakArgs) -> Result<i32, String> {
     let run_args = check_run_args(&template)?;
     // Found out now rather than after the last seed.
     if let Some(junit) = &args.junit {
-        let dir = junit.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
-            return Err(format!(
-                "--junit {}: the directory {} does not exist",
-                junit.display(),
-                dir.display()
-            ));
-        }
+        check_parent_dir("--junit", junit)?;
     }
     prepare(&run_args)?;
     std::fs::create_dir_all(&args.out)
