@@ -459,6 +459,9 @@ pub enum Heal {
     Named(String),
 }
 
+/// The largest scenario file simvm reads (the largest example is a few KiB).
+const MAX_SCENARIO_BYTES: u64 = 4 << 20;
+
 /// Why a scenario could not be loaded.
 #[derive(Debug, Error)]
 pub enum ScenarioError {
@@ -488,10 +491,23 @@ impl Scenario {
     /// Like [`Scenario::load`], for a run that `until_ns` (the command line's `--until`) ends
     /// if the file does not.
     pub fn load_with_until(path: &Path, until_ns: Option<u64>) -> Result<Self, ScenarioError> {
-        let bytes = std::fs::read(path).map_err(|source| ScenarioError::Read {
+        let read_error = |source| ScenarioError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // Bounded, so that `/dev/zero` or a disk image given by mistake is an error, not
+        // all of the host's memory.
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_SCENARIO_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+            return Err(read_error(std::io::Error::other(format!(
+                "larger than {} MiB: a scenario is a TOML file",
+                MAX_SCENARIO_BYTES >> 20
+            ))));
+        }
         let file = path.display().to_string();
         let text = String::from_utf8(bytes).map_err(|e| {
             let at = e.utf8_error().valid_up_to();

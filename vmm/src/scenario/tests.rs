@@ -584,3 +584,9 @@ fn garbage_never_panics() {
         assert!(parse(text).is_err(), "{text:?}");
     }
 }
+
+#[test]
+fn an_endless_file_is_refused_after_a_bounded_read() {
+    let err = Scenario::load_with_until(Path::new("/dev/zero"), None).unwrap_err();
+    assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+}
