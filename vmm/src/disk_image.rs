@@ -119,11 +119,38 @@ const MKFS_OPTIONS: &[&str] = &[
 /// The Debian package that provides `mkfs.ext4` and `e2fsck`.
 pub const E2FSPROGS_PACKAGE: &str = "e2fsprogs";
 
+/// Checks that the image at `path` starts with an ext4 superblock (its magic, 0xEF53 at byte
+/// 1080), so that a mount the guest would fail (and a run that passes without its files) is an
+/// error before the run.
+pub fn check_ext4(path: &Path) -> std::result::Result<(), DiskImageError> {
+    use std::io::{Seek, SeekFrom};
+    let read_error = |source| DiskImageError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut magic = [0u8; 2];
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    file.seek(SeekFrom::Start(1080)).map_err(read_error)?;
+    match file.read_exact(&mut magic) {
+        Ok(()) if magic == [0x53, 0xef] => Ok(()),
+        Ok(()) => Err(DiskImageError::NotExt4 {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(DiskImageError::NotExt4 {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(read_error(e)),
+    }
+}
+
 /// Why an image could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskImageError {
     #[error("the disk image directory {} does not exist", path.display())]
     DirMissing { path: PathBuf },
+
+    #[error("{} holds no ext4 file system, and a mounted disk is ext4: make it with mkfs.ext4, or leave out `mount` to give the guest the raw device", path.display())]
+    NotExt4 { path: PathBuf },
 
     #[error("{} is not a directory (an ext4 disk image is built from a directory's tree)", path.display())]
     NotADirectory { path: PathBuf },
@@ -1021,6 +1048,15 @@ mod tests {
         let size = 16 << 20;
 
         let a = ext4_image(Some(tree.as_path()), size, cache_a.as_path()).unwrap();
+        check_ext4(&a).expect("an image mkfs.ext4 made has the ext4 magic");
+        let text = cache_b.as_path().join("not-ext4.txt");
+        fs::write(&text, "hello").unwrap();
+        let zeros = cache_b.as_path().join("zeros.img");
+        fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+        for bad in [&text, &zeros] {
+            let err = check_ext4(bad).unwrap_err();
+            assert!(matches!(err, DiskImageError::NotExt4 { .. }), "{err}");
+        }
         touch_tree(tree.as_path());
         let b = ext4_image(Some(tree.as_path()), size, cache_b.as_path()).unwrap();
         assert_eq!(a.file_name(), b.file_name(), "same tree, same key");

@@ -27,7 +27,7 @@ use simvm_devices::virtio::net::Offloads;
 
 use crate::boot_data::{BootData, Mount};
 use crate::clock::DEFAULT_WALL_BASE_NS;
-use crate::disk_image::{ext4_image, size_for_tree};
+use crate::disk_image::{check_ext4, ext4_image, size_for_tree};
 use crate::disks::{DiskBase, DiskSetup};
 use crate::history::{self, HistoryVerdict};
 use crate::image::{self, GuestImage};
@@ -443,7 +443,12 @@ impl Simulation {
             };
             let (base, size) = match &disk.contents {
                 DiskContents::Raw => (DiskBase::Zeros, disk.size),
-                DiskContents::Image(path) => (DiskBase::File(path.clone()), disk.size),
+                DiskContents::Image(path) => {
+                    if disk.mount.is_some() {
+                        check_ext4(path).map_err(image_error)?;
+                    }
+                    (DiskBase::File(path.clone()), disk.size)
+                }
                 DiskContents::Ext4 { dir } => {
                     let size = disk.size.unwrap_or(crate::scenario::DEFAULT_DISK_SIZE);
                     let image =
