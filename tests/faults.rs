@@ -304,6 +304,16 @@ fn nemesis_schedules_differ_by_seed_and_each_replays_exactly() {
     );
     let report = std::fs::read_to_string(&junit).expect("the JUnit report");
     assert_eq!(report.matches("<testcase").count(), 10, "{report}");
+
+    // A nemesis whose quiet tail (10 s by default) covers the whole run draws nothing, and
+    // says so instead of passing as if it had been at work.
+    let idle = run_guest(&["--nemesis", "kill,pause", "--until", "2s"], &["true"]);
+    assert_eq!(idle.code, Some(0), "{}", idle.all());
+    assert!(
+        idle.stderr.contains("the nemesis drew no fault for seed 1"),
+        "{}",
+        idle.all()
+    );
 }
 
 #[test]

@@ -569,6 +569,15 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             args.seed,
             simulation.scenario.timeline_toml(&schedule).trim_end()
         );
+    } else if let Some(nemesis) = simulation.nemesis() {
+        // Said, not refused: another seed may draw faults in the same window.
+        eprintln!(
+            "simvm: the nemesis drew no fault for seed {}: none fell between its start ({}) and \
+             the run's end less its quiet tail ({}), or no machine can take its kinds",
+            args.seed,
+            format_ns(nemesis.start_ns),
+            format_ns(nemesis.quiet_ns)
+        );
     }
     let plan = RunPlan {
         reproduce: reproduce_command(&args),

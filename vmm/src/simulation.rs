@@ -246,7 +246,7 @@ impl Simulation {
     }
 
     /// The nemesis in force: the one given here, else the scenario's.
-    fn nemesis(&self) -> Option<&Nemesis> {
+    pub fn nemesis(&self) -> Option<&Nemesis> {
         self.nemesis.as_ref().or(self.scenario.nemesis.as_ref())
     }
 
