@@ -161,9 +161,10 @@ impl RunPlan {
             println!("{extra}");
         }
         if !success {
-            let line = match snapshot_missing {
-                true => &self.reproduce_with_snapshot,
-                false => &self.reproduce,
+            let line = if snapshot_missing {
+                &self.reproduce_with_snapshot
+            } else {
+                &self.reproduce
             };
             eprintln!("reproduce: {line}");
         }

@@ -399,6 +399,12 @@ mod tests {
     }
 
     #[test]
+    fn the_history_timeline_is_named_as_simvm_run_names_it() {
+        let timeline = Path::new(child::HISTORY).with_extension("html");
+        assert_eq!(timeline, Path::new(child::HISTORY_TIMELINE));
+    }
+
+    #[test]
     fn a_seed_directory_holding_foreign_files_stops_the_soak_before_it_starts() {
         let out = std::env::temp_dir().join(format!("simvm-soak-out-{}", std::process::id()));
         let seed = out.join("seed-3");

@@ -128,17 +128,17 @@ pub fn check_ext4(path: &Path) -> std::result::Result<(), DiskImageError> {
         path: path.to_owned(),
         source,
     };
+    let not_ext4 = || DiskImageError::NotExt4 {
+        path: path.to_owned(),
+    };
     let mut magic = [0u8; 2];
     let mut file = std::fs::File::open(path).map_err(read_error)?;
     file.seek(SeekFrom::Start(1080)).map_err(read_error)?;
     match file.read_exact(&mut magic) {
         Ok(()) if magic == [0x53, 0xef] => Ok(()),
-        Ok(()) => Err(DiskImageError::NotExt4 {
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(DiskImageError::NotExt4 {
-            path: path.to_owned(),
-        }),
+        // Another magic, or a file shorter than a superblock.
+        Ok(()) => Err(not_ext4()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(not_ext4()),
         Err(e) => Err(read_error(e)),
     }
 }

@@ -149,6 +149,7 @@ mod tests;
 mod write;
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use simvm_devices::disk::{CrashPolicy, Fault, Latency};
@@ -497,7 +498,6 @@ impl Scenario {
         };
         // Bounded, so that `/dev/zero` or a disk image given by mistake is an error, not
         // all of the host's memory.
-        use std::io::Read;
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|file| file.take(MAX_SCENARIO_BYTES + 1).read_to_end(&mut bytes))

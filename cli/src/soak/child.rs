@@ -31,8 +31,10 @@ pub const PCAP: &str = "net.pcapng";
 pub const DISKS: &str = "disks";
 /// The workload history and its timeline (scenarios with a `[check]`).
 pub const HISTORY: &str = "history.jsonl";
+/// What `--history` writes beside [`HISTORY`]: its name with `.html`.
+pub const HISTORY_TIMELINE: &str = "history.html";
 pub const REPRO: &str = "repro.sh";
-/// Every name a soak writes into a seed's directory (`--history` adds its `.html` timeline).
+/// Every name a soak writes into a seed's directory.
 pub const SEED_FILES: [&str; 8] = [
     CONSOLE_LOG,
     SIMVM_LOG,
@@ -40,7 +42,7 @@ pub const SEED_FILES: [&str; 8] = [
     PCAP,
     DISKS,
     HISTORY,
-    "history.html",
+    HISTORY_TIMELINE,
     REPRO,
 ];
 
