@@ -1,7 +1,8 @@
 //! The vDSO clock (docs/guest-abi.md "The vDSO clock"): guest programs read the clock in user
 //! mode, a program spinning on it still sees time pass, deterministically, and
 //! `--no-vdso-clock` turns it off; timers within the timer slack expire together, and
-//! `--no-timer-slack` turns that off.
+//! `--no-timer-slack` turns that off; an idle guest's kernel does not wake to compact memory,
+//! and `--no-lazy-compaction` turns that off.
 
 use std::time::Duration;
 
@@ -142,4 +143,44 @@ fn timers_within_the_timer_slack_expire_in_one_wake_up() {
     assert_eq!(off.console("m1").first().map(String::as_str), Some("50000"));
     assert!(apart(off) >= 900, "{} µs apart:\n{}", apart(off), off.all());
     assert!(lone(off) < 2_000, "a 1 ms sleep took {} µs", lone(off));
+}
+
+/// Compaction's setting, then the timer interrupts of ten idle seconds.
+const IDLE_TEN_SECONDS: &str = "cat /proc/sys/vm/compaction_proactiveness; \
+                                ticks() { awk '$1 == \"0:\" { print $2 }' /proc/interrupts; }; \
+                                before=$(ticks); sleep 10; \
+                                echo \"timer interrupts $(( $(ticks) - before ))\"";
+
+#[test]
+fn an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction() {
+    if !kvm_or_skip("an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction") {
+        return;
+    }
+    let runs = side_by_side(2, |i| {
+        let args: &[&str] = if i == 0 {
+            &[]
+        } else {
+            &["--no-lazy-compaction"]
+        };
+        run_guest(args, &["sh", "-c", IDLE_TEN_SECONDS])
+    });
+    let [on, off] = [&runs[0], &runs[1]].map(|run| {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+        let setting = run.console("m1").first().cloned().unwrap_or_default();
+        let ticks = run
+            .console_after("m1", "timer interrupts ")
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()));
+        (setting, ticks)
+    });
+    assert_eq!(on.0, "0");
+    assert_eq!(off.0, "20", "Linux's default proactiveness");
+    // kcompactd checks fragmentation every 500 ms when proactive, and the tick after each
+    // check is another interrupt: 33 with the tuning and 56 without for this seed.
+    assert!(
+        off.1 >= on.1 + 15,
+        "without the tuning the idle guest woke {} times for timers, with it {}",
+        off.1,
+        on.1
+    );
 }

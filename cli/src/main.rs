@@ -162,6 +162,11 @@ struct RunArgs {
     /// docs/performance.md "Guest tunings").
     #[arg(long)]
     no_stop_cleared_timers: bool,
+    /// Guests' kernels check memory fragmentation every 500 ms for proactive compaction
+    /// (Linux's way), instead of compacting only when an allocation asks (for measuring the
+    /// wake-ups that saves; docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_lazy_compaction: bool,
     /// Who clears and copies the guest kernel's pages: `host` (simvm, one exit a page; the
     /// default where the host's KVM emulates guest kernel code, as PVM does) or `guest` (the
     /// default elsewhere). The run is the same either way; only its speed differs.
@@ -512,6 +517,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 large_anon_folios: !args.no_large_anon_folios,
                 tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
                 stop_cleared_timers: !args.no_stop_cleared_timers,
+                lazy_compaction: !args.no_lazy_compaction,
             },
             page_work: args.page_work.unwrap_or_else(PageWork::for_this_host),
             offloads: Offloads {
@@ -743,6 +749,7 @@ fn reproduce_line(args: &RunArgs, with_snapshot: bool) -> String {
         (args.no_large_anon_folios, "--no-large-anon-folios"),
         (args.no_tx_reclaim_on_send, "--no-tx-reclaim-on-send"),
         (args.no_stop_cleared_timers, "--no-stop-cleared-timers"),
+        (args.no_lazy_compaction, "--no-lazy-compaction"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

@@ -45,6 +45,12 @@ pub struct GuestTuning {
     /// nothing to do (guest patch 0025): each such firing is a wake-up of an idle machine,
     /// one 40 ms after every message an etcd follower reads. On: `inet_stop_cleared_timers=1`.
     pub stop_cleared_timers: bool,
+    /// The kernel compacts memory only when an allocation asks for it, not proactively:
+    /// Linux's `kcompactd` otherwise wakes every 500 ms to measure fragmentation (the speed
+    /// kernel has compaction, for its huge pages), two wake-ups and their ticks a second on
+    /// every idle machine. On: `sysctl.vm.compaction_proactiveness=0`, with which `kcompactd`
+    /// sleeps until it is woken.
+    pub lazy_compaction: bool,
 }
 
 impl Default for GuestTuning {
@@ -58,6 +64,7 @@ impl Default for GuestTuning {
             large_anon_folios: true,
             tx_reclaim_on_send: true,
             stop_cleared_timers: true,
+            lazy_compaction: true,
         }
     }
 }
@@ -90,6 +97,7 @@ impl GuestTuning {
         large_anon_folios: false,
         tx_reclaim_on_send: false,
         stop_cleared_timers: false,
+        lazy_compaction: false,
     };
 
     /// The guest kernel parameters that apply the tuning.
@@ -156,6 +164,14 @@ impl GuestTuning {
                 "inet_stop_cleared_timers_setup",
             ));
         }
+        if self.lazy_compaction {
+            // A sysctl set from the command line has no setup function: compaction's daemon
+            // says the kernel has the setting.
+            params.push((
+                "sysctl.vm.compaction_proactiveness=0".to_string(),
+                "kcompactd",
+            ));
+        }
         params
     }
 }
@@ -173,7 +189,8 @@ mod tests {
         assert_eq!(
             GuestTuning::default().kernel_args(),
             "inet_perturb_order=8 simvm_timer_slack=10000000 transparent_hugepage_tmpfs=within_size \
-             thp_anon=16K,64K,256K:always virtio_net.napi_tx=0 inet_stop_cleared_timers=1"
+             thp_anon=16K,64K,256K:always virtio_net.napi_tx=0 inet_stop_cleared_timers=1 \
+             sysctl.vm.compaction_proactiveness=0"
         );
         assert_eq!(
             GuestTuning::NONE.kernel_args(),
@@ -186,6 +203,7 @@ mod tests {
             large_anon_folios: false,
             tx_reclaim_on_send: false,
             stop_cleared_timers: false,
+            lazy_compaction: false,
             ..GuestTuning::default()
         };
         assert_eq!(vdso_only.kernel_args(), "");
