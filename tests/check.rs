@@ -53,4 +53,14 @@ fn check_says_linearizable_or_not_with_exit_status_text_and_timeline() {
     let broken = simvm(&["check", good.to_str().unwrap()], &[]);
     assert_eq!(broken.code, Some(2), "{}", broken.all());
     assert!(broken.stderr.contains("line 1"), "{}", broken.all());
+
+    // An empty history proves nothing: an error, as a run's `[check]` says NO-HISTORY.
+    std::fs::write(&good, "\n").unwrap();
+    let empty = simvm(&["check", good.to_str().unwrap()], &[]);
+    assert_eq!(empty.code, Some(2), "{}", empty.all());
+    assert!(
+        empty.stderr.contains("the history is empty"),
+        "{}",
+        empty.all()
+    );
 }

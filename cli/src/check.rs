@@ -30,6 +30,13 @@ pub fn run(args: CheckArgs) -> Result<i32, String> {
         .map_err(|e| format!("cannot read {}: {e}", args.history.display()))?;
     let history = History::read_jsonl(std::io::BufReader::new(file))
         .map_err(|e| format!("{}: {e}", args.history.display()))?;
+    // As a run's `[check]` says NO-HISTORY: nothing recorded proves nothing.
+    if history.is_empty() {
+        return Err(format!(
+            "{}: the history is empty: it records no operation",
+            args.history.display()
+        ));
+    }
     let limits = Limits {
         max_states: args.max_states,
         time_budget: Some(args.timeout),
