@@ -386,3 +386,25 @@ fn run_scenario(name: &str, text: &str, image: &Image, seed: u64) -> (Run, TempD
     let run = run_scenario_on(image, &scenario, seed, &[]);
     (run, dir)
 }
+
+/// A bad-sector range that starts beyond its disk would do nothing: the run is refused before
+/// it starts, naming the disk and its size (a 1 MiB disk has 2048 sectors).
+#[test]
+fn a_sector_fault_beyond_its_disk_is_refused_before_the_run() {
+    if !kvm_or_skip("a_sector_fault_beyond_its_disk_is_refused_before_the_run") {
+        return;
+    }
+    let scenario = "until = \"2s\"\n\
+                    [[machine]]\nname = \"m1\"\ncommand = \"true\"\ndisks = [{ size = \"1M\" }]\n\
+                    [[timeline]]\nat = \"1s\"\ndisk = \"m1/vda\"\nlatent_errors = \"2048+8\"\n";
+    let (run, _dir) = run_scenario("fault-beyond-disk", scenario, &image(None), 1);
+    assert_eq!(run.code, Some(2), "{}", run.all());
+    assert!(
+        run.stderr.contains(
+            "the disk fault at 1s on m1/vda starts at sector 2048, beyond the disk's 2048 sectors"
+        ),
+        "{}",
+        run.all()
+    );
+    assert!(!run.stderr.contains("panicked"), "{}", run.all());
+}

@@ -265,21 +265,30 @@ impl DiskSpec {
 }
 
 /// Gives the mounted disks of a machine their default mount points: `/data` for the first,
-/// `/data2`, `/data3`, ... for the next ones that hold a filesystem and name no mount point.
+/// `/data2`, `/data3`, ... for the next ones that hold a filesystem and name no mount point,
+/// skipping the points other disks already have (a scenario's own, or those given before
+/// `--disk` added more).
 pub fn assign_mounts(disks: &mut [DiskSpec]) {
+    let mut taken: Vec<String> = disks.iter().filter_map(|d| d.mount.clone()).collect();
     let mut next = 1;
     for disk in disks {
-        if disk.mount.is_some() || disk.contents == DiskContents::Raw {
+        let unmounted = disk.mount.is_none()
+            && !matches!(disk.contents, DiskContents::Raw | DiskContents::Image(_));
+        if !unmounted {
             continue;
         }
-        if matches!(disk.contents, DiskContents::Image(_)) {
-            continue;
-        }
-        disk.mount = Some(match next {
-            1 => "/data".to_string(),
-            n => format!("/data{n}"),
-        });
-        next += 1;
+        let mount = loop {
+            let candidate = match next {
+                1 => "/data".to_string(),
+                n => format!("/data{n}"),
+            };
+            next += 1;
+            if !taken.contains(&candidate) {
+                break candidate;
+            }
+        };
+        taken.push(mount.clone());
+        disk.mount = Some(mount);
     }
 }
 

@@ -432,6 +432,7 @@ impl World {
             machine_config.incarnation = machine_config.incarnation.max(1);
             shapes.push((machine_config, disks));
         }
+        check_fault_ranges(&config.timeline, &shapes)?;
         let awaited = if config.awaited.is_empty() {
             vec![true; shapes.len()]
         } else {
@@ -1032,6 +1033,42 @@ fn start_delay(seed: Seed, name: &str, incarnation: u32, spread: u64) -> u64 {
     }
     let component = format!("machine/{name}/incarnation/{incarnation}/start-delay");
     seed.stream(&component).next_u64() % spread.saturating_add(1)
+}
+
+/// Refuses sector faults that start beyond their disk's end, which would silently do nothing
+/// (a range that only runs past the end is clamped to it). Disk sizes are known only once the
+/// disks are open: an image's or a recipe's disk gets its size from the file.
+fn check_fault_ranges(
+    timeline: &[(u64, MachineAction)],
+    shapes: &[(MachineConfig, Vec<WorldDisk>)],
+) -> Result<()> {
+    for (at, action) in timeline {
+        let MachineAction::DiskFault {
+            machine,
+            disk,
+            fault,
+        } = action
+        else {
+            continue;
+        };
+        let (Fault::LatentErrors { start, .. } | Fault::WriteErrors { start, .. }) = fault else {
+            continue;
+        };
+        let Some((config, disks)) = shapes.get(*machine) else {
+            continue;
+        };
+        let sectors = disks.get(*disk).map_or(0, WorldDisk::sectors);
+        if *start >= sectors {
+            return Err(Error::Timeline(format!(
+                "the disk fault at {} on {}/{} starts at sector {start}, beyond the disk's \
+                 {sectors} sectors",
+                crate::units::format_ns(*at),
+                config.name,
+                disk_name(*disk)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses timeline actions that name a machine or disk the world does not have, or come out

@@ -381,6 +381,20 @@ impl RawMachine {
             .iter()
             .map(|d| d.get_ref().check(d.span()))
             .collect::<Result<Vec<_>, _>>()?;
+        for (later, raw) in self.disks.iter().enumerate() {
+            let Some(mount) = &raw.get_ref().mount else {
+                continue;
+            };
+            if disks[..later]
+                .iter()
+                .any(|d| d.mount.as_ref() == Some(mount.get_ref()))
+            {
+                return Err(Problem::at(
+                    mount.span(),
+                    format!("two disks are mounted at {}", mount.get_ref()),
+                ));
+            }
+        }
         assign_mounts(&mut disks);
         Ok(disks)
     }

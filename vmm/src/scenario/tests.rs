@@ -178,6 +178,30 @@ fn disks_get_default_mount_points_and_faults_resolve_their_disk() {
     assert_eq!(parse(&s.to_string()).expect("reparse"), s);
 }
 
+/// A default mount point skips those other disks have: the scenario's own, or the ones
+/// given before `--disk` appended more.
+#[test]
+fn default_mount_points_skip_the_ones_taken() {
+    let text = "[[machine]]\ncommand = \"x\"\n\
+                disks = [{ size = \"8M\" }, { size = \"8M\", mount = \"/data\" }]\n";
+    let mut s = parse(text).expect("parses");
+    let disks = &mut s.machines[0].disks;
+    let mounts = |disks: &[DiskSpec]| -> Vec<Option<String>> {
+        disks.iter().map(|d| d.mount.clone()).collect()
+    };
+    assert_eq!(mounts(disks), [Some("/data2".into()), Some("/data".into())]);
+    disks.push(DiskSpec::ext4(8 << 20, None));
+    assign_mounts(disks);
+    assert_eq!(
+        mounts(disks),
+        [
+            Some("/data2".into()),
+            Some("/data".into()),
+            Some("/data3".into())
+        ]
+    );
+}
+
 #[test]
 fn recipe_disks_take_their_size_from_the_tree_unless_given_and_round_trip() {
     let text = "[[machine]]\ncommand = \"x\"\n\
@@ -433,6 +457,7 @@ fn errors_name_line_column_and_what_was_expected() {
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"xfs\" }]\n".into(), (3, 17), "unknown `fs`"),
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ fs = \"raw\", mount = \"/d\" }]\n".into(), (3, 32), "raw disk"),
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ mount = \"/proc\" }]\n".into(), (3, 20), "cannot be a mount point"),
+        ("[[machine]]\ncommand = \"x\"\ndisks = [{ mount = \"/d\" }, { size = \"8M\", mount = \"/d\" }]\n".into(), (3, 51), "two disks are mounted at /d"),
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ dir = \"a\", image = \"b\" }]\n".into(), (3, 10), "not both"),
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ recipe = \"etcd\", dir = \"a\" }]\n".into(), (3, 21), "either `recipe` (a guest image recipe's files) or `dir`, not both"),
         ("[[machine]]\ncommand = \"x\"\ndisks = [{ image = \"b\", recipe = \"etcd\" }]\n".into(), (3, 34), "or `image`, not both"),
