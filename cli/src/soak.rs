@@ -327,6 +327,9 @@ fn check_run_args(template: &ChildTemplate) -> Result<RunArgs, String> {
 /// image side by side.
 fn prepare(args: &RunArgs) -> Result<(), String> {
     let scenario = scenario_of(args)?;
+    if let Some(from) = &args.from {
+        simvm_vmm::world::check_snapshot(from).map_err(|e| e.to_string())?;
+    }
     if args.kernel.is_none() {
         Simulation::new(scenario, 0)
             .with_recipe_images(args.recipe.as_deref())
@@ -417,6 +420,29 @@ mod tests {
         assert!(refused.contains("holds important"), "{refused}");
         assert_eq!(std::fs::read(seed.join("important")).unwrap(), b"precious");
         let _ = std::fs::remove_dir_all(out);
+    }
+
+    #[test]
+    fn a_from_that_is_no_snapshot_stops_the_soak_before_any_seed() {
+        let dir = std::env::temp_dir().join(format!("simvm-soak-from-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let argv = [
+            "simvm",
+            "run",
+            "--from",
+            dir.to_str().unwrap(),
+            "--",
+            "true",
+        ];
+        let Cli {
+            command: Command::Run(args),
+        } = Cli::parse_from(argv)
+        else {
+            panic!("not a run");
+        };
+        let refused = prepare(&args).unwrap_err();
+        assert!(refused.contains("not a simvm snapshot"), "{refused}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

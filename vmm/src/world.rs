@@ -40,7 +40,7 @@ use crate::trace::{Event, Trace};
 use crate::watchdog::Watchdog;
 use snapshot::LoadedSnapshot;
 
-pub use snapshot::{SnapshotCondition, SnapshotInfo, SnapshotRequest};
+pub use snapshot::{check_snapshot, SnapshotCondition, SnapshotInfo, SnapshotRequest};
 
 /// Something the world does to a machine or a disk at a virtual time.
 #[derive(Clone, Debug, PartialEq, Eq)]

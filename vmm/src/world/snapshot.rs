@@ -347,30 +347,44 @@ pub(super) fn timeline_past(
     blake3::hash(text.as_bytes()).to_hex()[..32].to_string()
 }
 
+/// Reads the header of the snapshot in `dir`, refusing a directory that holds none and a
+/// snapshot from another simvm build: what can be said of a snapshot before its world is
+/// built (a soak says it once, not for every seed).
+pub fn check_snapshot(dir: &Path) -> Result<()> {
+    read_header(dir).map(drop)
+}
+
+/// The header's bytes, once its format and simvm build are this one's.
+fn read_header(dir: &Path) -> Result<Vec<u8>> {
+    let header_path = dir.join(HEADER_FILE);
+    let text = std::fs::read(&header_path)
+        .map_err(|e| file_error(&header_path, format!("not a simvm snapshot: {e}")))?;
+    #[derive(Deserialize)]
+    struct Version {
+        format: u32,
+        simvm: String,
+    }
+    let version: Version = serde_json::from_slice(&text)
+        .map_err(|e| file_error(&header_path, format!("damaged or truncated: {e}")))?;
+    if version.format != SNAPSHOT_FORMAT || version.simvm != SIMVM_BUILD {
+        return Err(file_error(
+            &header_path,
+            format!(
+                "made by simvm {} (snapshot format {}); this is simvm {SIMVM_BUILD} (format \
+                 {SNAPSHOT_FORMAT})",
+                version.simvm, version.format
+            ),
+        ));
+    }
+    Ok(text)
+}
+
 impl LoadedSnapshot {
     /// Reads the snapshot in `dir`, refusing one that is damaged, from another simvm or for
     /// another world (`world_key`).
     pub fn load(dir: &Path, world_key: &str) -> Result<Self> {
         let header_path = dir.join(HEADER_FILE);
-        let text = std::fs::read(&header_path)
-            .map_err(|e| file_error(&header_path, format!("not a simvm snapshot: {e}")))?;
-        #[derive(Deserialize)]
-        struct Version {
-            format: u32,
-            simvm: String,
-        }
-        let version: Version = serde_json::from_slice(&text)
-            .map_err(|e| file_error(&header_path, format!("damaged or truncated: {e}")))?;
-        if version.format != SNAPSHOT_FORMAT || version.simvm != SIMVM_BUILD {
-            return Err(file_error(
-                &header_path,
-                format!(
-                    "made by simvm {} (snapshot format {}); this is simvm {SIMVM_BUILD} (format \
-                     {SNAPSHOT_FORMAT})",
-                    version.simvm, version.format
-                ),
-            ));
-        }
+        let text = read_header(dir)?;
         let header: Header = serde_json::from_slice(&text)
             .map_err(|e| file_error(&header_path, format!("damaged or truncated: {e}")))?;
         if header.world != world_key {
@@ -497,6 +511,22 @@ mod tests {
                 && err.contains("an event at 00:00:01.500000 "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_directory_without_this_builds_header_is_no_snapshot() {
+        let dir = std::env::temp_dir().join(format!("simvm-not-a-snapshot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = check_snapshot(&dir).unwrap_err().to_string();
+        assert!(err.contains("not a simvm snapshot"), "{err}");
+        let header = dir.join(HEADER_FILE);
+        std::fs::write(&header, r#"{"format": 1, "simvm": "0.0.0-other"}"#).unwrap();
+        let err = check_snapshot(&dir).unwrap_err().to_string();
+        assert!(err.contains("made by simvm 0.0.0-other"), "{err}");
+        let this = format!(r#"{{"format": {SNAPSHOT_FORMAT}, "simvm": "{SIMVM_BUILD}"}}"#);
+        std::fs::write(&header, this).unwrap();
+        check_snapshot(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
