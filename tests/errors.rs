@@ -183,7 +183,11 @@ fn bad_kernel_memory_and_guest_faults_are_reported() {
     .unwrap();
     assert_clean_error(
         &run_kernel(&ud2, &["--mem", "8M"]),
-        &["guest memory of 8 MiB is too small"],
+        &["guest memory of 8M is too small"],
+    );
+    assert_clean_error(
+        &run_kernel(&ud2, &["--mem", "512K"]),
+        &["guest memory of 512K is too small"],
     );
     assert_clean_error(&run_kernel(&ud2, &["--mem", "64G"]), &["too large"]);
 

@@ -87,7 +87,7 @@ fn timeline_actions_happen_while_every_guest_sleeps() {
         simvm_vmm::test_elf::kernel(simvm_vmm::test_elf::SLEEP_FOREVER),
     )
     .expect("write the test kernel");
-    let machine = MachineConfig::new("m1", kernel, vec![vec![0u8; 4096].into()], 64 << 20);
+    let machine = MachineConfig::new("m1", kernel.clone(), vec![vec![0u8; 4096].into()], 64 << 20);
     let config = WorldConfig {
         timeline: vec![
             (
@@ -113,6 +113,28 @@ fn timeline_actions_happen_while_every_guest_sleeps() {
         lines.iter().any(|l| l.ends_with("> kill m1: power lost")),
         "{lines:?}"
     );
+
+    // Cut at `until` before the next action: the run's virtual time is `until`, though the
+    // sleeping guest's clock stopped at its last event.
+    let machine = MachineConfig::new("m1", kernel, vec![vec![0u8; 4096].into()], 64 << 20);
+    let config = WorldConfig {
+        timeline: vec![(
+            10_000_000_000,
+            MachineAction::Kill {
+                machine: 0,
+                policy: None,
+            },
+        )],
+        until_ns: Some(5_000_000_000),
+        ..WorldConfig::new(Seed(1), vec![machine])
+    };
+    let outcome = World::new(config)
+        .expect("build the world")
+        .run(&mut |_| {})
+        .expect("run the world");
+    assert_eq!(outcome.ending, Ending::Until);
+    assert_eq!(outcome.vtime_ns, 5_000_000_000);
+    assert!(outcome.machines[0].vtime_ns < 5_000_000_000);
 }
 
 /// A machine with a NIC in a world without a network: what it sends is dropped and counted, as

@@ -333,14 +333,24 @@ fn parse_disk(text: &str) -> Result<DiskArg, String> {
         Some((size, dir)) => (size, Some(PathBuf::from(dir))),
         None => (text, None),
     };
+    let size_text = size;
     let size = parse_size(size)?;
     if size < (1 << 20) || size % 4096 != 0 {
         return Err(format!(
             "a disk of {size} bytes: the size must be a multiple of 4K and at least 1M"
         ));
     }
-    if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
-        return Err(format!("{} is not a directory", dir.display()));
+    match &dir {
+        Some(dir) if dir.as_os_str().is_empty() => {
+            return Err(format!(
+                "no directory after the colon: give one, or write --disk {size_text} for an \
+                 empty filesystem"
+            ))
+        }
+        Some(dir) if !dir.is_dir() => {
+            return Err(format!("{} is not a directory", dir.display()));
+        }
+        _ => {}
     }
     Ok(DiskArg {
         text: text.to_string(),
@@ -1128,6 +1138,10 @@ mod tests {
         for bad in ["100K", "1048577", "64M:/no/such/dir", "lots"] {
             assert!(parse_disk(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_disk("64M:").err().as_deref(),
+            Some("no directory after the colon: give one, or write --disk 64M for an empty filesystem")
+        );
     }
 
     #[test]

@@ -38,13 +38,13 @@ pub enum Error {
     #[error("the initramfs is empty: the guest needs a cpio archive holding its init")]
     EmptyInitramfs,
 
-    #[error("guest memory of {} MiB is too small: the kernel and initramfs need at least {} MiB", mem_size >> 20, needed.div_ceil(1 << 20))]
+    #[error("guest memory of {} is too small: the kernel and initramfs need at least {} MiB", crate::units::format_size(*mem_size), needed.div_ceil(1 << 20))]
     MemoryTooSmall { mem_size: u64, needed: u64 },
 
-    #[error("guest memory of {} MiB is too large: simvm machines have at most {} MiB", mem_size >> 20, max >> 20)]
+    #[error("guest memory of {} is too large: simvm machines have at most {} MiB", crate::units::format_size(*mem_size), max >> 20)]
     MemoryTooLarge { mem_size: u64, max: u64 },
 
-    #[error("cannot allocate {} MiB of guest memory: {reason}", mem_size >> 20)]
+    #[error("cannot allocate {} of guest memory: {reason}", crate::units::format_size(*mem_size))]
     MemoryAlloc { mem_size: u64, reason: String },
 
     #[error("guest memory access failed: {0}")]

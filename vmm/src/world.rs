@@ -209,6 +209,7 @@ pub struct Outcome {
     pub seed: Seed,
     pub steps: u64,
     pub events: u64,
+    /// Where virtual time ended: `until` for a run cut there, else the last event's time.
     pub vtime_ns: u64,
     pub wall: Duration,
     pub digest: String,
@@ -855,7 +856,13 @@ impl World {
         let digest = self.trace.digest();
         let events = self.trace.events();
         let fingerprints = self.trace.finish()?;
-        let vtime_ns = self.nodes.iter().map(Node::now).max().unwrap_or(0);
+        // A run cut at `until` ran to it, though each machine's clock stopped at its last
+        // event before it.
+        let last_event = self.nodes.iter().map(Node::now).max().unwrap_or(0);
+        let vtime_ns = match (&ending, self.until_ns) {
+            (Ending::Until, Some(until)) => until.max(last_event),
+            _ => last_event,
+        };
         let history = self.history.map(|(m, d)| self.nodes[m].recorded_history(d));
         let network = self.network;
         let machines = self
