@@ -15,6 +15,11 @@ const MILLION: i128 = 1_000_000;
 /// ±100 ppm; the wide bound is for tests that want a drift to show in seconds.
 pub const MAX_RATE_PPM: i64 = 500_000;
 
+/// The largest wall clock step or offset a timeline may ask for: 50 years of 365 days. The
+/// guest's clock starts in 2026, and Linux refuses to set a wall clock before 1970 or past
+/// 2232, so a larger step would be announced and then ignored by the guest.
+pub const MAX_STEP_NS: i64 = 18_250 * 86_400 * 1_000_000_000;
+
 /// Guest time as a function of world time (both relative to the machine's power-on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

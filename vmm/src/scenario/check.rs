@@ -814,8 +814,19 @@ impl RawEvent {
             "a clock event needs one of `rate` (\"+200ppm\"), `step` (\"-1.5s\") or `offset` (\"250ms\")",
         )?;
         let signed = |value: &Spanned<String>| {
-            units::parse_signed_duration_ns(value.get_ref())
-                .map_err(|e| Problem::at(value.span(), e))
+            let ns = units::parse_signed_duration_ns(value.get_ref())
+                .map_err(|e| Problem::at(value.span(), e))?;
+            if ns.unsigned_abs() > crate::skew::MAX_STEP_NS.unsigned_abs() {
+                return Err(Problem::at(
+                    value.span(),
+                    format!(
+                        "a clock step or offset within ±18250d (50 years; Linux keeps no wall \
+                         clock before 1970 or past 2232), found {}",
+                        value.get_ref()
+                    ),
+                ));
+            }
+            Ok(ns)
         };
         if let Some(rate) = &self.rate {
             let ppm = units::parse_ppm(rate.get_ref()).map_err(|e| Problem::at(rate.span(), e))?;

@@ -441,6 +441,8 @@ fn errors_name_line_column_and_what_was_expected() {
         (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"600000ppm\"\n"), (7, 8), "within ±500000ppm"),
         (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nrate = \"200\"\n"), (7, 8), "like \"+200ppm\""),
         (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nstep = \"-1\"\n"), (7, 8), "needs a unit"),
+        (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\nstep = \"+106751d\"\n"), (7, 8), "within ±18250d"),
+        (format!("{M}[[timeline]]\nat = \"5s\"\nclock = \"m1\"\noffset = \"-18251d\"\n"), (7, 10), "within ±18250d"),
         (format!("{M}[[timeline]]\nat = \"5s\"\nresume = \"m7\"\n"), (6, 10), "unknown machine `m7`"),
         (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\", \"flood\"]\n"), (6, 19), "unknown fault `flood`"),
         (format!("until = \"1m\"\n{M}[nemesis]\nfaults = [\"kill\", \"kill\"]\n"), (6, 19), "listed twice"),
