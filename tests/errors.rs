@@ -1,6 +1,6 @@
 //! Bad input gets a clear error, never a panic: a missing KVM device, a missing, misplaced or
 //! broken image, a broken scenario, too little memory, a guest that triple-faults or whose
-//! kernel panics, a guest that hands its NIC a broken receive chain.
+//! kernel panics, a guest blocked for good, a guest that hands its NIC a broken receive chain.
 
 use simvm_tests::{image, kvm_or_skip, run_guest, simvm, temp_dir};
 
@@ -250,6 +250,33 @@ fn guest_kernel_panic_is_reported_with_the_console() {
         "{}",
         run.all()
     );
+}
+
+/// A command blocked for good (reading a FIFO nobody writes) fails the run at its end, and the
+/// report says since when the machine made no system call: from the start, not at the end.
+#[test]
+fn a_machine_blocked_for_good_is_reported_with_its_last_system_call() {
+    if !kvm_or_skip("a_machine_blocked_for_good_is_reported_with_its_last_system_call") {
+        return;
+    }
+    let run = run_guest(
+        &["--until", "5s"],
+        &["sh", "-c", "mkfifo /tmp/f; echo waiting; cat /tmp/f"],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.all());
+    assert!(run.summary().contains("m1=running"), "{}", run.all());
+    let notice = run
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "simvm: m1 was still running at the end and had made no system call since ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no notice:\n{}", run.all()));
+    // Blocked 8 ms into the run (the shell's last calls), silent for the rest of its 5 s.
+    assert!(notice.starts_with("00:00:00.0"), "{notice}");
+    assert!(notice.contains("(5.0s): blocked"), "{notice}");
 }
 
 /// The guest address of virtio-mmio register `offset` (`virtio_bindings::virtio_mmio`) in the

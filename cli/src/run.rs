@@ -2,11 +2,16 @@
 
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::Stop;
+use simvm_vmm::scenario::Expect;
 use simvm_vmm::simulation::{Simulation, SimulationError};
 use simvm_vmm::template::Origin;
 use simvm_vmm::world::{Ending, MachineOutcome, Outcome};
 
 use crate::progress::Progress;
+
+/// How long a machine the run waited for must have made no system call before the end for the
+/// report to say so: a second of virtual time, where a working program makes one far more often.
+const QUIET_NOTICE_NS: u64 = 1_000_000_000;
 
 /// A simulation and the command line that reproduces it.
 pub struct RunPlan {
@@ -126,6 +131,7 @@ impl RunPlan {
                 format_vtime(outcome.vtime_ns)
             );
         }
+        self.report_still_running(outcome);
         eprint!("{}", outcome.assertions.report());
         for failed in outcome.assertions.failures() {
             if let Some(at) = &failed.first_failure {
@@ -182,6 +188,33 @@ impl RunPlan {
 
 impl RunPlan {
     /// The checker's verdict on stderr, and the history and its timeline saved if asked.
+    /// A machine the run waited for that was still running at its end: when its programs
+    /// last made a system call, which tells a machine blocked for good (a deadlock, input that
+    /// never comes) from a busy one.
+    fn report_still_running(&self, outcome: &Outcome) {
+        let expected = self.simulation.scenario.machines.iter().map(|m| m.expect);
+        for (machine, expect) in outcome.machines.iter().zip(expected) {
+            let awaited = matches!(expect, Expect::Exit(_));
+            if !awaited || machine.stop.is_some() {
+                continue;
+            }
+            let Some(by) = machine.last_syscall_by else {
+                continue;
+            };
+            let quiet = outcome.vtime_ns.saturating_sub(by);
+            if quiet >= QUIET_NOTICE_NS {
+                eprintln!(
+                    "simvm: {} was still running at the end and had made no system call since \
+                     {} ({}): blocked (a deadlock, input that never comes) or computing \
+                     without system calls",
+                    machine.name,
+                    format_vtime(by),
+                    crate::soak::report::duration(std::time::Duration::from_nanos(quiet))
+                );
+            }
+        }
+    }
+
     fn report_history(&self, outcome: &Outcome) {
         let Some(verdict) = &outcome.verdict else {
             if let Some(path) = &self.history {

@@ -5,7 +5,7 @@
 mod assertions;
 mod child;
 mod progress;
-mod report;
+pub(crate) mod report;
 mod seeds;
 mod supervisor;
 

@@ -294,6 +294,10 @@ pub struct Machine {
     /// is not this run's).
     counts_at_profile_start: GuestCounts,
     now_at_profile_start: u64,
+    /// The guest's system call count at its last halt, and the halt's virtual time when the
+    /// count had moved since the one before: when its programs last did anything.
+    syscalls_seen: u64,
+    last_syscall_by: Option<u64>,
 }
 
 /// Device errors printed per machine; the rest are only counted (and all are traced).
@@ -432,6 +436,8 @@ impl Machine {
             profile: None,
             process_probe: None,
             counts_at_profile_start: GuestCounts::default(),
+            syscalls_seen: 0,
+            last_syscall_by: None,
             now_at_profile_start: 0,
         };
         Ok((machine, windows))
@@ -629,6 +635,7 @@ impl Machine {
             }
             Exit::Hlt => {
                 self.stats.hlt += 1;
+                self.note_syscalls(now);
                 trace.record(step, index, now, &Event::Halt)?;
                 return Ok(self.halted());
             }
@@ -883,6 +890,21 @@ impl Machine {
         profile.guest = self.guest_counts().since(&self.counts_at_profile_start);
         profile.vtime_ns = self.now.saturating_sub(self.now_at_profile_start);
         Some(profile)
+    }
+
+    /// Notes, at a halt at `now`, whether the guest made system calls since the last one.
+    fn note_syscalls(&mut self, now: u64) {
+        let syscalls = self.guest_counts().syscalls;
+        if syscalls != self.syscalls_seen {
+            self.syscalls_seen = syscalls;
+            self.last_syscall_by = Some(now);
+        }
+    }
+
+    /// The virtual time of the first halt after the guest's last system call (`None` if it
+    /// has made none yet): a machine whose programs are blocked for good stops moving it.
+    pub fn last_syscall_by(&self) -> Option<u64> {
+        self.last_syscall_by
     }
 
     /// What the guest kernel counted in its clock page; zero before it registered one.

@@ -189,6 +189,9 @@ pub struct MachineOutcome {
     pub frames_unplugged: u64,
     /// Exits by reason and samples, every incarnation (`--profile`).
     pub profile: Option<MachineProfile>,
+    /// When its last incarnation's programs last made a system call (the first halt after
+    /// it), if they made any.
+    pub last_syscall_by: Option<u64>,
 }
 
 /// Why the run ended.
@@ -287,6 +290,8 @@ struct Node {
     last_clock: Option<GuestClock>,
     /// Paused by the timeline since this virtual time: not stepped until it resumes.
     paused: Option<u64>,
+    /// The last incarnation's [`Machine::last_syscall_by`].
+    last_syscall_by: Option<u64>,
 }
 
 impl Node {
@@ -347,6 +352,7 @@ impl Node {
             self.last_now = machine.now();
             self.last_exit_status = machine.exit_status();
             self.last_clock = Some(machine.guest_clock());
+            self.last_syscall_by = machine.last_syscall_by();
         }
     }
 }
@@ -498,6 +504,7 @@ impl World {
                 profile: None,
                 last_clock: None,
                 paused: None,
+                last_syscall_by: None,
             });
         }
         let mut network = network;
@@ -901,6 +908,7 @@ impl World {
                     disk_crashes,
                     frames_unplugged: node.frames_unplugged,
                     profile: node.profile.take(),
+                    last_syscall_by: node.last_syscall_by,
                 }
             })
             .collect();
@@ -1021,6 +1029,7 @@ fn resume_node(
         profile: None,
         last_clock: None,
         paused: None,
+        last_syscall_by: None,
     })
 }
 
