@@ -187,7 +187,6 @@ impl RunPlan {
 }
 
 impl RunPlan {
-    /// The checker's verdict on stderr, and the history and its timeline saved if asked.
     /// A machine the run waited for that was still running at its end: when its programs
     /// last made a system call, which tells a machine blocked for good (a deadlock, input that
     /// never comes) from a busy one.
@@ -215,6 +214,7 @@ impl RunPlan {
         }
     }
 
+    /// The checker's verdict on stderr, and the history and its timeline saved if asked.
     fn report_history(&self, outcome: &Outcome) {
         let Some(verdict) = &outcome.verdict else {
             if let Some(path) = &self.history {

@@ -820,8 +820,9 @@ impl RawEvent {
                 return Err(Problem::at(
                     value.span(),
                     format!(
-                        "a clock step or offset within ±18250d (50 years; Linux keeps no wall \
+                        "a clock step or offset within ±{}d (50 years; Linux keeps no wall \
                          clock before 1970 or past 2232), found {}",
+                        crate::skew::MAX_STEP_NS / 86_400_000_000_000,
                         value.get_ref()
                     ),
                 ));
