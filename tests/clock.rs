@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use simvm_tests::{kvm_or_skip, run_guest, side_by_side, temp_dir, ConsoleLine, Run};
+use simvm_tests::{
+    kvm_or_skip, run_guest, side_by_side, temp_dir, with_and_without, ConsoleLine, Run,
+};
 
 /// The vDSO's mappings, a 10 ms busy-wait on the vDSO clock, and a few thousand reads.
 const PROBE: &str = "grep -c '\\[simvm_clock\\]' /proc/self/maps; simvm-clock spin 10; \
@@ -118,14 +120,7 @@ fn timers_within_the_timer_slack_expire_in_one_wake_up() {
     if !kvm_or_skip("timers_within_the_timer_slack_expire_in_one_wake_up") {
         return;
     }
-    let runs = side_by_side(2, |i| {
-        let args: &[&str] = if i == 0 { &[] } else { &["--no-timer-slack"] };
-        run_guest(args, &["sh", "-c", SLEEPERS])
-    });
-    for run in &runs {
-        assert_eq!(run.code, Some(0), "{}", run.all());
-    }
-    let (on, off) = (&runs[0], &runs[1]);
+    let [on, off] = &with_and_without(&[], &["--no-timer-slack"], SLEEPERS);
     let apart = |run: &Run| printed_at_us(run, "second").abs_diff(printed_at_us(run, "first"));
     let lone = |run: &Run| printed_at_us(run, "woke") - printed_at_us(run, "alone");
 
@@ -156,16 +151,8 @@ fn an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction() {
     if !kvm_or_skip("an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction") {
         return;
     }
-    let runs = side_by_side(2, |i| {
-        let args: &[&str] = if i == 0 {
-            &[]
-        } else {
-            &["--no-lazy-compaction"]
-        };
-        run_guest(args, &["sh", "-c", IDLE_TEN_SECONDS])
-    });
-    let [on, off] = [&runs[0], &runs[1]].map(|run| {
-        assert_eq!(run.code, Some(0), "{}", run.all());
+    let runs = with_and_without(&[], &["--no-lazy-compaction"], IDLE_TEN_SECONDS);
+    let [on, off] = runs.map(|run| {
         let setting = run.console("m1").first().cloned().unwrap_or_default();
         let ticks = run
             .console_after("m1", "timer interrupts ")

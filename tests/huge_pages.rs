@@ -3,7 +3,7 @@
 //! (`--no-huge-page-cache` keeps them in 4 KiB pages), and anonymous memory is faulted in up to
 //! 256 KiB at a time (`--no-large-anon-folios`: 4 KiB).
 
-use simvm_tests::{kvm_or_skip, run_guest, side_by_side};
+use simvm_tests::{kvm_or_skip, with_and_without};
 
 /// The root filesystem's mount options, how many huge pages a 6 MiB file written into it adds
 /// to the page cache, the policy for 256 KiB anonymous folios, and how many of them a 1 MiB
@@ -26,18 +26,11 @@ fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
     if !kvm_or_skip("files_and_anonymous_memory_get_larger_pages_only_with_the_tunings") {
         return;
     }
-    let runs = side_by_side(2, |i| {
-        let args: &[&str] = if i == 0 {
-            &[]
-        } else {
-            &["--no-huge-page-cache", "--no-large-anon-folios"]
-        };
-        run_guest(args, &["sh", "-c", PROBE])
-    });
-    for run in &runs {
-        assert_eq!(run.code, Some(0), "{}", run.all());
-    }
-    let (on, off) = (&runs[0], &runs[1]);
+    let [on, off] = &with_and_without(
+        &[],
+        &["--no-huge-page-cache", "--no-large-anon-folios"],
+        PROBE,
+    );
     assert!(
         on.console_after("m1", "rootfs ")
             .contains("huge=within_size"),

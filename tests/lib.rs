@@ -255,6 +255,23 @@ pub fn side_by_side<T: Send>(n: usize, run: impl Fn(usize) -> T + Sync) -> Vec<T
     })
 }
 
+/// `sh -c command` run twice side by side with `args`: with the guest tunings as they are,
+/// then with `switches_off` added. Both runs must succeed.
+pub fn with_and_without(args: &[&str], switches_off: &[&str], command: &str) -> [Run; 2] {
+    let runs = side_by_side(2, |i| {
+        let mut args = args.to_vec();
+        if i == 1 {
+            args.extend(switches_off);
+        }
+        run_guest(&args, &["sh", "-c", command])
+    });
+    for run in &runs {
+        assert_eq!(run.code, Some(0), "{}", run.all());
+    }
+    runs.try_into()
+        .unwrap_or_else(|_| panic!("side_by_side(2, ...) gave another number of runs"))
+}
+
 /// A number from the environment variable `name`, or `default` when it is unset (benchmarks'
 /// knobs); a value that is not a number stops the benchmark with a clear message.
 pub fn env_u64(name: &str, default: u64) -> u64 {

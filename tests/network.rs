@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use simvm_tests::{
-    assert_same_run, image, kvm_or_skip, require_tshark, run_guest, run_scenario, run_tshark,
-    side_by_side, simvm_on, temp_dir, tshark, Run,
+    assert_same_run, image, kvm_or_skip, require_tshark, run_scenario, run_tshark, side_by_side,
+    simvm_on, temp_dir, tshark, with_and_without, Run,
 };
 
 fn scenario(name: &str) -> std::path::PathBuf {
@@ -308,22 +308,8 @@ fn the_summary_counters_are_read_per_machine() {
     assert_eq!(counter(summary, "m2", "lost"), 1);
 }
 
-/// Two machines (seed 3) run `command` side by side twice: with every guest tuning, then with
-/// the one that `switch_off` turns off. Both runs must succeed.
-fn with_and_without_tuning(switch_off: &str, command: &str) -> [Run; 2] {
-    let runs = side_by_side(2, |i| {
-        let mut args = vec!["--machines", "2", "--seed", "3"];
-        if i == 1 {
-            args.push(switch_off);
-        }
-        run_guest(&args, &["sh", "-c", command])
-    });
-    for run in &runs {
-        assert_eq!(run.code, Some(0), "{}", run.all());
-    }
-    runs.try_into()
-        .unwrap_or_else(|_| panic!("side_by_side(2, ...) gave another number of runs"))
-}
+/// The tuning tests' world: two machines, seed 3.
+const TWO_MACHINES: &[&str] = &["--machines", "2", "--seed", "3"];
 
 /// m1 sends ARP requests for an address nobody has, so nothing comes back: every interrupt of
 /// its NIC is for sent frames. (Without NAPI for sending, the driver leaves the completion
@@ -341,7 +327,7 @@ fn sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning() {
     if !kvm_or_skip("sent_frames_take_interrupts_only_without_the_tx_reclaim_tuning") {
         return;
     }
-    let [on, off] = with_and_without_tuning("--no-tx-reclaim-on-send", SEND_ONLY);
+    let [on, off] = with_and_without(TWO_MACHINES, &["--no-tx-reclaim-on-send"], SEND_ONLY);
     assert_eq!(on.console_after("m1", "napi_tx "), "N", "{}", on.all());
     assert_eq!(
         on.console_after("m1", "send interrupts "),
@@ -371,12 +357,16 @@ fn cleared_tcp_timers_wake_a_reader_only_without_the_tuning() {
     if !kvm_or_skip("cleared_tcp_timers_wake_a_reader_only_without_the_tuning") {
         return;
     }
-    let [on, off] =
-        with_and_without_tuning("--no-stop-cleared-timers", ONE_WAY_MESSAGES).map(|run| {
-            run.console_after("m1", "timer interrupts ")
-                .parse::<u32>()
-                .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()))
-        });
+    let [on, off] = with_and_without(
+        TWO_MACHINES,
+        &["--no-stop-cleared-timers"],
+        ONE_WAY_MESSAGES,
+    )
+    .map(|run| {
+        run.console_after("m1", "timer interrupts ")
+            .parse::<u32>()
+            .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()))
+    });
     // Without the tuning, once the connection leaves quick-ACK mode (its first 16 ACKs) each
     // message schedules a delayed ACK, the read sends the ACK at once, and the stale timer
     // still fires 40 ms later: one more interrupt for each of the last 24 messages (73 with
