@@ -215,6 +215,24 @@ pub fn simvm_on(image: &Image, args: &[&str]) -> Run {
     simvm(&all, &[])
 }
 
+/// A `simvm ...` line run through the shell, `simvm` standing for the binary under test.
+pub fn run_line(line: &str) -> Run {
+    let rest = line
+        .strip_prefix("simvm ")
+        .unwrap_or_else(|| panic!("not a simvm command line: {line}"));
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("'{}' {rest}", simvm_bin().display()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 /// `simvm run` with the default image and `args` before the `--`, then `command`.
 pub fn run_guest(args: &[&str], command: &[&str]) -> Run {
     let mut all = vec!["run"];

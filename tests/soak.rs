@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use simvm_tests::{image, kvm_or_skip, simvm, simvm_bin, temp_dir, Run};
+use simvm_tests::{image, kvm_or_skip, run_line, simvm, simvm_bin, temp_dir, Run};
 
 fn scenario() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,24 +34,6 @@ fn image_args() -> Vec<String> {
 fn simvm_with(args: &[String]) -> Run {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     simvm(&args, &[])
-}
-
-/// A `simvm ...` line run through the shell, `simvm` standing for the binary under test.
-fn run_line(line: &str) -> Run {
-    let rest = line
-        .strip_prefix("simvm ")
-        .unwrap_or_else(|| panic!("not a simvm command line: {line}"));
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(format!("'{}' {rest}", simvm_bin().display()))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sh");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 /// The seeds the summary lists as `FAIL seed N: ...`.

@@ -1,6 +1,7 @@
 //! The `simvm` command.
 
 mod check;
+mod interrupt;
 mod progress;
 mod prune;
 mod run;
@@ -67,7 +68,7 @@ enum ImageCommand {
 /// The watchdog limit when `--watchdog` is not given (keep in step with its default).
 const DEFAULT_WATCHDOG: Duration = Duration::from_secs(5);
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     /// A scenario file (TOML; see examples/README.md). Without one, the command after `--`
     /// runs on every machine; with neither, the built-in demo scenario runs.
@@ -595,9 +596,21 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
             format_ns(nemesis.quiet_ns)
         );
     }
+    // Two runs compared step by step cannot stop halfway: Ctrl-C ends those at once.
+    let stop = match args.check_determinism {
+        true => None,
+        false => Some(interrupt::stop_on_signal()?),
+    };
+    let simulation = Simulation { stop, ..simulation };
+    let replay_args = args.clone();
     let plan = RunPlan {
         reproduce: reproduce_command(&args),
         reproduce_with_snapshot: reproduce_line(&args, true),
+        replay_to: Box::new(move |until| {
+            let mut args = replay_args.clone();
+            args.until = Some(until);
+            reproduce_command(&args)
+        }),
         simulation,
         profile: args.profile.clone(),
         history: args.history.clone(),

@@ -13,6 +13,10 @@ use crate::progress::Progress;
 /// report to say so: a second of virtual time, where a working program makes one far more often.
 const QUIET_NOTICE_NS: u64 = 1_000_000_000;
 
+/// The exit status of a run stopped by SIGINT or SIGTERM, as a shell reports a command
+/// killed by SIGINT.
+const INTERRUPTED_STATUS: i32 = 130;
+
 /// A simulation and the command line that reproduces it.
 pub struct RunPlan {
     pub simulation: Simulation,
@@ -21,6 +25,9 @@ pub struct RunPlan {
     /// The same with the snapshot options: the line for a run that failed for want of its
     /// snapshot (without them the run passes).
     pub reproduce_with_snapshot: String,
+    /// The command line that replays this run up to a virtual time (ns): for a run stopped
+    /// by a signal.
+    pub replay_to: Box<dyn Fn(u64) -> String>,
     /// Write the run's profile here (`--profile`).
     pub profile: Option<std::path::PathBuf>,
     /// Write the workload's history here, and its timeline beside it (`--history`).
@@ -124,6 +131,14 @@ impl RunPlan {
         if let Some(report) = outcome.crash() {
             eprintln!("{report}");
         }
+        if outcome.ending == Ending::Interrupted {
+            eprintln!(
+                "simvm: stopped by a signal at step {}, virtual time {}; replay to here with: {}",
+                outcome.steps,
+                format_vtime(outcome.vtime_ns),
+                (self.replay_to)(outcome.vtime_ns)
+            );
+        }
         if outcome.ending == Ending::Idle {
             eprintln!(
                 "simvm: every running machine is halted with nothing pending (at virtual time {}): \
@@ -152,7 +167,11 @@ impl RunPlan {
             outcome.digest,
             outcome.cpu_template,
             start_summary(outcome),
-            if success { "ok" } else { "FAIL" },
+            match (success, &outcome.ending) {
+                (_, Ending::Interrupted) => "INTERRUPTED",
+                (true, _) => "ok",
+                (false, _) => "FAIL",
+            },
             machines.join(" "),
             if outcome.watchdog_kicks.is_empty() {
                 String::new()
@@ -165,6 +184,9 @@ impl RunPlan {
         );
         if let Some(extra) = extra {
             println!("{extra}");
+        }
+        if outcome.ending == Ending::Interrupted {
+            return INTERRUPTED_STATUS;
         }
         if !success {
             let line = if snapshot_missing {

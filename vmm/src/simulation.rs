@@ -97,6 +97,8 @@ pub struct Simulation {
     pub nemesis: Option<Nemesis>,
     /// User address-space randomisation from the seeded RNG, whatever the scenario says.
     pub aslr: bool,
+    /// Stops the run at its next step when set ([`crate::world::WorldConfig::stop`]).
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,7 @@ impl Simulation {
             chaos_per_mille: None,
             nemesis: None,
             aslr: false,
+            stop: None,
         }
     }
 
@@ -396,6 +399,7 @@ impl Simulation {
             crash_policy: self.crash_policy.unwrap_or(self.scenario.crash_policy),
             keep_disks: self.keep_disks.clone(),
             until_ns: self.until_ns.or(self.scenario.until_ns),
+            stop: self.stop,
             watchdog: Some(self.watchdog),
             trace_json: trace,
             fingerprints,
@@ -568,7 +572,7 @@ impl Simulation {
             .zip(&self.scenario.machines)
             .all(|(m, spec)| machine_met(m, spec.expect));
         machines_ok
-            && outcome.ending != Ending::Idle
+            && !matches!(outcome.ending, Ending::Idle | Ending::Interrupted)
             && (!self.strict || outcome.watchdog_kicks.is_empty())
             && outcome.assertions.passed()
             && outcome.verdict.as_ref().is_none_or(HistoryVerdict::passed)

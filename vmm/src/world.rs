@@ -16,6 +16,7 @@ mod snapshot;
 mod traffic;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kvm_ioctls::Kvm;
@@ -90,6 +91,9 @@ pub struct WorldConfig {
     pub keep_disks: Option<PathBuf>,
     /// Stop at this virtual time (ns) even if machines are still running.
     pub until_ns: Option<u64>,
+    /// Set (by a signal handler, say) to stop the run at its next step: it ends as
+    /// [`Ending::Interrupted`], with everything written as at any other end.
+    pub stop: Option<&'static AtomicBool>,
     /// Kick a vCPU that has not exited for this long (real time).
     pub watchdog: Option<Duration>,
     pub trace_json: Option<PathBuf>,
@@ -137,6 +141,7 @@ impl WorldConfig {
             crash_policy: CrashPolicy::default(),
             keep_disks: None,
             until_ns: None,
+            stop: None,
             watchdog: Some(Duration::from_secs(5)),
             trace_json: None,
             fingerprints: false,
@@ -204,6 +209,8 @@ pub enum Ending {
     /// Every machine that is still up is halted with nothing pending: the system under test
     /// is deadlocked or idle forever.
     Idle,
+    /// [`WorldConfig::stop`] was set.
+    Interrupted,
 }
 
 /// The result of a run.
@@ -212,7 +219,9 @@ pub struct Outcome {
     pub seed: Seed,
     pub steps: u64,
     pub events: u64,
-    /// Where virtual time ended: `until` for a run cut there, else the last event's time.
+    /// Where virtual time ended: `until` for a run cut there, the last step's time for one
+    /// stopped by [`WorldConfig::stop`] (`until` set to it replays the run to there), else
+    /// the last event's time.
     pub vtime_ns: u64,
     pub wall: Duration,
     pub digest: String,
@@ -365,6 +374,9 @@ pub struct World {
     trace: Trace,
     step: u64,
     until_ns: Option<u64>,
+    stop: Option<&'static AtomicBool>,
+    /// The virtual time of the last step taken.
+    last_at: u64,
     trace_state: bool,
     cpu: Option<usize>,
     watchdog: Option<Watchdog>,
@@ -550,6 +562,8 @@ impl World {
             trace,
             step,
             until_ns: config.until_ns,
+            stop: config.stop,
+            last_at: 0,
             trace_state: config.trace_state,
             cpu: config.cpu,
             watchdog,
@@ -595,6 +609,7 @@ impl World {
             if self.done() {
                 break Ending::Done;
             }
+
             let next = self.next_machine();
             let action_at = self.next_action_at();
             // World actions go first at equal times: a machine stepped at t sees what happened
@@ -618,6 +633,12 @@ impl World {
             if self.until_ns.is_some_and(|until| at > until) {
                 break Ending::Until;
             }
+            // A stop finishes the current virtual instant first, so that `until` set to it
+            // replays the run to exactly here.
+            if at > self.last_at && self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                break Ending::Interrupted;
+            }
+            self.last_at = at;
             self.step += 1;
             match machine {
                 None => {
@@ -868,6 +889,7 @@ impl World {
         let last_event = self.nodes.iter().map(Node::now).max().unwrap_or(0);
         let vtime_ns = match (&ending, self.until_ns) {
             (Ending::Until, Some(until)) => until.max(last_event),
+            (Ending::Interrupted, _) => self.last_at,
             _ => last_event,
         };
         let history = self.history.map(|(m, d)| self.nodes[m].recorded_history(d));
