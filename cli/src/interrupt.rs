@@ -1,4 +1,4 @@
-//! Ctrl-C (SIGINT) and SIGTERM stop `simvm run` at the guests' next step, so that the run
+//! Ctrl-C (SIGINT) and SIGTERM stop `simvm run` at its next virtual instant, so that the run
 //! ends as any other does: trace, pcap and profile written, summary printed, and a line that
 //! replays it to where it stopped. A second signal ends the process at once (the handler
 //! resets itself), for a step that never finishes.

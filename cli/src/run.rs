@@ -2,7 +2,6 @@
 
 use simvm_vmm::console::format_vtime;
 use simvm_vmm::machine::Stop;
-use simvm_vmm::scenario::Expect;
 use simvm_vmm::simulation::{Simulation, SimulationError};
 use simvm_vmm::template::Origin;
 use simvm_vmm::world::{Ending, MachineOutcome, Outcome};
@@ -215,8 +214,7 @@ impl RunPlan {
     fn report_still_running(&self, outcome: &Outcome) {
         let expected = self.simulation.scenario.machines.iter().map(|m| m.expect);
         for (machine, expect) in outcome.machines.iter().zip(expected) {
-            let awaited = matches!(expect, Expect::Exit(_));
-            if !awaited || machine.stop.is_some() {
+            if !expect.waits() || machine.stop.is_some() {
                 continue;
             }
             let Some(by) = machine.last_syscall_by else {

@@ -97,7 +97,7 @@ pub struct Simulation {
     pub nemesis: Option<Nemesis>,
     /// User address-space randomisation from the seeded RNG, whatever the scenario says.
     pub aslr: bool,
-    /// Stops the run at its next step when set ([`crate::world::WorldConfig::stop`]).
+    /// Stops the run at its next virtual instant when set ([`crate::world::WorldConfig::stop`]).
     pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 

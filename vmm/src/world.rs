@@ -91,7 +91,7 @@ pub struct WorldConfig {
     pub keep_disks: Option<PathBuf>,
     /// Stop at this virtual time (ns) even if machines are still running.
     pub until_ns: Option<u64>,
-    /// Set (by a signal handler, say) to stop the run at its next step: it ends as
+    /// Set (by a signal handler, say) to stop the run at its next virtual instant: it ends as
     /// [`Ending::Interrupted`], with everything written as at any other end.
     pub stop: Option<&'static AtomicBool>,
     /// Kick a vCPU that has not exited for this long (real time).
