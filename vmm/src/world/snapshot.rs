@@ -26,7 +26,7 @@ use crate::template::{open_memory, write_sparse_memory, SIMVM_BUILD};
 use crate::vcpu_state;
 
 /// Version of the snapshot files.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 const HEADER_FILE: &str = "snapshot.json";
 const BODY_FILE: &str = "world.bin";
 /// A snapshot's state (without memory) is far below this; a larger length is damage.
@@ -85,7 +85,7 @@ pub struct SnapshotInfo {
     pub seed: u64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Header {
     format: u32,
@@ -94,7 +94,8 @@ struct Header {
     world: String,
     /// The timeline events it has behind it ([`timeline_past`]), which a continuation shares.
     past: String,
-    /// BLAKE3 of `world.bin`; it also covers the memory files, whose hashes are inside.
+    /// [`snapshot_id`]: BLAKE3 of `world.bin` and of this header's other fields; it also covers
+    /// the memory files, whose hashes are inside `world.bin`.
     id: String,
     seed: u64,
     step: u64,
@@ -261,7 +262,7 @@ impl World {
             .map_err(|e| Error::Snapshot(format!("cannot encode the world: {e}")))?;
         let body_path = dir.join(BODY_FILE);
         std::fs::write(&body_path, &bytes).map_err(|e| file_error(&body_path, e))?;
-        let header = Header {
+        let mut header = Header {
             format: SNAPSHOT_FORMAT,
             simvm: SIMVM_BUILD.into(),
             world: self.world_key.clone(),
@@ -271,11 +272,12 @@ impl World {
                 body.next_action,
                 body.network_actions,
             ),
-            id: blake3::hash(&bytes).to_hex()[..32].to_string(),
+            id: String::new(),
             seed: self.seed.0,
             step: self.step,
             vtime_ns: at,
         };
+        header.id = snapshot_id(&header, &bytes);
         let json = serde_json::to_vec_pretty(&header)
             .map_err(|e| Error::Snapshot(format!("cannot encode the header: {e}")))?;
         let header_path = dir.join(HEADER_FILE);
@@ -334,6 +336,26 @@ pub(super) struct LoadedSnapshot {
 /// actions and the first `network_applied` network actions. The rest of the timeline, the
 /// future, is the continuation's own: another seed brings another nemesis schedule, as long as
 /// it starts after the snapshot.
+/// The snapshot's id: BLAKE3 of the encoded world and of every header field a continuation
+/// uses, so an edited step, time, seed or past is found as damage is.
+fn snapshot_id(header: &Header, body: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for field in [&header.simvm, &header.world, &header.past] {
+        hasher.update(&(field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    for number in [
+        u64::from(header.format),
+        header.seed,
+        header.step,
+        header.vtime_ns,
+    ] {
+        hasher.update(&number.to_le_bytes());
+    }
+    hasher.update(body);
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
 pub(super) fn timeline_past(
     timeline: &[(u64, MachineAction)],
     network: &[(u64, NetAction)],
@@ -396,10 +418,13 @@ impl LoadedSnapshot {
         }
         let body_path = dir.join(BODY_FILE);
         let bytes = std::fs::read(&body_path).map_err(|e| file_error(&body_path, e))?;
-        if blake3::hash(&bytes).to_hex()[..32] != header.id {
+        if snapshot_id(&header, &bytes) != header.id {
             return Err(file_error(
-                &body_path,
-                "damaged or truncated (its hash differs)",
+                dir,
+                format!(
+                    "is damaged or truncated: {BODY_FILE} and the fields of {HEADER_FILE} do \
+                     not match its id"
+                ),
             ));
         }
         use bincode::Options;
@@ -526,6 +551,53 @@ mod tests {
         let this = format!(r#"{{"format": {SNAPSHOT_FORMAT}, "simvm": "{SIMVM_BUILD}"}}"#);
         std::fs::write(&header, this).unwrap();
         check_snapshot(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_edited_header_field_is_found_as_damage() {
+        let dir =
+            std::env::temp_dir().join(format!("simvm-edited-snapshot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let body = bincode::serialize(&Body {
+            nodes: Vec::new(),
+            next_action: 0,
+            network_actions: 0,
+        })
+        .unwrap();
+        std::fs::write(dir.join(BODY_FILE), &body).unwrap();
+        let mut header = Header {
+            format: SNAPSHOT_FORMAT,
+            simvm: SIMVM_BUILD.into(),
+            world: "world".into(),
+            past: "past".into(),
+            id: String::new(),
+            seed: 1,
+            step: 100,
+            vtime_ns: 2 * SECOND,
+        };
+        header.id = snapshot_id(&header, &body);
+        let write = |header: &Header| {
+            std::fs::write(dir.join(HEADER_FILE), serde_json::to_vec(header).unwrap()).unwrap()
+        };
+        write(&header);
+        let loaded = LoadedSnapshot::load(&dir, "world").unwrap();
+        assert_eq!((loaded.info.step, loaded.info.vtime_ns), (100, 2 * SECOND));
+        for edit in [
+            |h: &mut Header| h.step = 99,
+            |h: &mut Header| h.vtime_ns += 1,
+            |h: &mut Header| h.seed = 2,
+            |h: &mut Header| h.past = "other".into(),
+        ] {
+            let mut edited = header.clone();
+            edit(&mut edited);
+            write(&edited);
+            let err = LoadedSnapshot::load(&dir, "world")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(err.contains("do not match its id"), "{err}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
