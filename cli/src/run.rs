@@ -228,7 +228,7 @@ impl RunPlan {
                      without system calls",
                     machine.name,
                     format_vtime(by),
-                    crate::soak::report::duration(std::time::Duration::from_nanos(quiet))
+                    simvm_vmm::units::format_rounded(std::time::Duration::from_nanos(quiet))
                 );
             }
         }

@@ -5,7 +5,7 @@
 mod assertions;
 mod child;
 mod progress;
-pub(crate) mod report;
+mod report;
 mod seeds;
 mod supervisor;
 
@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use simvm_vmm::scenario::Scenario;
 use simvm_vmm::simulation::Simulation;
-use simvm_vmm::units::{format_ns, format_size};
+use simvm_vmm::units::{format_ns, format_rounded, format_size};
 
 use crate::{check_parent_dir, scenario_of, without, Cli, Command, RunArgs};
 use child::ChildTemplate;
@@ -135,7 +135,7 @@ pub fn soak(args: SoakArgs) -> Result<i32, String> {
         args.seeds,
         shard.map_or(String::new(), |s| format!(" shard {s}")),
         seeds.len(),
-        report::duration(Duration::from_nanos(args.timeout)),
+        format_rounded(Duration::from_nanos(args.timeout)),
         args.out.display()
     );
     let planned = seeds.len();

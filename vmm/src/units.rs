@@ -141,6 +141,16 @@ pub fn format_size(bytes: u64) -> String {
     )
 }
 
+/// A duration rounded for people, not to be parsed back: `"12.3s"`, `"3m05s"`, `"1h02m"`.
+pub fn format_rounded(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0..=59 => format!("{:.1}s", d.as_secs_f64()),
+        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
+    }
+}
+
 /// Bits per second as `"100Mbit"`; 0 is `"unlimited"`.
 pub fn format_bandwidth(bps: u64) -> String {
     if bps == 0 {
@@ -251,6 +261,8 @@ pub fn parse_scaled(text: &str, units: &[(&str, u64)]) -> Result<u64, ScaledErro
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -370,6 +382,9 @@ mod tests {
         assert_eq!(format_ns(1_500_500_000), "1500500us");
         assert_eq!(format_ns(120_000_000_000), "2m");
         assert_eq!(format_ns(u64::MAX), "18446744073709551615ns");
+        assert_eq!(format_rounded(Duration::from_millis(12_340)), "12.3s");
+        assert_eq!(format_rounded(Duration::from_secs(185)), "3m05s");
+        assert_eq!(format_rounded(Duration::from_secs(3720)), "1h02m");
         assert_eq!(format_size(0), "0");
         assert_eq!(format_size(256 << 20), "256M");
         assert_eq!(format_size(100_000 << 10), "100000K");

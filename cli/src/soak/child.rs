@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use simvm_vmm::units::format_rounded;
+
 use crate::shell_quote;
 
 /// How every seed's `simvm run` is put together.
@@ -149,10 +151,7 @@ impl Verdict {
             Verdict::Passed => "passed".into(),
             Verdict::Failed { reason } => reason.clone(),
             Verdict::TimedOut { after } => {
-                format!(
-                    "timed out after {} (killed)",
-                    super::report::duration(*after)
-                )
+                format!("timed out after {} (killed)", format_rounded(*after))
             }
             Verdict::Nondeterministic { verdict } => format!("simvm failure: {verdict}"),
             Verdict::SimvmError { reason } => format!("simvm failure: {reason}"),

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::report::{duration, per_hour, Tally};
+use simvm_vmm::units::format_rounded;
+
+use super::report::{per_hour, Tally};
 
 /// How often the plain line is printed off a terminal.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(10);
@@ -124,7 +126,7 @@ pub fn status(tally: Tally, total: u64, elapsed: Duration) -> String {
         done => {
             let left = (total - done) as f64;
             let eta = Duration::from_secs_f64(elapsed.as_secs_f64() / done as f64 * left);
-            format!(", ETA {}", duration(eta))
+            format!(", ETA {}", format_rounded(eta))
         }
     };
     format!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 use simvm_vmm::assertions::Assertions;
+use simvm_vmm::units::format_rounded;
 
 use super::assertions::Coverage;
 use super::child::Verdict;
@@ -92,7 +93,7 @@ impl Summary<'_> {
             "soak: {} of {} seeds in {} ({}), {} determinism-checked, {} simvm failures\n",
             tally.done(),
             self.planned,
-            duration(self.wall),
+            format_rounded(self.wall),
             per_hour(tally.done(), self.wall),
             checked,
             simvm
@@ -165,16 +166,6 @@ pub fn junit(suite_name: &str, results: &[SeedResult], wall: Duration) -> Report
     report.set_time(wall);
     report.add_test_suite(suite);
     report
-}
-
-/// `1h02m`, `3m05s`, `12.3s`.
-pub fn duration(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0..=59 => format!("{:.1}s", d.as_secs_f64()),
-        60..=3599 => format!("{}m{:02}s", secs / 60, secs % 60),
-        _ => format!("{}h{:02}m", secs / 3600, secs / 60 % 60),
-    }
 }
 
 /// Seeds per hour of wall time.
@@ -327,10 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_rates_read_well() {
-        assert_eq!(duration(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(duration(Duration::from_secs(185)), "3m05s");
-        assert_eq!(duration(Duration::from_secs(3720)), "1h02m");
+    fn rates_read_well() {
         assert_eq!(per_hour(0, Duration::from_secs(5)), "- seeds/hour");
         assert_eq!(per_hour(10, Duration::from_secs(60)), "600 seeds/hour");
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use simvm_vmm::units::format_rounded;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::assertions::SeedAssertions;
@@ -562,7 +563,7 @@ impl Supervisor {
                 } else {
                     format!("{} {}", result.verdict.label(), result.verdict.reason())
                 },
-                super::report::duration(result.wall)
+                format_rounded(result.wall)
             );
         } else if !result.verdict.passed() {
             let mut note = format!(
