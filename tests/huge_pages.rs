@@ -1,20 +1,26 @@
 //! Huge and large pages (docs/performance.md "Guest tunings"): tmpfs files, the root
 //! filesystem's among them, sit in 2 MiB huge pages wherever a whole one fits within the file
-//! (`--no-huge-page-cache` keeps them in 4 KiB pages), and anonymous memory is faulted in up to
-//! 256 KiB at a time (`--no-large-anon-folios`: 4 KiB).
+//! and in large folios in the rest (`--no-huge-page-cache` keeps them in 4 KiB pages), and
+//! anonymous memory is faulted in up to 256 KiB at a time (`--no-large-anon-folios`: 4 KiB).
 
 use simvm_tests::{kvm_or_skip, with_and_without};
 
 /// The root filesystem's mount options, how many huge pages a 6 MiB file written into it adds
-/// to the page cache, the policy for 256 KiB anonymous folios, and how many of them a 1 MiB
-/// buffer (`dd`'s, from `malloc`, so its own mapping) was faulted in with. The file's size is
-/// set first, as the initramfs unpacker does, so every 2 MiB of it lies within the file when
-/// it is written.
+/// to the page cache, how many 1 MiB and 512 KiB folios a 1.5 MiB file (no whole huge page)
+/// gets instead, the policy for 256 KiB anonymous folios, and how many of them a 1 MiB buffer
+/// (`dd`'s, from `malloc`, so its own mapping) was faulted in with. A file's size is set first,
+/// as the initramfs unpacker does, so every folio of it lies within the file when it is
+/// written.
 const PROBE: &str = "huge() { awk '$1 == \"nr_shmem_hugepages\" { print $2 }' /proc/vmstat; }; \
                      before=$(huge); truncate -s 6M /big; \
                      dd if=/dev/zero of=/big bs=1M count=6 conv=notrunc 2>/dev/null; \
                      echo \"rootfs $(awk '$2 == \"/\" { print $4 }' /proc/mounts)\"; \
                      echo \"huge pages $(( $(huge) - before ))\"; \
+                     m=/sys/kernel/mm/transparent_hugepage/hugepages-1024kB/stats/shmem_alloc; \
+                     k=/sys/kernel/mm/transparent_hugepage/hugepages-512kB/stats/shmem_alloc; \
+                     m0=$(cat $m); k0=$(cat $k); truncate -s 1536K /mid; \
+                     dd if=/dev/zero of=/mid bs=512K count=3 conv=notrunc 2>/dev/null; \
+                     echo \"file folios $(( $(cat $m) - m0 )) $(( $(cat $k) - k0 ))\"; \
                      large=/sys/kernel/mm/transparent_hugepage/hugepages-256kB; \
                      echo \"anon policy $(cat $large/enabled)\"; \
                      before=$(cat $large/stats/anon_fault_alloc); \
@@ -39,6 +45,12 @@ fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
     );
     assert_eq!(on.console_after("m1", "huge pages "), "3", "{}", on.all());
     assert_eq!(
+        on.console_after("m1", "file folios "),
+        "1 1",
+        "{}",
+        on.all()
+    );
+    assert_eq!(
         on.console_after("m1", "anon policy "),
         "[always] inherit madvise never",
         "{}",
@@ -57,6 +69,12 @@ fn files_and_anonymous_memory_get_larger_pages_only_with_the_tunings() {
         off.all()
     );
     assert_eq!(off.console_after("m1", "huge pages "), "0", "{}", off.all());
+    assert_eq!(
+        off.console_after("m1", "file folios "),
+        "0 0",
+        "{}",
+        off.all()
+    );
     assert_eq!(
         off.console_after("m1", "anon policy "),
         "always inherit madvise [never]",

@@ -145,8 +145,8 @@ struct RunArgs {
     #[arg(long)]
     no_timer_slack: bool,
     /// Guests keep tmpfs files, their root filesystem's among them, in 4 KiB pages instead of
-    /// 2 MiB huge pages, so each exec of a large binary maps it a page at a time (for measuring
-    /// what the huge pages save; docs/performance.md "Guest tunings").
+    /// 2 MiB huge pages and large folios, so each exec maps its binary a page at a time (for
+    /// measuring what the larger pages save; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_huge_page_cache: bool,
     /// Guests fault anonymous memory in 4 KiB at a time instead of up to 256 KiB (for measuring

@@ -26,8 +26,10 @@ pub struct GuestTuning {
     /// Files in tmpfs, the initramfs's rootfs among them, sit in the page cache in 2 MiB huge
     /// pages wherever a whole one fits within the file, so an executable there is mapped with
     /// PMDs: a Go binary's exec faults in and unmaps a few huge pages rather than thousands of
-    /// small ones (guest patch 0020, and `CONFIG_TRANSPARENT_HUGEPAGE` in the speed kernel;
-    /// the compact kernel lacks it, and [`GuestTuning::kernel_args_for`] leaves it out). On:
+    /// small ones; the rest of a file is in the largest folios that end within it, mapped,
+    /// copied at fork and unmapped a folio at a time (guest patches 0020 and 0027, and
+    /// `CONFIG_TRANSPARENT_HUGEPAGE` in the speed kernel; the compact kernel lacks it, and
+    /// [`GuestTuning::kernel_args_for`] leaves it out). On:
     /// `transparent_hugepage_tmpfs=within_size`.
     pub huge_page_cache: bool,
     /// Anonymous memory is faulted in [`ANON_FOLIO_SIZES`] at a time where the mapping has room
