@@ -168,6 +168,10 @@ struct RunArgs {
     /// wake-ups that saves; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_lazy_compaction: bool,
+    /// A guest's read fault on a file maps 64 KiB around it (Linux's default) instead of
+    /// 256 KiB (for measuring the faults that saves; docs/performance.md "Guest tunings").
+    #[arg(long)]
+    no_wide_fault_around: bool,
     /// Who clears and copies the guest kernel's pages: `host` (simvm, one exit a page; the
     /// default where the host's KVM emulates guest kernel code, as PVM does) or `guest` (the
     /// default elsewhere). The run is the same either way; only its speed differs.
@@ -529,6 +533,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 tx_reclaim_on_send: !args.no_tx_reclaim_on_send,
                 stop_cleared_timers: !args.no_stop_cleared_timers,
                 lazy_compaction: !args.no_lazy_compaction,
+                wide_fault_around: !args.no_wide_fault_around,
             },
             page_work: args.page_work.unwrap_or_else(PageWork::for_this_host),
             offloads: Offloads {
@@ -773,6 +778,7 @@ fn reproduce_line(args: &RunArgs, with_snapshot: bool) -> String {
         (args.no_tx_reclaim_on_send, "--no-tx-reclaim-on-send"),
         (args.no_stop_cleared_timers, "--no-stop-cleared-timers"),
         (args.no_lazy_compaction, "--no-lazy-compaction"),
+        (args.no_wide_fault_around, "--no-wide-fault-around"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];
