@@ -332,10 +332,6 @@ pub(super) struct LoadedSnapshot {
     past: String,
 }
 
-/// What a snapshot has behind it of a world's timelines: the first `machine_applied` machine
-/// actions and the first `network_applied` network actions. The rest of the timeline, the
-/// future, is the continuation's own: another seed brings another nemesis schedule, as long as
-/// it starts after the snapshot.
 /// The snapshot's id: BLAKE3 of the encoded world and of every header field a continuation
 /// uses, so an edited step, time, seed or past is found as damage is.
 fn snapshot_id(header: &Header, body: &[u8]) -> String {
@@ -356,6 +352,10 @@ fn snapshot_id(header: &Header, body: &[u8]) -> String {
     hasher.finalize().to_hex()[..32].to_string()
 }
 
+/// What a snapshot has behind it of a world's timelines: the first `machine_applied` machine
+/// actions and the first `network_applied` network actions. The rest of the timeline, the
+/// future, is the continuation's own: another seed brings another nemesis schedule, as long as
+/// it starts after the snapshot.
 pub(super) fn timeline_past(
     timeline: &[(u64, MachineAction)],
     network: &[(u64, NetAction)],
