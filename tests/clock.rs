@@ -140,25 +140,36 @@ fn timers_within_the_timer_slack_expire_in_one_wake_up() {
     assert!(lone(off) < 2_000, "a 1 ms sleep took {} µs", lone(off));
 }
 
-/// Compaction's setting, then the timer interrupts of ten idle seconds.
-const IDLE_TEN_SECONDS: &str = "cat /proc/sys/vm/compaction_proactiveness; \
-                                ticks() { awk '$1 == \"0:\" { print $2 }' /proc/interrupts; }; \
-                                before=$(ticks); sleep 10; \
-                                echo \"timer interrupts $(( $(ticks) - before ))\"";
+/// Shell text that runs `command` and then prints the timer interrupts the guest took
+/// meanwhile, as `timer interrupts N`.
+fn timer_interrupts_during(command: &str) -> String {
+    format!(
+        "ticks() {{ awk '$1 == \"0:\" {{ print $2 }}' /proc/interrupts; }}; before=$(ticks); \
+         {command}; echo \"timer interrupts $(( $(ticks) - before ))\""
+    )
+}
+
+/// The count [`timer_interrupts_during`] printed.
+fn timer_interrupts(run: &Run) -> u32 {
+    run.console_after("m1", "timer interrupts ")
+        .parse()
+        .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()))
+}
 
 #[test]
 fn an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction() {
     if !kvm_or_skip("an_idle_guest_wakes_to_compact_memory_only_without_lazy_compaction") {
         return;
     }
-    let runs = with_and_without(&[], &["--no-lazy-compaction"], IDLE_TEN_SECONDS);
+    // Compaction's setting, then the timer interrupts of ten idle seconds.
+    let idle_ten_seconds = format!(
+        "cat /proc/sys/vm/compaction_proactiveness; {}",
+        timer_interrupts_during("sleep 10")
+    );
+    let runs = with_and_without(&[], &["--no-lazy-compaction"], &idle_ten_seconds);
     let [on, off] = runs.map(|run| {
         let setting = run.console("m1").first().cloned().unwrap_or_default();
-        let ticks = run
-            .console_after("m1", "timer interrupts ")
-            .parse::<u32>()
-            .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()));
-        (setting, ticks)
+        (setting, timer_interrupts(&run))
     });
     assert_eq!(on.0, "0");
     assert_eq!(off.0, "20", "Linux's default proactiveness");
@@ -181,20 +192,9 @@ fn an_idle_guest_sleeps_through_the_kernels_housekeeping() {
     if !kvm_or_skip("an_idle_guest_sleeps_through_the_kernels_housekeeping") {
         return;
     }
-    let run = run_guest(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "ticks() { awk '$1 == \"0:\" { print $2 }' /proc/interrupts; }; \
-             before=$(ticks); sleep 600; echo \"timer interrupts $(( $(ticks) - before ))\"",
-        ],
-    );
+    let run = run_guest(&[], &["sh", "-c", &timer_interrupts_during("sleep 600")]);
     assert_eq!(run.code, Some(0), "{}", run.all());
-    let ticks: u32 = run
-        .console_after("m1", "timer interrupts ")
-        .parse()
-        .unwrap_or_else(|_| panic!("m1 printed no count:\n{}", run.all()));
+    let ticks = timer_interrupts(&run);
     // 13 for this seed; 110 when the RNG reseeded itself every minute and the lifetime check
     // ran every two.
     assert!(

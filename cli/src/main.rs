@@ -602,9 +602,10 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
         );
     }
     // Two runs compared step by step cannot stop halfway: Ctrl-C ends those at once.
-    let stop = match args.check_determinism {
-        true => None,
-        false => Some(interrupt::stop_on_signal()?),
+    let stop = if args.check_determinism {
+        None
+    } else {
+        Some(interrupt::stop_on_signal()?)
     };
     let simulation = Simulation { stop, ..simulation };
     let replay_args = args.clone();

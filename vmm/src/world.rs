@@ -609,7 +609,6 @@ impl World {
             if self.done() {
                 break Ending::Done;
             }
-
             let next = self.next_machine();
             let action_at = self.next_action_at();
             // World actions go first at equal times: a machine stepped at t sees what happened
