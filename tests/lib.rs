@@ -130,6 +130,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl Run {
     /// The summary line (`seed=... digest=... result=...`).
     pub fn summary(&self) -> &str {
@@ -192,16 +202,7 @@ pub fn simvm(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         command.env(k, v);
     }
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = command.output().expect("spawn simvm");
-    Run {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-    }
+    command.output().expect("spawn simvm").into()
 }
 
 /// `simvm COMMAND --kernel K --initramfs I REST...` for `args` = `[COMMAND, REST...]`, with
@@ -220,17 +221,13 @@ pub fn run_line(line: &str) -> Run {
     let rest = line
         .strip_prefix("simvm ")
         .unwrap_or_else(|| panic!("not a simvm command line: {line}"));
-    let output = Command::new("sh")
+    Command::new("sh")
         .arg("-c")
         .arg(format!("'{}' {rest}", simvm_bin().display()))
         .stdin(Stdio::null())
         .output()
-        .expect("run sh");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .expect("run sh")
+        .into()
 }
 
 /// `simvm run` with the default image and `args` before the `--`, then `command`.

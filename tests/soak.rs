@@ -300,12 +300,7 @@ fn sigint_stops_the_soak_and_it_still_reports() {
         .status()
         .expect("run kill");
     assert!(status.success());
-    let output = child.wait_with_output().expect("wait for the soak");
-    let run = Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let run = Run::from(child.wait_with_output().expect("wait for the soak"));
     assert_eq!(run.code, Some(130), "{}", run.all());
     assert!(
         run.stdout

@@ -77,13 +77,8 @@ fn foreign_signals_are_not_watchdog_kicks() {
             }
             sent
         });
-        let output = child.wait_with_output().expect("wait for simvm");
+        let run = simvm_tests::Run::from(child.wait_with_output().expect("wait for simvm"));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let run = simvm_tests::Run {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
         assert!(
             !run.stdout.contains("NONDETERMINISTIC"),
             "a foreign signal was taken for a watchdog kick:\n{}",
