@@ -81,7 +81,8 @@ fn reproduce_line(run: &Run) -> String {
         .to_string()
 }
 
-/// Ctrl-C on a run whose guest is blocked for good (no `--until`, so it would run for ever):
+/// Ctrl-C on a run whose guest sleeps for longer than anyone waits (no `--until`, and its
+/// timer keeps the run from ending as idle):
 /// the run stops at its next virtual instant with the summary (`result=INTERRUPTED`, exit
 /// status 130), the report of the blocked machine, and a line that replays it to there, which
 /// gives the same digest.
@@ -100,7 +101,7 @@ fn a_run_stopped_by_a_signal_reports_and_replays_to_where_it_stopped() {
         .arg(&image.kernel)
         .arg("--initramfs")
         .arg(&image.initramfs)
-        .args(["--", "sh", "-c", "echo waiting; cat"])
+        .args(["--", "sh", "-c", "echo waiting; sleep 1000000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -114,8 +115,8 @@ fn a_run_stopped_by_a_signal_reports_and_replays_to_where_it_stopped() {
             panic!("simvm ended before its guest printed `waiting`");
         }
     }
-    // Let virtual time run on past the blocked `cat` (hours of it a wall second here), as a
-    // user waits before giving up.
+    // Let virtual time run on into the sleep (hours of it a wall second here), as a user
+    // waits before giving up.
     std::thread::sleep(std::time::Duration::from_secs(2));
     // SAFETY: kill has no memory effects; the pid is our live child.
     assert_eq!(
