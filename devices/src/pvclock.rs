@@ -221,6 +221,46 @@ impl SimvmPorts {
         mem.read_slice(&mut bytes, from).is_ok() && mem.write_slice(&bytes, to).is_ok()
     }
 
+    /// Handles a guest `outl len` to [`abi::PORT_COPY_BYTES`]: copies `len` bytes of guest RAM
+    /// from the host page's [`host_page::BYTES_FROM`] to its [`host_page::BYTES_TO`], a chunk
+    /// at a time (the guest's `memcpy()` between two buffers that do not overlap). Returns
+    /// whether it did; without a clock page, with either range not wholly in RAM or a write of
+    /// another size nothing changes.
+    pub fn copy_bytes<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
+        const CHUNK: usize = 64 * 1024;
+        let Some(host) = self.page.map(|page| page.unchecked_add(host_page::OFFSET)) else {
+            return false;
+        };
+        let Ok(len) = <[u8; 4]>::try_from(data).map(u32::from_le_bytes) else {
+            return false;
+        };
+        let read = |field| mem.read_obj::<u64>(host.unchecked_add(field)).ok();
+        let (Some(from), Some(to)) = (read(host_page::BYTES_FROM), read(host_page::BYTES_TO))
+        else {
+            return false;
+        };
+        let len = len as usize;
+        let in_ram = |gpa: u64| mem.check_range(GuestAddress(gpa), len, Permissions::ReadWrite);
+        if !in_ram(from) || !in_ram(to) {
+            return false;
+        }
+        let mut chunk = vec![0u8; len.min(CHUNK)];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let at = done as u64;
+            if mem
+                .read_slice(&mut chunk[..n], GuestAddress(from + at))
+                .is_err()
+                || mem.write_slice(&chunk[..n], GuestAddress(to + at)).is_err()
+            {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
     /// Whether `port` belongs to the block.
     pub fn contains(port: u16) -> bool {
         (abi::PORT_BASE..abi::PORT_BASE + abi::PORT_COUNT).contains(&port)
@@ -776,6 +816,44 @@ mod tests {
         assert!(!ports.copy_page(&mem, &0x20u32.to_le_bytes()));
         mem.read_slice(&mut bytes, GuestAddress(0x20000)).unwrap();
         assert!(bytes[..4096].iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn a_byte_copy_takes_both_addresses_from_the_host_page_and_writes_only_its_range() {
+        let mem = memory();
+        let bytes_from = GuestAddress(0x43000 + host_page::BYTES_FROM);
+        let bytes_to = GuestAddress(0x43000 + host_page::BYTES_TO);
+        // Longer than one chunk of the copy, at addresses no page boundary aligns.
+        let len = 70_000u32;
+        let source: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        mem.write_slice(&source, GuestAddress(0x1_0123)).unwrap();
+        mem.write_slice(&[0xaa; 80_000], GuestAddress(0x5_0000))
+            .unwrap();
+        let mut ports = SimvmPorts::new(0, 64).with_pages_by_vmm(true);
+        // Without a clock page there is no host page to name the addresses.
+        assert!(!ports.copy_bytes(&mem, &len.to_le_bytes()));
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        mem.write_obj(0x1_0123u64, bytes_from).unwrap();
+        mem.write_obj(0x5_0007u64, bytes_to).unwrap();
+        assert!(ports.copy_bytes(&mem, &len.to_le_bytes()));
+        let mut bytes = vec![0u8; 80_000];
+        mem.read_slice(&mut bytes, GuestAddress(0x5_0000)).unwrap();
+        assert!(bytes[..7].iter().all(|b| *b == 0xaa));
+        assert_eq!(&bytes[7..7 + len as usize], &source[..]);
+        assert!(bytes[7 + len as usize..].iter().all(|b| *b == 0xaa));
+        // A range reaching past RAM, or a write of another size, changes nothing.
+        mem.write_slice(&[0xaa; 80_000], GuestAddress(0x5_0000))
+            .unwrap();
+        mem.write_obj(0xf_f000u64, bytes_to).unwrap();
+        assert!(!ports.copy_bytes(&mem, &0x2000u32.to_le_bytes()));
+        mem.write_obj(u64::MAX - 10, bytes_to).unwrap();
+        assert!(!ports.copy_bytes(&mem, &len.to_le_bytes()));
+        mem.write_obj(0x5_0007u64, bytes_to).unwrap();
+        mem.write_obj(0xf_f000u64, bytes_from).unwrap();
+        assert!(!ports.copy_bytes(&mem, &0x2000u32.to_le_bytes()));
+        assert!(!ports.copy_bytes(&mem, &[0x20]));
+        mem.read_slice(&mut bytes, GuestAddress(0x5_0000)).unwrap();
+        assert!(bytes.iter().all(|b| *b == 0xaa));
     }
 
     #[test]

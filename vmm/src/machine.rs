@@ -194,6 +194,8 @@ enum Exit {
     PageCleared,
     /// The guest had a page copied ([`abi::PORT_COPY_PAGE`]); nothing else happened.
     PageCopied,
+    /// The guest had bytes copied ([`abi::PORT_COPY_BYTES`]); nothing else happened.
+    BytesCopied,
     /// `KVM_RUN` returned because the watchdog signalled the thread.
     Interrupted,
     Crash(CrashKind),
@@ -217,6 +219,9 @@ pub struct ExitStats {
     pub page_clears: u64,
     /// Pages the guest had simvm copy ([`PageWork::Host`]); resumed invisibly.
     pub page_copies: u64,
+    /// Copies between kernel buffers the guest had simvm make ([`PageWork::Host`]); resumed
+    /// invisibly.
+    pub byte_copies: u64,
 }
 
 impl ExitStats {
@@ -237,6 +242,7 @@ impl ExitStats {
         self.foreign_signals += other.foreign_signals;
         self.page_clears += other.page_clears;
         self.page_copies += other.page_copies;
+        self.byte_copies += other.byte_copies;
     }
 }
 
@@ -570,6 +576,7 @@ impl Machine {
                 // interrupt here, so the run is the same as where the guest does its own.
                 Exit::PageCleared => self.stats.page_clears += 1,
                 Exit::PageCopied => self.stats.page_copies += 1,
+                Exit::BytesCopied => self.stats.byte_copies += 1,
                 // A profiling sample: note where the guest was and resume it, invisibly.
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
@@ -641,7 +648,7 @@ impl Machine {
             }
             Exit::Interrupted => return self.kicked(step, trace),
             Exit::Crash(kind) => return self.crashed(step, kind),
-            Exit::PageCleared | Exit::PageCopied => {
+            Exit::PageCleared | Exit::PageCopied | Exit::BytesCopied => {
                 unreachable!("page clears and copies are resumed above")
             }
         };
@@ -683,6 +690,10 @@ impl Machine {
             Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, data)) => {
                 self.ports.copy_page(&self.mem, data);
                 Exit::PageCopied
+            }
+            Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, data)) => {
+                self.ports.copy_bytes(&self.mem, data);
+                Exit::BytesCopied
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut bytes = [0u8; 4];
@@ -1201,6 +1212,7 @@ fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error
     match result {
         Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, _)) => ExitReason::PageClear,
         Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, _)) => ExitReason::PageCopy,
+        Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, _)) => ExitReason::ByteCopy,
         Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
         Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {

@@ -3,9 +3,11 @@
 //! On a PVM host the guest kernel's instructions run in KVM's instruction emulator, where each
 //! iteration of `clear_page()`'s `rep stosq` costs about as much as a whole instruction: 512 per
 //! page, for every page a fault or a zeroed allocation takes; a copy-on-write fault's page copy
-//! costs as much or more. An `outl` of the frame number to [`abi::PORT_CLEAR_PAGE`] or
-//! [`abi::PORT_COPY_PAGE`] costs one exit, and simvm zeroes or copies the page. On VMX and SVM
-//! hosts the guest does either natively in a fraction of an exit's cost, so there it does.
+//! costs as much or more, and so does `memcpy()` between kernel buffers (the initramfs unpacked
+//! at boot). An `outl` of the frame number to [`abi::PORT_CLEAR_PAGE`] or
+//! [`abi::PORT_COPY_PAGE`], or of a length to [`abi::PORT_COPY_BYTES`], costs one exit, and
+//! simvm zeroes or copies the memory. On VMX and SVM hosts the guest does either natively in a
+//! fraction of an exit's cost, so there it does.
 //!
 //! The choice reaches the guest kernel through the host page (`docs/guest-abi.md`), which no
 //! guest program can map, and the exits charge no virtual time and take no interrupt: a seed
@@ -13,6 +15,7 @@
 //!
 //! [`abi::PORT_CLEAR_PAGE`]: simvm_devices::abi::PORT_CLEAR_PAGE
 //! [`abi::PORT_COPY_PAGE`]: simvm_devices::abi::PORT_COPY_PAGE
+//! [`abi::PORT_COPY_BYTES`]: simvm_devices::abi::PORT_COPY_BYTES
 
 use std::path::Path;
 
@@ -21,7 +24,7 @@ use std::path::Path;
 pub enum PageWork {
     /// The guest, as Linux does anywhere.
     Guest,
-    /// simvm, at the guest kernel's request: one exit a page.
+    /// simvm, at the guest kernel's request: one exit a page or copy.
     Host,
 }
 

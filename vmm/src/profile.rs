@@ -47,6 +47,9 @@ pub enum ExitReason {
     PageClear,
     /// The guest had simvm copy a page: resumed at once, invisibly, as a page clear.
     PageCopy,
+    /// The guest had simvm copy between two kernel buffers: resumed at once, invisibly, as a
+    /// page clear.
+    ByteCopy,
     /// A crash or an unexpected exit.
     Other,
 }
@@ -62,6 +65,7 @@ impl std::fmt::Display for ExitReason {
             Self::Signal => f.write_str("signal"),
             Self::PageClear => f.write_str("page clear (pio 0x0e14)"),
             Self::PageCopy => f.write_str("page copy (pio 0x0e18)"),
+            Self::ByteCopy => f.write_str("byte copy (pio 0x0e1c)"),
             Self::Other => f.write_str("other"),
         }
     }

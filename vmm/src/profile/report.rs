@@ -182,13 +182,14 @@ impl RunProfile<'_> {
         let _ = writeln!(
             out,
             "\n{name}: {:.3} virtual s per wall s; {:.2} s inside KVM_RUN; {} exits ({} of \
-             them signals, {} page clears, {} page copies)",
+             them signals, {} page clears, {} page copies, {} byte copies)",
             vtime / wall,
             profile.run_wall_ns as f64 / 1e9,
             profile.exit_count(),
             count(ExitReason::Signal),
             count(ExitReason::PageClear),
-            count(ExitReason::PageCopy)
+            count(ExitReason::PageCopy),
+            count(ExitReason::ByteCopy)
         );
         let _ = writeln!(
             out,
