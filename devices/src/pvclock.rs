@@ -208,7 +208,7 @@ impl SimvmPorts {
     /// [`host_page::COPY_FROM`] names to that page of guest RAM. Returns whether it did; without
     /// a clock page, with either frame outside RAM or a write of another size nothing changes.
     pub fn copy_page<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
-        let Some(host) = self.page.map(|page| page.unchecked_add(host_page::OFFSET)) else {
+        let Some(host) = self.host_page() else {
             return false;
         };
         let Ok(from_pfn) = mem.read_obj::<u32>(host.unchecked_add(host_page::COPY_FROM)) else {
@@ -228,10 +228,7 @@ impl SimvmPorts {
     /// another size nothing changes.
     pub fn copy_bytes<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
         const CHUNK: usize = 64 * 1024;
-        let Some(host) = self.page.map(|page| page.unchecked_add(host_page::OFFSET)) else {
-            return false;
-        };
-        let Ok(len) = <[u8; 4]>::try_from(data).map(u32::from_le_bytes) else {
+        let (Some(host), Some(len)) = (self.host_page(), written_u32(data)) else {
             return false;
         };
         let read = |field| mem.read_obj::<u64>(host.unchecked_add(field)).ok();
@@ -259,6 +256,11 @@ impl SimvmPorts {
             done += n;
         }
         true
+    }
+
+    /// The host page, once the guest has registered its clock page.
+    fn host_page(&self) -> Option<GuestAddress> {
+        self.page.map(|page| page.unchecked_add(host_page::OFFSET))
     }
 
     /// Whether `port` belongs to the block.
@@ -495,8 +497,12 @@ impl SimvmPorts {
 /// The guest page whose frame number a 32-bit port write carries, if it lies wholly in RAM;
 /// `None` for a write of another size.
 fn written_page<M: GuestMemory>(mem: &M, data: &[u8]) -> Option<GuestAddress> {
-    let pfn = <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()?;
-    page_of(mem, pfn)
+    page_of(mem, written_u32(data)?)
+}
+
+/// The value of a 32-bit port write; `None` for a write of another size.
+fn written_u32(data: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(data).map(u32::from_le_bytes).ok()
 }
 
 /// The guest page of frame `pfn`, if it lies wholly in RAM.
