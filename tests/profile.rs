@@ -57,11 +57,7 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
         .expect("System.map beside the guest kernel");
     let folded = std::fs::read_to_string(out.join("run.folded")).expect("run.folded");
     // Stacks unwound through the guest kernel's frame pointers: callers, then the function.
-    let stacks: Vec<&str> = folded
-        .lines()
-        .filter_map(|l| l.strip_prefix("m1;kernel;"))
-        .filter_map(|l| l.rsplit_once(' ').map(|(stack, _)| stack))
-        .collect();
+    let stacks: Vec<&str> = m1_kernel_stacks(&folded).map(|(stack, _)| stack).collect();
     assert!(stacks.len() > 3, "few kernel samples:\n{folded}");
     assert!(
         stacks.iter().any(|s| s.split(';').count() > 2),
@@ -88,13 +84,9 @@ fn a_profile_names_guest_kernel_functions_and_leaves_the_digest_alone() {
     // The flame graph leaves out frames too narrow to draw, so look for the widest: the
     // outermost kernel function with the most samples under it.
     let mut outermost = std::collections::BTreeMap::<&str, u64>::new();
-    for (stack, n) in folded
-        .lines()
-        .filter_map(|l| l.strip_prefix("m1;kernel;"))
-        .filter_map(|l| l.rsplit_once(' '))
-    {
+    for (stack, n) in m1_kernel_stacks(&folded) {
         let first = stack.split(';').next().unwrap_or(stack);
-        *outermost.entry(first).or_default() += n.parse::<u64>().expect("a sample count");
+        *outermost.entry(first).or_default() += n;
     }
     let (widest, _) = outermost
         .iter()
@@ -312,16 +304,21 @@ fn summary_count(summary: &str, m: &str, word: &str) -> u64 {
         .unwrap_or_else(|| panic!("no count before {word:?} in: {line}"))
 }
 
+/// Machine `m1`'s kernel stacks in a profile's folded stacks (callers first, `;`-separated),
+/// each with its sample count.
+fn m1_kernel_stacks(folded: &str) -> impl Iterator<Item = (&str, u64)> {
+    folded
+        .lines()
+        .filter_map(|l| l.strip_prefix("m1;kernel;"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(stack, n)| (stack, n.parse().expect("a sample count")))
+}
+
 /// The share of machine `m1`'s kernel samples in a profile's folded stacks that have `frame`
 /// somewhere in their stack, in per cent.
 fn kernel_share(folded: &str, frame: &str) -> f64 {
     let (mut with, mut all) = (0u64, 0u64);
-    for (stack, n) in folded
-        .lines()
-        .filter_map(|l| l.strip_prefix("m1;kernel;"))
-        .filter_map(|l| l.rsplit_once(' '))
-    {
-        let n: u64 = n.parse().expect("a sample count");
+    for (stack, n) in m1_kernel_stacks(folded) {
         all += n;
         if stack.split(';').any(|f| f == frame) {
             with += n;
