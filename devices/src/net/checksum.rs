@@ -29,6 +29,10 @@ pub fn fold_sum(data: &[u8], initial: u32) -> u16 {
     u16::from_le_bytes([low, high])
 }
 
+/// Where a UDP header keeps its checksum, as `csum_offset` gives it: the transport to which a
+/// zero checksum means "none".
+const UDP_CHECKSUM_OFFSET: usize = 6;
+
 /// Completes a checksum the guest left partial (`VIRTIO_NET_HDR_F_NEEDS_CSUM`): the checksum
 /// over `frame[start..]` is stored at `frame[start + offset..]`. The guest has already put the
 /// pseudo-header sum in that field, so summing over it yields the full transport checksum.
@@ -51,9 +55,14 @@ pub fn complete_partial(
         return Err(err());
     }
     let sum = !fold_sum(&frame[start..], 0);
-    // As Linux's skb_checksum_help: a zero result goes out as 0xffff, which UDP requires (0 means
-    // "no checksum") and TCP treats as the same value.
-    let sum = if sum == 0 { 0xffff } else { sum };
+    // UDP sends a zero result as 0xffff (RFC 768: 0 means "no checksum"); TCP sends the zero it
+    // computed, as a NIC and the segmentation offload do. A receiver takes either, but 0xffff
+    // in a TCP header is not what a sender computes, and capture tools flag it.
+    let sum = if sum == 0 && offset == UDP_CHECKSUM_OFFSET {
+        0xffff
+    } else {
+        sum
+    };
     frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     Ok(())
 }
@@ -107,6 +116,26 @@ pub(crate) mod tests {
             complete_partial(&mut f, udp, 6).unwrap();
             assert!(udp_checksum_ok(&f), "payload {payload:?}");
             assert_ne!(&f[40..42], &[0, 0]);
+        }
+    }
+
+    #[test]
+    fn a_zero_checksum_goes_out_as_0xffff_for_udp_and_as_zero_for_tcp() {
+        for (offset, expected) in [(UDP_CHECKSUM_OFFSET, 0xffffu16), (16, 0)] {
+            // Twenty bytes from the transport header on, the checksum field holding a partial
+            // sum, and the first word chosen so that everything sums to 0xffff: a zero result.
+            let mut f = vec![0u8; 20];
+            f[offset..offset + 2].copy_from_slice(&0x1234u16.to_be_bytes());
+            f[8..12].copy_from_slice(&[0xab, 0xcd, 0x00, 0x42]);
+            let word = 0xffff - fold_sum(&f, 0);
+            f[..2].copy_from_slice(&word.to_be_bytes());
+            assert_eq!(fold_sum(&f, 0), 0xffff);
+            complete_partial(&mut f, 0, offset).unwrap();
+            assert_eq!(
+                u16::from_be_bytes([f[offset], f[offset + 1]]),
+                expected,
+                "offset {offset}"
+            );
         }
     }
 
