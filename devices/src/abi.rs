@@ -4,7 +4,7 @@
 /// First port of the simvm port block.
 pub const PORT_BASE: u16 = 0x0e00;
 /// Number of ports in the block.
-pub const PORT_COUNT: u16 = 0x20;
+pub const PORT_COUNT: u16 = 0x24;
 /// `inl`: probe; `outl pfn`: register the clock page.
 pub const PORT_CLOCK_PAGE: u16 = 0x0e00;
 /// `outl 1`: arm the one-shot timer at the page's deadline; `outl 0`: disarm.
@@ -26,10 +26,15 @@ pub const PORT_COPY_PAGE: u16 = 0x0e18;
 /// its [`host_page::BYTES_TO`] (guest-physical addresses), where the host page asks for page
 /// work. No virtual time, no trace event, as [`PORT_CLEAR_PAGE`].
 pub const PORT_COPY_BYTES: u16 = 0x0e1c;
+/// `outl count | words << 16 | self << 24`: repeat the record of `words` 8-byte words at the host
+/// page's [`host_page::RECORD_AT`] `count` times right after it, adding to each word that bit i
+/// of `self` marks (an address within the record) the copy's offset from the record, where the
+/// host page asks for page work. No virtual time, no trace event, as [`PORT_CLEAR_PAGE`].
+pub const PORT_FILL_RECORDS: u16 = 0x0e20;
 /// Value read from [`PORT_CLOCK_PAGE`] when simvm is the VMM.
 pub const PROBE_MAGIC: u32 = 0x5349_4d56;
 /// Version written to the clock page.
-pub const ABI_VERSION: u32 = 9;
+pub const ABI_VERSION: u32 = 10;
 /// The user kick page: guest-physical, outside RAM. A 32-bit write of `n` at its start is a clock
 /// kick of `n` reads, as `outl n` to [`PORT_CLOCK_KICK`], but one user mode can make: the guest's
 /// vDSO clock kicks through it.
@@ -64,8 +69,9 @@ pub mod clock_page {
 pub mod host_page {
     /// Its offset from the clock page.
     pub const OFFSET: u64 = 0x1000;
-    /// u32: 1 if [`super::PORT_CLEAR_PAGE`], [`super::PORT_COPY_PAGE`] and
-    /// [`super::PORT_COPY_BYTES`] are cheaper than clearing and copying in the guest.
+    /// u32: 1 if [`super::PORT_CLEAR_PAGE`], [`super::PORT_COPY_PAGE`],
+    /// [`super::PORT_COPY_BYTES`] and [`super::PORT_FILL_RECORDS`] are cheaper than clearing,
+    /// copying and filling in the guest.
     pub const PAGES_BY_VMM: u64 = 0x00;
     /// u32, written by the guest: the frame [`super::PORT_COPY_PAGE`] copies from.
     pub const COPY_FROM: u64 = 0x04;
@@ -73,6 +79,8 @@ pub mod host_page {
     pub const BYTES_FROM: u64 = 0x08;
     /// u64, written by the guest: where [`super::PORT_COPY_BYTES`] copies to.
     pub const BYTES_TO: u64 = 0x10;
+    /// u64, written by the guest: the record [`super::PORT_FILL_RECORDS`] repeats.
+    pub const RECORD_AT: u64 = 0x18;
 }
 
 /// Frequency of the virtual TSC: it counts nanoseconds.

@@ -258,6 +258,52 @@ impl SimvmPorts {
         true
     }
 
+    /// Handles a guest `outl count | words << 16 | self << 24` to [`abi::PORT_FILL_RECORDS`]:
+    /// writes `count` copies of the record of `words` 8-byte words at the host page's
+    /// [`host_page::RECORD_AT`] right after it, each word that bit i of `self` marks moved by
+    /// the copy's offset from the record (a pointer into the record itself: the guest's memory
+    /// map at boot, whose list heads point at themselves). Returns whether it did; without a
+    /// clock page, with a record of 0 or more than 8 words, no copies, the range not wholly in
+    /// RAM or a write of another size nothing changes.
+    pub fn fill_records<M: GuestMemory>(&self, mem: &M, data: &[u8]) -> bool {
+        let (Some(host), Some(value)) = (self.host_page(), written_u32(data)) else {
+            return false;
+        };
+        let (count, words, relative) = (value & 0xffff, (value >> 16) & 0xff, value >> 24);
+        let Ok(at) = mem.read_obj::<u64>(host.unchecked_add(host_page::RECORD_AT)) else {
+            return false;
+        };
+        if count == 0 || !(1..=8).contains(&words) {
+            return false;
+        }
+        let size = words as usize * 8;
+        let len = size * (count as usize + 1);
+        if !mem.check_range(GuestAddress(at), len, Permissions::ReadWrite) {
+            return false;
+        }
+        let mut record = [0u64; 8];
+        for (i, word) in record[..words as usize].iter_mut().enumerate() {
+            match mem.read_obj::<u64>(GuestAddress(at + 8 * i as u64)) {
+                Ok(value) => *word = value,
+                Err(_) => return false,
+            }
+        }
+        let mut copies = Vec::with_capacity(len - size);
+        for copy in 1..=u64::from(count) {
+            let offset = copy * size as u64;
+            for (i, word) in record[..words as usize].iter().enumerate() {
+                let moved = if relative & (1 << i) != 0 {
+                    word.wrapping_add(offset)
+                } else {
+                    *word
+                };
+                copies.extend_from_slice(&moved.to_le_bytes());
+            }
+        }
+        mem.write_slice(&copies, GuestAddress(at + size as u64))
+            .is_ok()
+    }
+
     /// The host page, once the guest has registered its clock page.
     fn host_page(&self) -> Option<GuestAddress> {
         self.page.map(|page| page.unchecked_add(host_page::OFFSET))
@@ -860,6 +906,62 @@ mod tests {
         assert!(!ports.copy_bytes(&mem, &[0x20]));
         mem.read_slice(&mut bytes, GuestAddress(0x5_0000)).unwrap();
         assert!(bytes.iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn a_record_fill_repeats_the_record_and_moves_only_the_words_that_point_into_it() {
+        let mem = memory();
+        let record_at = GuestAddress(0x43000 + host_page::RECORD_AT);
+        // A struct page as Linux initialises it: flags, a list head pointing at itself at
+        // words 1 and 2 (a vmemmap address), a reference count and a map count.
+        let base = 0xffff_ea00_0001_c000u64;
+        let record = [7u64, base + 8, base + 8, 0, 0, 0, 0xffff_ffff, 1];
+        let fill = |count: u32, words: u32, relative: u32| {
+            (count | words << 16 | relative << 24).to_le_bytes()
+        };
+        mem.write_slice(&[0xaa; 0x2000], GuestAddress(0x7_0000))
+            .unwrap();
+        for (i, word) in record.iter().enumerate() {
+            mem.write_obj(*word, GuestAddress(0x7_0000 + 8 * i as u64))
+                .unwrap();
+        }
+        let mut ports = SimvmPorts::new(0, 64).with_pages_by_vmm(true);
+        // Without a clock page there is no host page to name the record.
+        assert!(!ports.fill_records(&mem, &fill(63, 8, 0b110)));
+        out(&mut ports, &mem, abi::PORT_CLOCK_PAGE, 0x42, 0);
+        mem.write_obj(0x7_0000u64, record_at).unwrap();
+        assert!(ports.fill_records(&mem, &fill(63, 8, 0b110)));
+        for copy in 0..64u64 {
+            for (i, word) in record.iter().enumerate() {
+                let at = GuestAddress(0x7_0000 + copy * 64 + 8 * i as u64);
+                let expected = if i == 1 || i == 2 {
+                    word + copy * 64
+                } else {
+                    *word
+                };
+                assert_eq!(
+                    mem.read_obj::<u64>(at).unwrap(),
+                    expected,
+                    "copy {copy} word {i}"
+                );
+            }
+        }
+        let mut after = [0u8; 0x1000];
+        mem.read_slice(&mut after, GuestAddress(0x7_1000)).unwrap();
+        assert!(after.iter().all(|b| *b == 0xaa));
+        // No copies, records of no or more than eight words, a range reaching past RAM or past
+        // the end of the address space, and a write of another size change nothing.
+        mem.write_obj(0x7_1000u64, record_at).unwrap();
+        assert!(!ports.fill_records(&mem, &fill(0, 8, 0)));
+        assert!(!ports.fill_records(&mem, &fill(4, 0, 0)));
+        assert!(!ports.fill_records(&mem, &fill(4, 9, 0)));
+        assert!(!ports.fill_records(&mem, &4u16.to_le_bytes()));
+        mem.write_obj(0xf_ff00u64, record_at).unwrap();
+        assert!(!ports.fill_records(&mem, &fill(63, 8, 0)));
+        mem.write_obj(u64::MAX - 10, record_at).unwrap();
+        assert!(!ports.fill_records(&mem, &fill(1, 1, 0)));
+        mem.read_slice(&mut after, GuestAddress(0x7_1000)).unwrap();
+        assert!(after.iter().all(|b| *b == 0xaa));
     }
 
     #[test]

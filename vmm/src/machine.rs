@@ -196,6 +196,8 @@ enum Exit {
     PageCopied,
     /// The guest had bytes copied ([`abi::PORT_COPY_BYTES`]); nothing else happened.
     BytesCopied,
+    /// The guest had a record repeated ([`abi::PORT_FILL_RECORDS`]); nothing else happened.
+    RecordsFilled,
     /// `KVM_RUN` returned because the watchdog signalled the thread.
     Interrupted,
     Crash(CrashKind),
@@ -222,6 +224,9 @@ pub struct ExitStats {
     /// Copies between kernel buffers the guest had simvm make ([`PageWork::Host`]); resumed
     /// invisibly.
     pub byte_copies: u64,
+    /// Records the guest had simvm repeat (its memory map at boot, [`PageWork::Host`]); resumed
+    /// invisibly.
+    pub record_fills: u64,
 }
 
 impl ExitStats {
@@ -243,6 +248,7 @@ impl ExitStats {
         self.page_clears += other.page_clears;
         self.page_copies += other.page_copies;
         self.byte_copies += other.byte_copies;
+        self.record_fills += other.record_fills;
     }
 }
 
@@ -577,6 +583,7 @@ impl Machine {
                 Exit::PageCleared => self.stats.page_clears += 1,
                 Exit::PageCopied => self.stats.page_copies += 1,
                 Exit::BytesCopied => self.stats.byte_copies += 1,
+                Exit::RecordsFilled => self.stats.record_fills += 1,
                 // A profiling sample: note where the guest was and resume it, invisibly.
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
@@ -648,8 +655,8 @@ impl Machine {
             }
             Exit::Interrupted => return self.kicked(step, trace),
             Exit::Crash(kind) => return self.crashed(step, kind),
-            Exit::PageCleared | Exit::PageCopied | Exit::BytesCopied => {
-                unreachable!("page clears and copies are resumed above")
+            Exit::PageCleared | Exit::PageCopied | Exit::BytesCopied | Exit::RecordsFilled => {
+                unreachable!("page clears, copies and fills are resumed above")
             }
         };
         trace.record(step, index, now, &event)?;
@@ -694,6 +701,10 @@ impl Machine {
             Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, data)) => {
                 self.ports.copy_bytes(&self.mem, data);
                 Exit::BytesCopied
+            }
+            Ok(VcpuExit::IoOut(abi::PORT_FILL_RECORDS, data)) => {
+                self.ports.fill_records(&self.mem, data);
+                Exit::RecordsFilled
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let mut bytes = [0u8; 4];
@@ -1213,6 +1224,7 @@ fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error
         Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, _)) => ExitReason::PageClear,
         Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, _)) => ExitReason::PageCopy,
         Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, _)) => ExitReason::ByteCopy,
+        Ok(VcpuExit::IoOut(abi::PORT_FILL_RECORDS, _)) => ExitReason::RecordFill,
         Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
         Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {

@@ -50,6 +50,9 @@ pub enum ExitReason {
     /// The guest had simvm copy between two kernel buffers: resumed at once, invisibly, as a
     /// page clear.
     ByteCopy,
+    /// The guest had simvm repeat a record (its memory map at boot): resumed at once,
+    /// invisibly, as a page clear.
+    RecordFill,
     /// A crash or an unexpected exit.
     Other,
 }
@@ -66,6 +69,7 @@ impl std::fmt::Display for ExitReason {
             Self::PageClear => f.write_str("page clear (pio 0x0e14)"),
             Self::PageCopy => f.write_str("page copy (pio 0x0e18)"),
             Self::ByteCopy => f.write_str("byte copy (pio 0x0e1c)"),
+            Self::RecordFill => f.write_str("record fill (pio 0x0e20)"),
             Self::Other => f.write_str("other"),
         }
     }

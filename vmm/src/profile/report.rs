@@ -182,14 +182,15 @@ impl RunProfile<'_> {
         let _ = writeln!(
             out,
             "\n{name}: {:.3} virtual s per wall s; {:.2} s inside KVM_RUN; {} exits ({} of \
-             them signals, {} page clears, {} page copies, {} byte copies)",
+             them signals, {} page clears, {} page copies, {} byte copies, {} record fills)",
             vtime / wall,
             profile.run_wall_ns as f64 / 1e9,
             profile.exit_count(),
             count(ExitReason::Signal),
             count(ExitReason::PageClear),
             count(ExitReason::PageCopy),
-            count(ExitReason::ByteCopy)
+            count(ExitReason::ByteCopy),
+            count(ExitReason::RecordFill)
         );
         let _ = writeln!(
             out,
