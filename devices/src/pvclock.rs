@@ -162,6 +162,56 @@ pub struct SimvmPorts {
     published_pages_by_vmm: Option<bool>,
 }
 
+/// Memory work the guest kernel hands to simvm, one port each, where the host page asks for it
+/// (docs/guest-abi.md "The host page"): no virtual time, no trace event, no interrupt, so the
+/// guest runs the same whoever does it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostWork {
+    /// [`abi::PORT_CLEAR_PAGE`]: [`SimvmPorts::clear_page`].
+    PageClear,
+    /// [`abi::PORT_COPY_PAGE`]: [`SimvmPorts::copy_page`].
+    PageCopy,
+    /// [`abi::PORT_COPY_BYTES`]: [`SimvmPorts::copy_bytes`].
+    ByteCopy,
+    /// [`abi::PORT_FILL_RECORDS`]: [`SimvmPorts::fill_records`].
+    RecordFill,
+}
+
+impl HostWork {
+    /// Every kind, in port order.
+    pub const ALL: [Self; 4] = [
+        Self::PageClear,
+        Self::PageCopy,
+        Self::ByteCopy,
+        Self::RecordFill,
+    ];
+
+    /// The work a guest write to `port` asks for, if any.
+    pub fn of_port(port: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|work| work.port() == port)
+    }
+
+    /// The port that asks for it.
+    pub fn port(self) -> u16 {
+        match self {
+            Self::PageClear => abi::PORT_CLEAR_PAGE,
+            Self::PageCopy => abi::PORT_COPY_PAGE,
+            Self::ByteCopy => abi::PORT_COPY_BYTES,
+            Self::RecordFill => abi::PORT_FILL_RECORDS,
+        }
+    }
+
+    /// What a profile calls it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PageClear => "page clear",
+            Self::PageCopy => "page copy",
+            Self::ByteCopy => "byte copy",
+            Self::RecordFill => "record fill",
+        }
+    }
+}
+
 impl SimvmPorts {
     /// A port block whose guest sees `CLOCK_REALTIME = wall_base_ns + now` and kicks after
     /// `stall_limit` unchanged clock reads.
@@ -184,13 +234,24 @@ impl SimvmPorts {
         }
     }
 
-    /// This port block, with a host page that asks the guest kernel to clear and copy its pages
-    /// through [`abi::PORT_CLEAR_PAGE`] and [`abi::PORT_COPY_PAGE`] (`true`) or to do it itself.
-    /// Invisible to the guest's programs either way.
+    /// This port block, with a host page that asks the guest kernel to hand simvm its memory
+    /// work ([`HostWork`]: clearing and copying pages, copying between kernel buffers, filling
+    /// its memory map) (`true`) or to do it itself. Invisible to the guest's programs either way.
     pub fn with_pages_by_vmm(mut self, pages_by_vmm: bool) -> Self {
         self.pages_by_vmm = pages_by_vmm;
         self.published_pages_by_vmm = None;
         self
+    }
+
+    /// Does `work` for a guest write of `data` to its port. Returns whether it did; each
+    /// handler below says when it does nothing.
+    pub fn do_host_work<M: GuestMemory>(&self, work: HostWork, mem: &M, data: &[u8]) -> bool {
+        match work {
+            HostWork::PageClear => Self::clear_page(mem, data),
+            HostWork::PageCopy => self.copy_page(mem, data),
+            HostWork::ByteCopy => self.copy_bytes(mem, data),
+            HostWork::RecordFill => self.fill_records(mem, data),
+        }
     }
 
     /// Handles a guest `outl pfn` to [`abi::PORT_CLEAR_PAGE`]: zeroes that page of guest RAM.
@@ -906,6 +967,23 @@ mod tests {
         assert!(!ports.copy_bytes(&mem, &[0x20]));
         mem.read_slice(&mut bytes, GuestAddress(0x5_0000)).unwrap();
         assert!(bytes.iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn each_kind_of_host_work_has_its_own_port_and_all_lists_them_in_order() {
+        for (i, work) in HostWork::ALL.into_iter().enumerate() {
+            assert_eq!(work as usize, i);
+            assert_eq!(HostWork::of_port(work.port()), Some(work));
+        }
+        assert_eq!(
+            HostWork::of_port(abi::PORT_CLEAR_PAGE),
+            Some(HostWork::PageClear)
+        );
+        assert_eq!(
+            HostWork::of_port(abi::PORT_FILL_RECORDS),
+            Some(HostWork::RecordFill)
+        );
+        assert_eq!(HostWork::of_port(abi::PORT_TIMER), None);
     }
 
     #[test]

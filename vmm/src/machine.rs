@@ -29,7 +29,7 @@ use simvm_devices::bus::{Bus, DeviceId};
 use simvm_devices::irq::IrqLines;
 use simvm_devices::net::{Frame, MacAddr};
 use simvm_devices::pic::{self, Pic};
-use simvm_devices::pvclock::{GuestCounts, SimvmPorts};
+use simvm_devices::pvclock::{GuestCounts, HostWork, SimvmPorts};
 use simvm_devices::serial::Console;
 use simvm_devices::virtio::block::{BlockRequest, BlockResult, RequestToken, VirtioBlock};
 use simvm_devices::virtio::mmio::VirtioMmio;
@@ -190,14 +190,8 @@ enum Exit {
         value: u64,
     },
     Hlt,
-    /// The guest had a page cleared ([`abi::PORT_CLEAR_PAGE`]); nothing else happened.
-    PageCleared,
-    /// The guest had a page copied ([`abi::PORT_COPY_PAGE`]); nothing else happened.
-    PageCopied,
-    /// The guest had bytes copied ([`abi::PORT_COPY_BYTES`]); nothing else happened.
-    BytesCopied,
-    /// The guest had a record repeated ([`abi::PORT_FILL_RECORDS`]); nothing else happened.
-    RecordsFilled,
+    /// The guest had simvm clear, copy or fill memory for it; nothing else happened.
+    HostWork(HostWork),
     /// `KVM_RUN` returned because the watchdog signalled the thread.
     Interrupted,
     Crash(CrashKind),
@@ -217,16 +211,9 @@ pub struct ExitStats {
     pub benign_kicks: u64,
     /// Signals from elsewhere that interrupted `KVM_RUN`; the guest was resumed invisibly.
     pub foreign_signals: u64,
-    /// Pages the guest had simvm clear ([`PageWork::Host`]); resumed invisibly.
-    pub page_clears: u64,
-    /// Pages the guest had simvm copy ([`PageWork::Host`]); resumed invisibly.
-    pub page_copies: u64,
-    /// Copies between kernel buffers the guest had simvm make ([`PageWork::Host`]); resumed
-    /// invisibly.
-    pub byte_copies: u64,
-    /// Records the guest had simvm repeat (its memory map at boot, [`PageWork::Host`]); resumed
-    /// invisibly.
-    pub record_fills: u64,
+    /// Memory work the guest had simvm do ([`PageWork::Host`]), by [`HostWork`] kind in
+    /// [`HostWork::ALL`]'s order; resumed invisibly.
+    pub host_work: [u64; HostWork::ALL.len()],
 }
 
 impl ExitStats {
@@ -245,10 +232,9 @@ impl ExitStats {
         self.watchdog_kicks += other.watchdog_kicks;
         self.benign_kicks += other.benign_kicks;
         self.foreign_signals += other.foreign_signals;
-        self.page_clears += other.page_clears;
-        self.page_copies += other.page_copies;
-        self.byte_copies += other.byte_copies;
-        self.record_fills += other.record_fills;
+        for (mine, theirs) in self.host_work.iter_mut().zip(other.host_work) {
+            *mine += theirs;
+        }
     }
 }
 
@@ -578,12 +564,9 @@ impl Machine {
         self.prepare_entry(step, trace)?;
         let exit = loop {
             match self.run_to_exit(watchdog)? {
-                // The guest had a page cleared or copied: no virtual time, no event, no
+                // The guest had memory cleared, copied or filled: no virtual time, no event, no
                 // interrupt here, so the run is the same as where the guest does its own.
-                Exit::PageCleared => self.stats.page_clears += 1,
-                Exit::PageCopied => self.stats.page_copies += 1,
-                Exit::BytesCopied => self.stats.byte_copies += 1,
-                Exit::RecordsFilled => self.stats.record_fills += 1,
+                Exit::HostWork(work) => self.stats.host_work[work as usize] += 1,
                 // A profiling sample: note where the guest was and resume it, invisibly.
                 Exit::Interrupted if watchdog.is_some_and(Watchdog::take_sample) => {
                     self.take_sample();
@@ -655,9 +638,7 @@ impl Machine {
             }
             Exit::Interrupted => return self.kicked(step, trace),
             Exit::Crash(kind) => return self.crashed(step, kind),
-            Exit::PageCleared | Exit::PageCopied | Exit::BytesCopied | Exit::RecordsFilled => {
-                unreachable!("page clears, copies and fills are resumed above")
-            }
+            Exit::HostWork(_) => unreachable!("host work is resumed above"),
         };
         trace.record(step, index, now, &event)?;
         Ok(Status::Running)
@@ -689,33 +670,24 @@ impl Machine {
                     value: le_u32(data),
                 }
             }
-            // A frame outside RAM stays as it is: the guest's own page is the loser.
-            Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, data)) => {
-                SimvmPorts::clear_page(&self.mem, data);
-                Exit::PageCleared
-            }
-            Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, data)) => {
-                self.ports.copy_page(&self.mem, data);
-                Exit::PageCopied
-            }
-            Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, data)) => {
-                self.ports.copy_bytes(&self.mem, data);
-                Exit::BytesCopied
-            }
-            Ok(VcpuExit::IoOut(abi::PORT_FILL_RECORDS, data)) => {
-                self.ports.fill_records(&self.mem, data);
-                Exit::RecordsFilled
-            }
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let mut bytes = [0u8; 4];
-                let size = data.len().min(4);
-                bytes[..size].copy_from_slice(&data[..size]);
-                Exit::PioOut {
-                    port,
-                    size: access_size(&bytes[..size]),
-                    data: bytes,
+            Ok(VcpuExit::IoOut(port, data)) => match HostWork::of_port(port) {
+                // A frame or range outside RAM stays as it is: the guest's own memory is the
+                // loser.
+                Some(work) => {
+                    self.ports.do_host_work(work, &self.mem, data);
+                    Exit::HostWork(work)
                 }
-            }
+                None => {
+                    let mut bytes = [0u8; 4];
+                    let size = data.len().min(4);
+                    bytes[..size].copy_from_slice(&data[..size]);
+                    Exit::PioOut {
+                        port,
+                        size: access_size(&bytes[..size]),
+                        data: bytes,
+                    }
+                }
+            },
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 if !self.mmio.read(addr, data) {
                     data.fill(0xff);
@@ -1221,11 +1193,10 @@ fn io_in(pic: &mut Pic, ports: &SimvmPorts, pio: &mut Bus, port: u16, data: &mut
 fn exit_reason(result: &std::result::Result<VcpuExit, vmm_sys_util::errno::Error>) -> ExitReason {
     let window = |addr: u64| addr.saturating_sub(abi::VIRTIO_MMIO_BASE) / abi::VIRTIO_MMIO_SIZE;
     match result {
-        Ok(VcpuExit::IoOut(abi::PORT_CLEAR_PAGE, _)) => ExitReason::PageClear,
-        Ok(VcpuExit::IoOut(abi::PORT_COPY_PAGE, _)) => ExitReason::PageCopy,
-        Ok(VcpuExit::IoOut(abi::PORT_COPY_BYTES, _)) => ExitReason::ByteCopy,
-        Ok(VcpuExit::IoOut(abi::PORT_FILL_RECORDS, _)) => ExitReason::RecordFill,
-        Ok(VcpuExit::IoIn(port, _) | VcpuExit::IoOut(port, _)) => ExitReason::Pio(*port),
+        Ok(VcpuExit::IoOut(port, _)) => {
+            HostWork::of_port(*port).map_or(ExitReason::Pio(*port), ExitReason::HostWork)
+        }
+        Ok(VcpuExit::IoIn(port, _)) => ExitReason::Pio(*port),
         Ok(VcpuExit::MmioWrite(abi::USER_KICK_GPA, _)) => ExitReason::UserClockKick,
         Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {
             ExitReason::Mmio(window(*addr))

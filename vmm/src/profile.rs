@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use simvm_devices::pvclock::GuestCounts;
+use simvm_devices::pvclock::{GuestCounts, HostWork};
 
 mod activity;
 mod guest_stack;
@@ -42,17 +42,9 @@ pub enum ExitReason {
     Msr(u32),
     /// A signal: a sample, a watchdog kick or somebody else's.
     Signal,
-    /// The guest had simvm clear a page (`docs/guest-abi.md`, the host page): resumed at once,
-    /// invisibly, like a signal.
-    PageClear,
-    /// The guest had simvm copy a page: resumed at once, invisibly, as a page clear.
-    PageCopy,
-    /// The guest had simvm copy between two kernel buffers: resumed at once, invisibly, as a
-    /// page clear.
-    ByteCopy,
-    /// The guest had simvm repeat a record (its memory map at boot): resumed at once,
-    /// invisibly, as a page clear.
-    RecordFill,
+    /// The guest had simvm clear, copy or fill memory for it (`docs/guest-abi.md`, the host
+    /// page): resumed at once, invisibly, like a signal.
+    HostWork(HostWork),
     /// A crash or an unexpected exit.
     Other,
 }
@@ -66,10 +58,7 @@ impl std::fmt::Display for ExitReason {
             Self::Hlt => f.write_str("hlt"),
             Self::Msr(index) => write!(f, "msr {index:#x}"),
             Self::Signal => f.write_str("signal"),
-            Self::PageClear => f.write_str("page clear (pio 0x0e14)"),
-            Self::PageCopy => f.write_str("page copy (pio 0x0e18)"),
-            Self::ByteCopy => f.write_str("byte copy (pio 0x0e1c)"),
-            Self::RecordFill => f.write_str("record fill (pio 0x0e20)"),
+            Self::HostWork(work) => write!(f, "{} (pio {:#06x})", work.name(), work.port()),
             Self::Other => f.write_str("other"),
         }
     }

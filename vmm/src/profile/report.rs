@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use simvm_devices::pvclock::HostWork;
+
 use super::symbols::{frame_names, Symbols};
 use super::{activity, lookahead, ExitReason, MachineProfile};
 use crate::error::{Error, Result};
@@ -187,10 +189,10 @@ impl RunProfile<'_> {
             profile.run_wall_ns as f64 / 1e9,
             profile.exit_count(),
             count(ExitReason::Signal),
-            count(ExitReason::PageClear),
-            count(ExitReason::PageCopy),
-            count(ExitReason::ByteCopy),
-            count(ExitReason::RecordFill)
+            count(ExitReason::HostWork(HostWork::PageClear)),
+            count(ExitReason::HostWork(HostWork::PageCopy)),
+            count(ExitReason::HostWork(HostWork::ByteCopy)),
+            count(ExitReason::HostWork(HostWork::RecordFill))
         );
         let _ = writeln!(
             out,
