@@ -172,10 +172,10 @@ struct RunArgs {
     /// 256 KiB (for measuring the faults that saves; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_wide_fault_around: bool,
-    /// Who clears and copies the guest kernel's pages and large kernel buffers: `host` (simvm,
-    /// one exit a page or copy; the default where the host's KVM emulates guest kernel code, as
-    /// PVM does) or `guest` (the default elsewhere). The run is the same either way; only its
-    /// speed differs.
+    /// Who clears and copies the guest kernel's pages and large kernel buffers and fills its
+    /// memory map at boot: `host` (simvm, one exit a page, copy or fill; the default where the
+    /// host's KVM emulates guest kernel code, as PVM does) or `guest` (the default elsewhere).
+    /// The run is the same either way; only its speed differs.
     #[arg(long, value_name = "host|guest", value_parser = parse_page_work)]
     page_work: Option<PageWork>,
     /// Chaos scheduling: each guest system call yields the CPU with this seeded probability

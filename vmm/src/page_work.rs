@@ -3,11 +3,12 @@
 //! On a PVM host the guest kernel's instructions run in KVM's instruction emulator, where each
 //! iteration of `clear_page()`'s `rep stosq` costs about as much as a whole instruction: 512 per
 //! page, for every page a fault or a zeroed allocation takes; a copy-on-write fault's page copy
-//! costs as much or more, and so does `memcpy()` between kernel buffers (the initramfs unpacked
-//! at boot). An `outl` of the frame number to [`abi::PORT_CLEAR_PAGE`] or
-//! [`abi::PORT_COPY_PAGE`], or of a length to [`abi::PORT_COPY_BYTES`], costs one exit, and
-//! simvm zeroes or copies the memory. On VMX and SVM hosts the guest does either natively in a
-//! fraction of an exit's cost, so there it does.
+//! costs as much or more, and so do `memcpy()` between kernel buffers (the initramfs unpacked
+//! at boot) and initialising the memory map at boot a `struct page` at a time. An `outl` of the
+//! frame number to [`abi::PORT_CLEAR_PAGE`] or [`abi::PORT_COPY_PAGE`], of a length to
+//! [`abi::PORT_COPY_BYTES`], or of a record's shape to [`abi::PORT_FILL_RECORDS`] costs one
+//! exit, and simvm zeroes, copies or fills the memory. On VMX and SVM hosts the guest does each
+//! natively in a fraction of an exit's cost, so there it does.
 //!
 //! The choice reaches the guest kernel through the host page (`docs/guest-abi.md`), which no
 //! guest program can map, and the exits charge no virtual time and take no interrupt: a seed
@@ -16,6 +17,7 @@
 //! [`abi::PORT_CLEAR_PAGE`]: simvm_devices::abi::PORT_CLEAR_PAGE
 //! [`abi::PORT_COPY_PAGE`]: simvm_devices::abi::PORT_COPY_PAGE
 //! [`abi::PORT_COPY_BYTES`]: simvm_devices::abi::PORT_COPY_BYTES
+//! [`abi::PORT_FILL_RECORDS`]: simvm_devices::abi::PORT_FILL_RECORDS
 
 use std::path::Path;
 
@@ -24,7 +26,7 @@ use std::path::Path;
 pub enum PageWork {
     /// The guest, as Linux does anywhere.
     Guest,
-    /// simvm, at the guest kernel's request: one exit a page or copy.
+    /// simvm, at the guest kernel's request: one exit a page, copy or fill.
     Host,
 }
 
