@@ -2,7 +2,8 @@
 //! stacks, flame graphs and a summary; profiling does not change the run, nor does who clears
 //! and copies the guest kernel's pages.
 
-use simvm_tests::{image, kvm_or_skip, run_guest, side_by_side, simvm_on, temp_dir};
+use simvm_tests::{image, kvm_or_skip, run_guest, side_by_side, simvm, simvm_on, temp_dir};
+use simvm_vmm::profile::figures;
 
 /// Kernel work (processes, page faults, the network) on two machines.
 const WORK: &str = "for i in 1 2 3; do ls -R /bin >/dev/null; done; ping -c 2 m1 >/dev/null; \
@@ -269,6 +270,45 @@ fn entering_on_the_task_stack_leaves_sync_regs_nothing_to_copy() {
         assert_eq!(run.code, Some(0), "{}", run.all());
     }
     assert_eq!(runs[0].console("m1"), runs[1].console("m1"));
+    // The two profiles side by side: m1's time inside KVM_RUN as each profile.json has it, and
+    // the activity the program spends it in.
+    let compared = simvm(
+        &[
+            "profile",
+            "compare",
+            &outs[1].to_string_lossy(),
+            &outs[0].to_string_lossy(),
+        ],
+        &[],
+    );
+    assert_eq!(compared.code, Some(0), "{}", compared.all());
+    let kvm_run = |out: &std::path::Path| {
+        let figures = figures::load(out).unwrap_or_else(|e| panic!("{e}"));
+        let m1 = figures
+            .machines
+            .iter()
+            .find(|m| m.name == "m1")
+            .expect("m1");
+        assert!(m1.samples > 0 && m1.activities.contains_key("system call getppid"));
+        format!("{:.2}s", m1.kvm_run_s)
+    };
+    let row = compared
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("m1 inside KVM_RUN"))
+        .unwrap_or_else(|| panic!("no m1 row:\n{}", compared.stdout));
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        fields[3..5],
+        [kvm_run(&outs[1]), kvm_run(&outs[0])],
+        "{}",
+        compared.stdout
+    );
+    assert!(
+        compared.stdout.contains("  system call getppid"),
+        "{}",
+        compared.stdout
+    );
     if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
         // With VMX/SVM, system calls enter through SYSCALL (no sync_regs()) and a copy costs
         // nanoseconds: the samples below say nothing there.
@@ -398,4 +438,39 @@ fn a_cold_boot_has_simvm_copy_its_initramfs_and_runs_the_same() {
             "{frame} took {share:.1}% of the boot:\n{summary}"
         );
     }
+}
+
+#[test]
+fn profile_compare_says_which_profile_it_cannot_read() {
+    // Needs no KVM: the command only reads files.
+    let dir = temp_dir("profile-compare");
+    let missing = dir.join("no-profile");
+    let run = simvm(
+        &[
+            "profile",
+            "compare",
+            &missing.to_string_lossy(),
+            &missing.to_string_lossy(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.all());
+    assert!(
+        run.stderr.contains("cannot read the profile") && run.stderr.contains("no-profile"),
+        "{}",
+        run.all()
+    );
+    std::fs::create_dir_all(&missing).unwrap();
+    std::fs::write(missing.join("profile.json"), "not json").unwrap();
+    let run = simvm(
+        &[
+            "profile",
+            "compare",
+            &missing.to_string_lossy(),
+            &missing.to_string_lossy(),
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(2), "{}", run.all());
+    assert!(run.stderr.contains("not a simvm profile"), "{}", run.all());
 }

@@ -47,6 +47,25 @@ enum Command {
     /// Build or locate guest images, and prune the cache of machine templates.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Read profiles that `simvm run --profile DIR` wrote.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Put two profiles side by side: the run's wall time, and per machine (and for all
+    /// machines together) the time inside KVM_RUN and its largest activities, in wall seconds
+    /// and as the speed-up per virtual second (docs/profiling.md).
+    Compare {
+        /// The profile to compare against: a --profile directory or its profile.json.
+        before: PathBuf,
+        /// The profile to compare.
+        after: PathBuf,
+        /// Activities shown per machine; the rest are summed in one row.
+        #[arg(long, default_value_t = 8)]
+        top: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +82,15 @@ enum ImageCommand {
     /// --unused-for and --all remove more; templates another simvm is building or loading
     /// stay (docs/templates.md).
     Prune(prune::PruneArgs),
+}
+
+/// `simvm profile compare`: prints the comparison of two profiles.
+fn compare_profiles(before: &Path, after: &Path, top: usize) -> Result<i32, String> {
+    use simvm_vmm::profile::figures;
+    let before = figures::load(before).map_err(|e| e.to_string())?;
+    let after = figures::load(after).map_err(|e| e.to_string())?;
+    print!("{}", figures::compare(&before, &after, top));
+    Ok(0)
 }
 
 /// The watchdog limit when `--watchdog` is not given (keep in step with its default).
@@ -489,6 +517,9 @@ fn main() -> ExitCode {
             })
             .map_err(|e| e.to_string()),
         Command::Image(ImageCommand::Prune(args)) => prune::run(args),
+        Command::Profile(ProfileCommand::Compare { before, after, top }) => {
+            compare_profiles(&before, &after, top)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

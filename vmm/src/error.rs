@@ -107,6 +107,9 @@ pub enum Error {
     #[error("cannot write the profile {}: {reason}", path.display())]
     Profile { path: PathBuf, reason: String },
 
+    #[error("cannot read the profile {}: {reason}", path.display())]
+    ProfileRead { path: PathBuf, reason: String },
+
     /// The guest did not reach the point a template is taken at.
     #[error("building the machine template failed: {0}")]
     TemplateBoot(String),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use simvm_devices::pvclock::{GuestCounts, HostWork};
 
 mod activity;
+pub mod figures;
 mod guest_stack;
 pub mod lookahead;
 mod report;

@@ -9,8 +9,18 @@ use std::time::Duration;
 use simvm_devices::pvclock::HostWork;
 
 use super::symbols::{frame_names, Symbols};
-use super::{activity, lookahead, ExitReason, MachineProfile};
+use super::{activity, figures, lookahead, ExitReason, MachineProfile};
 use crate::error::{Error, Result};
+
+/// A machine's kernel samples by the function they landed in.
+fn functions(symbols: &Symbols, profile: &MachineProfile) -> BTreeMap<String, u64> {
+    let mut functions: BTreeMap<String, u64> = BTreeMap::new();
+    for (frames, count) in &profile.kernel_samples {
+        let leaf = frames.first().copied().unwrap_or(0);
+        *functions.entry(symbols.name(leaf)).or_default() += count;
+    }
+    functions
+}
 
 /// A machine's samples by activity (`activity.rs`), user code included.
 fn activities(symbols: &Symbols, profile: &MachineProfile) -> BTreeMap<String, u64> {
@@ -148,7 +158,51 @@ impl RunProfile<'_> {
         let summary = self.summary(&symbols);
         let text = dir.join("profile.txt");
         std::fs::write(&text, &summary).map_err(|e| io(&text, e))?;
+        let json = dir.join(figures::FILE_NAME);
+        let figures = serde_json::to_string_pretty(&self.figures(&symbols))
+            .map_err(|e| io(&json, e.into()))?;
+        std::fs::write(&json, figures + "\n").map_err(|e| io(&json, e))?;
         Ok(summary)
+    }
+
+    /// The summary's figures, every activity, function and process included, for programs
+    /// (`profile.json`, which `simvm profile compare` reads).
+    fn figures(&self, symbols: &[&Symbols]) -> figures::ProfileFigures {
+        let machines = self
+            .machines
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _, profile))| {
+                let functions = functions(symbols[i], profile);
+                let stats = self.stats.get(i).copied().unwrap_or_default();
+                figures::MachineFigures {
+                    name: name.to_string(),
+                    vtime_s: profile.vtime_ns as f64 / 1e9,
+                    kvm_run_s: profile.run_wall_ns as f64 / 1e9,
+                    samples: profile.user_sample_count() + functions.values().sum::<u64>(),
+                    activities: activities(symbols[i], profile),
+                    functions,
+                    processes: profile.process_samples.clone(),
+                    exits: profile
+                        .exits
+                        .iter()
+                        .map(|(reason, &(count, ns))| {
+                            let wall_s = ns as f64 / 1e9;
+                            (reason.to_string(), figures::ExitFigures { count, wall_s })
+                        })
+                        .collect(),
+                    syscalls: profile.guest.syscalls,
+                    page_faults: profile.guest.page_faults,
+                    interrupts: stats.interrupts,
+                    halts: stats.hlt,
+                }
+            })
+            .collect();
+        figures::ProfileFigures {
+            format: figures::FORMAT,
+            wall_s: self.wall.as_secs_f64(),
+            machines,
+        }
     }
 
     /// The text summary: per machine, virtual seconds per wall second, time in `KVM_RUN`, exits
@@ -238,11 +292,7 @@ impl RunProfile<'_> {
 /// A machine's samples in the summary: by activity, by the function they landed in, and by
 /// process.
 fn write_samples(out: &mut String, symbols: &Symbols, profile: &MachineProfile) {
-    let mut functions: BTreeMap<String, u64> = BTreeMap::new();
-    for (frames, count) in &profile.kernel_samples {
-        let leaf = frames.first().copied().unwrap_or(0);
-        *functions.entry(symbols.name(leaf)).or_default() += count;
-    }
+    let functions = functions(symbols, profile);
     let user = profile.user_sample_count();
     let total = user + functions.values().sum::<u64>();
     if total == 0 {
@@ -381,6 +431,21 @@ mod tests {
             ),
             "{summary}"
         );
+        // The same figures for programs, every activity and function included.
+        let figures = figures::load(&out).unwrap();
+        let m1 = &figures.machines[0];
+        assert_eq!(
+            (m1.name.as_str(), m1.samples, m1.syscalls, m1.page_faults),
+            ("m1", 4, 5000, 300)
+        );
+        assert_eq!((m1.interrupts, m1.halts), (300, 7));
+        assert_eq!(m1.activities.get("idle loop"), Some(&3));
+        assert_eq!(m1.activities.get("user code"), Some(&1));
+        assert_eq!(m1.functions.get("do_idle"), Some(&3));
+        assert_eq!(m1.processes.get("swapper"), Some(&2));
+        assert_eq!(m1.exits["hlt"].count, 1);
+        assert!((m1.kvm_run_s - 0.005).abs() < 1e-12, "{}", m1.kvm_run_s);
+        assert!((m1.vtime_s - 2.0).abs() < 1e-12 && (figures.wall_s - 1.0).abs() < 1e-12);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
