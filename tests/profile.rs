@@ -445,15 +445,9 @@ fn profile_compare_says_which_profile_it_cannot_read() {
     // Needs no KVM: the command only reads files.
     let dir = temp_dir("profile-compare");
     let missing = dir.join("no-profile");
-    let run = simvm(
-        &[
-            "profile",
-            "compare",
-            &missing.to_string_lossy(),
-            &missing.to_string_lossy(),
-        ],
-        &[],
-    );
+    let path = missing.to_string_lossy().into_owned();
+    let compare = || simvm(&["profile", "compare", &path, &path], &[]);
+    let run = compare();
     assert_eq!(run.code, Some(2), "{}", run.all());
     assert!(
         run.stderr.contains("cannot read the profile") && run.stderr.contains("no-profile"),
@@ -462,15 +456,7 @@ fn profile_compare_says_which_profile_it_cannot_read() {
     );
     std::fs::create_dir_all(&missing).unwrap();
     std::fs::write(missing.join("profile.json"), "not json").unwrap();
-    let run = simvm(
-        &[
-            "profile",
-            "compare",
-            &missing.to_string_lossy(),
-            &missing.to_string_lossy(),
-        ],
-        &[],
-    );
+    let run = compare();
     assert_eq!(run.code, Some(2), "{}", run.all());
     assert!(run.stderr.contains("not a simvm profile"), "{}", run.all());
 }

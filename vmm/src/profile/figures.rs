@@ -287,29 +287,21 @@ mod tests {
             ],
         );
         let out = compare(&before, &after, 2);
-        assert!(
-            line(&out, "the run ").ends_with("200.00s     50.00s    4.00x"),
-            "{out}"
-        );
-        assert!(
-            line(&out, "m1 inside KVM_RUN").ends_with("120.00s     30.00s    4.00x"),
-            "{out}"
-        );
+        let ends = |label: &str, figures: &str| {
+            let row = line(&out, label);
+            assert!(
+                row.ends_with(figures),
+                "{row:?} does not end in {figures:?}:\n{out}"
+            );
+        };
+        ends("the run ", "200.00s     50.00s    4.00x");
+        ends("m1 inside KVM_RUN", "120.00s     30.00s    4.00x");
         // 60% of 120 s against 1/3 of 30 s.
-        assert!(
-            line(&out, "  interrupt").ends_with("72.00s     10.00s    7.20x"),
-            "{out}"
-        );
+        ends("  interrupt", "72.00s     10.00s    7.20x");
         // m1's third activity is folded into the rest with top = 2; idle loop is gone after.
-        assert!(
-            line(&out, "  the other 1 activities").ends_with("12.00s      0.00s     gone"),
-            "{out}"
-        );
+        ends("  the other 1 activities", "12.00s      0.00s     gone");
         // All machines both profiles have: m1 and the client.
-        assert!(
-            line(&out, "all machines inside KVM_RUN").ends_with("200.00s     50.00s    4.00x"),
-            "{out}"
-        );
+        ends("all machines inside KVM_RUN", "200.00s     50.00s    4.00x");
         assert_eq!(line(&out, "old: "), "old: only in the before profile");
     }
 
