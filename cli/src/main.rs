@@ -56,7 +56,7 @@ enum Command {
 enum ProfileCommand {
     /// Put two profiles side by side: the run's wall time, and per machine (and for all
     /// machines together) the time inside KVM_RUN and its largest activities, in wall seconds
-    /// and as the speed-up per virtual second (docs/profiling.md).
+    /// and as the speed-up (docs/profiling.md).
     Compare {
         /// The profile to compare against: a --profile directory or its profile.json.
         before: PathBuf,

@@ -22,6 +22,9 @@ fn functions(symbols: &Symbols, profile: &MachineProfile) -> BTreeMap<String, u6
     functions
 }
 
+/// The activity of samples in guest user code.
+const USER_CODE: &str = "user code";
+
 /// A machine's samples by activity (`activity.rs`), user code included.
 fn activities(symbols: &Symbols, profile: &MachineProfile) -> BTreeMap<String, u64> {
     let mut by_activity: BTreeMap<String, u64> = BTreeMap::new();
@@ -32,7 +35,7 @@ fn activities(symbols: &Symbols, profile: &MachineProfile) -> BTreeMap<String, u
     }
     let user = profile.user_sample_count();
     if user > 0 {
-        by_activity.insert("user code".to_string(), user);
+        by_activity.insert(USER_CODE.to_string(), user);
     }
     by_activity
 }
@@ -155,12 +158,13 @@ impl RunProfile<'_> {
             )
             .map_err(|e| io(&svg, e))?;
         }
-        let summary = self.summary(&symbols);
+        // One pass over the samples serves both the summary and the file.
+        let figures = self.figures(&symbols);
+        let summary = self.summary(&figures);
         let text = dir.join("profile.txt");
         std::fs::write(&text, &summary).map_err(|e| io(&text, e))?;
         let json = dir.join(figures::FILE_NAME);
-        let figures = serde_json::to_string_pretty(&self.figures(&symbols))
-            .map_err(|e| io(&json, e.into()))?;
+        let figures = serde_json::to_string_pretty(&figures).map_err(|e| io(&json, e.into()))?;
         std::fs::write(&json, figures + "\n").map_err(|e| io(&json, e))?;
         Ok(summary)
     }
@@ -207,15 +211,11 @@ impl RunProfile<'_> {
 
     /// The text summary: per machine, virtual seconds per wall second, time in `KVM_RUN`, exits
     /// by reason, and the samples by activity, function and process.
-    fn summary(&self, symbols: &[&Symbols]) -> String {
+    fn summary(&self, figures: &figures::ProfileFigures) -> String {
         let mut out = String::new();
         let wall = self.wall.as_secs_f64().max(1e-9);
-        let samples: u64 = self.simvm_samples
-            + self
-                .machines
-                .iter()
-                .map(|(_, _, p)| p.user_sample_count() + p.kernel_samples.values().sum::<u64>())
-                .sum::<u64>();
+        let samples: u64 =
+            self.simvm_samples + figures.machines.iter().map(|m| m.samples).sum::<u64>();
         let _ = writeln!(
             out,
             "profile: {wall:.2} s of wall time, {samples} samples ({} in simvm itself)",
@@ -224,14 +224,20 @@ impl RunProfile<'_> {
         if let Some(parallel) = self.parallel {
             let _ = writeln!(out, "{}", parallel.summary());
         }
-        for (i, symbols) in symbols.iter().enumerate() {
-            self.write_machine(&mut out, i, symbols, wall);
+        for (i, machine) in figures.machines.iter().enumerate() {
+            self.write_machine(&mut out, i, machine, wall);
         }
         out
     }
 
     /// Machine `i`'s part of the summary: its rates and exits, then its samples.
-    fn write_machine(&self, out: &mut String, i: usize, symbols: &Symbols, wall: f64) {
+    fn write_machine(
+        &self,
+        out: &mut String,
+        i: usize,
+        figures: &figures::MachineFigures,
+        wall: f64,
+    ) {
         let (name, _, profile) = self.machines[i];
         let vtime = profile.vtime_ns as f64 / 1e9;
         let count = |reason| profile.exits.get(&reason).map_or(0, |(c, _)| *c);
@@ -285,47 +291,37 @@ impl RunProfile<'_> {
                 *ns as f64 / 1e9
             );
         }
-        write_samples(out, symbols, profile);
+        write_samples(out, figures);
     }
 }
 
 /// A machine's samples in the summary: by activity, by the function they landed in, and by
 /// process.
-fn write_samples(out: &mut String, symbols: &Symbols, profile: &MachineProfile) {
-    let functions = functions(symbols, profile);
-    let user = profile.user_sample_count();
-    let total = user + functions.values().sum::<u64>();
+fn write_samples(out: &mut String, machine: &figures::MachineFigures) {
+    let total = machine.samples;
     if total == 0 {
         return;
     }
+    let user = machine.activities.get(USER_CODE).copied().unwrap_or(0);
     let _ = writeln!(out, "  samples: {total}, user code {user}");
     let _ = writeln!(out, "  by activity (the innermost context of each sample):");
-    write_shares(out, activities(symbols, profile), total, 10);
+    write_shares(out, &machine.activities, total, 10);
     let _ = writeln!(out, "  by function:");
-    write_shares(out, functions, total, 10);
-    if !profile.process_samples.is_empty() {
+    write_shares(out, &machine.functions, total, 10);
+    if !machine.processes.is_empty() {
         let _ = writeln!(
             out,
             "  by process (the task running: its system calls and faults, and the interrupts \
              that came while it ran):"
         );
-        let processes = profile
-            .process_samples
-            .iter()
-            .map(|(k, v)| (k.as_str(), *v));
-        write_shares(out, processes, total, 5);
+        write_shares(out, &machine.processes, total, 5);
     }
 }
 
 /// The `take` largest of `counts` as shares of `total`, largest first.
-fn write_shares<K: std::fmt::Display>(
-    out: &mut String,
-    counts: impl IntoIterator<Item = (K, u64)>,
-    total: u64,
-    take: usize,
-) {
-    let mut counts: Vec<_> = counts.into_iter().collect();
-    counts.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+fn write_shares(out: &mut String, counts: &BTreeMap<String, u64>, total: u64, take: usize) {
+    let mut counts: Vec<(&String, u64)> = counts.iter().map(|(k, &v)| (k, v)).collect();
+    counts.sort_by_key(|&(_, count)| std::cmp::Reverse(count));
     for (name, count) in counts.iter().take(take) {
         let _ = writeln!(
             out,
