@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use simvm_tests::image;
-use simvm_vmm::profile::Symbols;
+use simvm_vmm::profile::orc::{reg, FrameKind};
+use simvm_vmm::profile::{StackWalker, Symbols};
 use simvm_vmm::tuning::GuestTuning;
 
 /// `CONFIG_X` -> value, for every option set in a `.config`.
@@ -86,6 +87,41 @@ fn the_default_kernel_parses_every_tuning_parameter() {
             kernel.display()
         );
     }
+}
+
+/// The default kernel has no frame pointers (docs/performance.md "Frame pointers out, ORC
+/// tables in"), so the profiler walks its stacks with its ORC tables: they must be in the
+/// vmlinux and describe its functions.
+#[test]
+fn the_default_kernel_has_orc_tables_for_the_profiler() {
+    let kernel = image(None).kernel;
+    let StackWalker::Orc(orc) = StackWalker::for_kernel(&kernel) else {
+        panic!(
+            "{} has no ORC tables: the profiler would follow frame pointers it does not have",
+            kernel.display()
+        );
+    };
+    let table = &orc.table;
+    assert!(table.len() > 10_000, "{} ORC entries", table.len());
+    let map = std::fs::read_to_string(kernel.with_file_name("System.map")).expect("System.map");
+    let address = |name: &str| {
+        map.lines()
+            .find_map(|l| {
+                let mut fields = l.split_whitespace();
+                let addr = fields.next()?;
+                (fields.nth(1)? == name).then(|| u64::from_str_radix(addr, 16).ok())?
+            })
+            .unwrap_or_else(|| panic!("{name} not in System.map"))
+    };
+    // A C function called from the entry code: an ordinary call frame, its return address
+    // just above the stack pointer at its first instruction.
+    let entry = table
+        .find(address("do_syscall_64"))
+        .expect("an entry for do_syscall_64");
+    assert_eq!(
+        (entry.kind, entry.sp_reg, entry.sp_offset),
+        (FrameKind::Call, reg::SP, 8)
+    );
 }
 
 #[test]

@@ -46,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::page_work::PageWork;
-use crate::profile::{ExitReason, MachineProfile, ProcessProbe};
+use crate::profile::{ExitReason, MachineProfile, ProcessProbe, StackWalker};
 use crate::skew::{ClockSkew, GuestClock};
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
@@ -288,6 +288,8 @@ pub struct Machine {
     profile: Option<MachineProfile>,
     /// Names the process of a user sample.
     process_probe: Option<ProcessProbe>,
+    /// How a sample's kernel stack is walked (`--profile`).
+    stack_walker: StackWalker,
     /// The guest's own counts and the virtual time when profiling began (a template's boot
     /// is not this run's).
     counts_at_profile_start: GuestCounts,
@@ -433,6 +435,7 @@ impl Machine {
             config,
             profile: None,
             process_probe: None,
+            stack_walker: StackWalker::FramePointers,
             counts_at_profile_start: GuestCounts::default(),
             syscalls_seen: 0,
             last_syscall_by: None,
@@ -866,15 +869,16 @@ impl Machine {
         self.device_errors
     }
 
-    /// Collects exits by reason and samples from now on (`--profile`); user samples are named
-    /// by process with `probe`, if given.
-    pub fn enable_profile(&mut self, probe: Option<ProcessProbe>) {
+    /// Collects exits by reason and samples from now on (`--profile`); samples are named by
+    /// process and their kernel stacks walked with what the guest kernel's files give.
+    pub fn enable_profile(&mut self) {
         if self.profile.is_none() {
             self.profile = Some(MachineProfile::default());
             self.counts_at_profile_start = self.guest_counts();
             self.now_at_profile_start = self.now;
         }
-        self.process_probe = probe;
+        self.process_probe = ProcessProbe::beside(&self.config.kernel);
+        self.stack_walker = StackWalker::for_kernel(&self.config.kernel);
     }
 
     /// The profile collected so far, if profiling, with the guest's counts since it began;
@@ -915,8 +919,7 @@ impl Machine {
             return;
         };
         let user = sregs.cs.selector & 3 == 3;
-        let stack =
-            (!user).then(|| crate::profile::kernel_stack(&self.mem, &sregs, regs.rip, regs.rbp));
+        let stack = (!user).then(|| self.stack_walker.kernel_stack(&self.mem, &sregs, &regs));
         // The running task names the process for user and kernel samples alike.
         let comm = self
             .process_probe

@@ -24,10 +24,11 @@ mod activity;
 pub mod figures;
 mod guest_stack;
 pub mod lookahead;
+pub mod orc;
 mod report;
 mod symbols;
 
-pub use guest_stack::{kernel_stack, ProcessProbe};
+pub use guest_stack::{ProcessProbe, StackWalker};
 pub use report::RunProfile;
 pub use symbols::Symbols;
 

@@ -33,7 +33,7 @@ use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{Network, NetworkConfig};
 use crate::profile::lookahead::{ParallelBound, ParallelEstimate};
-use crate::profile::{MachineProfile, ProcessProbe};
+use crate::profile::MachineProfile;
 use crate::seed::Seed;
 use crate::skew::{ClockChange, GuestClock};
 use crate::template::{TemplateUse, Templates};
@@ -548,9 +548,8 @@ impl World {
         };
         if config.sample_every.is_some() {
             for node in &mut nodes {
-                let probe = ProcessProbe::beside(&node.config.kernel);
                 if let Some(machine) = node.machine.as_mut() {
-                    machine.enable_profile(probe);
+                    machine.enable_profile();
                 }
             }
         }
@@ -792,7 +791,7 @@ impl World {
         }
         let mut machine = Machine::power_on(&self.kvm, config.clone())?;
         if self.profiling {
-            machine.enable_profile(ProcessProbe::beside(&config.kernel));
+            machine.enable_profile();
         }
         let at = config.epoch_ns;
         node.config = config;

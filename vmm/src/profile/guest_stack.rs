@@ -1,11 +1,14 @@
 //! What the guest was doing at a sample, read from its memory while the vCPU is stopped: the
-//! guest kernel's call stack (frame pointers) and the name of the running process.
+//! guest kernel's call stack (with its ORC tables, or its frame pointers) and the name of the
+//! running process.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use kvm_bindings::kvm_sregs;
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::orc::{reg, FrameKind, OrcTable};
 use super::symbols::{map_beside, map_entries};
 
 /// Kernel addresses start here (the upper half of the 48-bit address space).
@@ -15,16 +18,188 @@ const MAX_DEPTH: usize = 64;
 /// The guest kernel's stacks: 16 KiB, aligned to their size (x86-64 `THREAD_SIZE`).
 const KERNEL_STACK_SIZE: u64 = 16 << 10;
 
-/// The guest kernel's call stack at a sample: `rip`, then the return addresses found by
-/// following the frame pointers from `rbp` (the guest kernel is built with them), innermost
-/// first. The chain ends at the first frame outside kernel space, guest memory or the stack it
-/// started on: the entry code below the first frame has no frame pointer, and what lies there
-/// would read as stale frames.
-pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64) -> Vec<u64> {
-    let read = |vaddr: u64| -> Option<u64> {
-        let phys = crate::crash::translate(mem, sregs, vaddr)?;
-        mem.read_obj(GuestAddress(phys)).ok()
-    };
+/// How the guest kernel's call stack is walked at a sample.
+#[derive(Clone, Debug)]
+pub enum StackWalker {
+    /// Along the chain of saved frame pointers (a kernel built with `CONFIG_FRAME_POINTER`).
+    FramePointers,
+    /// With the kernel's ORC tables (`CONFIG_UNWINDER_ORC`), read from its vmlinux.
+    Orc(Arc<OrcKernel>),
+}
+
+/// What an ORC walk of one kernel needs: its tables, and its system call handlers to name the
+/// call a stack is in.
+#[derive(Debug)]
+pub struct OrcKernel {
+    pub table: OrcTable,
+    syscalls: Option<SyscallHandlers>,
+}
+
+impl StackWalker {
+    /// The walker for the kernel at `kernel`: its ORC tables where it has them, else its frame
+    /// pointers.
+    pub fn for_kernel(kernel: &Path) -> Self {
+        let Some(table) = OrcTable::from_vmlinux(kernel) else {
+            return Self::FramePointers;
+        };
+        let syscalls = std::fs::read_to_string(map_beside(kernel))
+            .ok()
+            .and_then(|map| SyscallHandlers::from_map(&map));
+        Self::Orc(Arc::new(OrcKernel { table, syscalls }))
+    }
+
+    /// The guest kernel's call stack at a sample taken in kernel mode, innermost first: the
+    /// instruction pointer, then the return addresses of its callers.
+    pub fn kernel_stack(
+        &self,
+        mem: &GuestMemoryMmap,
+        sregs: &kvm_sregs,
+        regs: &kvm_regs,
+    ) -> Vec<u64> {
+        let read = |vaddr: u64| -> Option<u64> {
+            let phys = crate::crash::translate(mem, sregs, vaddr)?;
+            mem.read_obj(GuestAddress(phys)).ok()
+        };
+        match self {
+            Self::FramePointers => frame_pointer_stack(read, regs.rip, regs.rbp),
+            Self::Orc(kernel) => {
+                let (mut stack, user_entry) = orc_stack(&kernel.table, read, regs);
+                if let Some(syscalls) = &kernel.syscalls {
+                    syscalls.name_the_call(&mut stack, user_entry, read);
+                }
+                stack
+            }
+        }
+    }
+}
+
+/// The guest kernel's system call handlers and the functions around them, from its
+/// `System.map`.
+///
+/// `do_syscall_64()` calls `x64_sys_call()`, whose switch jumps to the call's handler
+/// (`__x64_sys_read`), and without frame pointers GCC turns a handler's call of its worker
+/// into a jump too (`__x64_sys_mmap` to `ksys_mmap_pgoff()`): a stack then goes from
+/// `do_syscall_64` straight into the worker's callees, and the call's name is nowhere in it.
+/// The call's number is: the entry saved it as `orig_ax` in the `pt_regs` at the base of the
+/// stack, and `sys_call_table` maps it to its handler.
+#[derive(Debug)]
+struct SyscallHandlers {
+    /// Where `do_syscall_64` starts.
+    dispatcher: u64,
+    /// Where `x64_sys_call` starts.
+    switch: u64,
+    /// The address of `sys_call_table`.
+    table: u64,
+    /// Where each handler (`__x64_sys_*`) starts, sorted.
+    handlers: Vec<u64>,
+    /// Where every kernel function starts, sorted: a function ends where the next starts.
+    functions: Vec<u64>,
+}
+
+/// The opcode of a direct near call (`call rel32`), five bytes with its operand.
+const CALL_REL32: u8 = 0xe8;
+/// Linux x86-64 has about 460 system calls; a larger number is not one.
+const MAX_SYSCALLS: u64 = 1024;
+
+impl SyscallHandlers {
+    fn from_map(map: &str) -> Option<Self> {
+        let (mut dispatcher, mut switch, mut table) = (None, None, None);
+        let (mut handlers, mut functions) = (Vec::new(), Vec::new());
+        for (addr, kind, name) in map_entries(map) {
+            if name == "sys_call_table" {
+                table = Some(addr);
+            }
+            if !kind.eq_ignore_ascii_case("t") {
+                continue;
+            }
+            functions.push(addr);
+            match name {
+                "do_syscall_64" => dispatcher = Some(addr),
+                "x64_sys_call" => switch = Some(addr),
+                _ if name.starts_with("__x64_sys_") => handlers.push(addr),
+                _ => {}
+            }
+        }
+        functions.sort_unstable();
+        handlers.sort_unstable();
+        Some(Self {
+            dispatcher: dispatcher?,
+            switch: switch?,
+            table: table?,
+            handlers,
+            functions,
+        })
+    }
+
+    /// Where the function the stack frame at `depth` lies in starts (a return address, below
+    /// the innermost frame, belongs to the call before it).
+    fn function_of(&self, depth: usize, addr: u64) -> Option<u64> {
+        let addr = if depth == 0 {
+            addr
+        } else {
+            addr.wrapping_sub(1)
+        };
+        let next = self.functions.partition_point(|&start| start <= addr);
+        self.functions.get(next.checked_sub(1)?).copied()
+    }
+
+    fn is_handler(&self, addr: u64) -> bool {
+        self.handlers.binary_search(&addr).is_ok()
+    }
+
+    /// Puts the handler of the call a stack is in between `do_syscall_64` and its callee's
+    /// frame where the stack lacks it, as a return address just inside the handler (so that
+    /// it names the handler). Only a stack inside the handler's call is named: the entry and
+    /// exit work around it (`do_syscall_64` itself, `syscall_exit_to_user_mode()`) and the
+    /// switch stay as they are. `user_entry` is the `pt_regs` the call entered with.
+    fn name_the_call(
+        &self,
+        stack: &mut Vec<u64>,
+        user_entry: Option<u64>,
+        read: impl Fn(u64) -> Option<u64>,
+    ) {
+        let in_dispatcher = |(depth, &addr): (usize, &u64)| {
+            depth > 0 && self.function_of(depth, addr) == Some(self.dispatcher)
+        };
+        let Some(depth) = stack.iter().enumerate().position(in_dispatcher) else {
+            return;
+        };
+        // What do_syscall_64 called: the five bytes before the return address.
+        let ret = stack[depth];
+        let Some(before) = read(ret.wrapping_sub(8)).map(u64::to_le_bytes) else {
+            return;
+        };
+        if before[3] != CALL_REL32 {
+            return;
+        }
+        let offset = i32::from_le_bytes([before[4], before[5], before[6], before[7]]);
+        let called = ret.wrapping_add_signed(offset.into());
+        let handler = if self.is_handler(called) {
+            called
+        } else if called == self.switch {
+            let nr = user_entry.and_then(|at| read(at + pt_regs::ORIG_AX));
+            match nr.filter(|&nr| nr < MAX_SYSCALLS) {
+                Some(nr) => match read(self.table + nr * 8) {
+                    Some(handler) if self.is_handler(handler) => handler,
+                    _ => return,
+                },
+                None => return,
+            }
+        } else {
+            return;
+        };
+        let callee = self.function_of(depth - 1, stack[depth - 1]);
+        if callee != Some(handler) && callee != Some(called) {
+            stack.insert(depth, handler + 1);
+        }
+    }
+}
+
+/// The stack by frame pointers: `rip`, then the return addresses found by following the chain
+/// from `rbp`. The chain ends at the first frame outside kernel space, guest memory or the
+/// stack it started on: the entry code below the first frame has no frame pointer, and what
+/// lies there would read as stale frames.
+fn frame_pointer_stack(read: impl Fn(u64) -> Option<u64>, rip: u64, rbp: u64) -> Vec<u64> {
     let mut stack = vec![rip];
     let mut frame = rbp;
     let on_stack = |addr: u64| addr & !(KERNEL_STACK_SIZE - 1) == rbp & !(KERNEL_STACK_SIZE - 1);
@@ -46,6 +221,137 @@ pub fn kernel_stack(mem: &GuestMemoryMmap, sregs: &kvm_sregs, rip: u64, rbp: u64
         frame = next;
     }
     stack
+}
+
+/// Offsets in `struct pt_regs` (x86-64) of the registers an ORC walk reads.
+mod pt_regs {
+    pub const R13: u64 = 16;
+    pub const BP: u64 = 32;
+    pub const R10: u64 = 56;
+    pub const DX: u64 = 96;
+    pub const DI: u64 = 112;
+    pub const ORIG_AX: u64 = 120;
+    pub const IP: u64 = 128;
+    pub const CS: u64 = 136;
+    pub const SP: u64 = 152;
+}
+
+/// The saved registers a frame can find its caller with: the sample's own for the innermost
+/// frame, a `struct pt_regs` in guest memory after an entry from an interrupt or exception.
+#[derive(Clone, Copy)]
+enum SavedRegs<'a> {
+    None,
+    Sampled(&'a kvm_regs),
+    InMemory(u64),
+}
+
+impl SavedRegs<'_> {
+    /// The register at `offset` in `struct pt_regs`.
+    fn get(self, offset: u64, read: &impl Fn(u64) -> Option<u64>) -> Option<u64> {
+        match self {
+            Self::None => None,
+            Self::InMemory(at) => read(at.checked_add(offset)?),
+            Self::Sampled(regs) => match offset {
+                pt_regs::R13 => Some(regs.r13),
+                pt_regs::BP => Some(regs.rbp),
+                pt_regs::R10 => Some(regs.r10),
+                pt_regs::DX => Some(regs.rdx),
+                pt_regs::DI => Some(regs.rdi),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// The stack by the kernel's ORC tables, as `unwind_next_frame()` walks it: each instruction's
+/// entry says where its caller's stack pointer is (relative to a register), what lies there (a
+/// return address or the registers an entry saved) and where the caller's frame pointer was
+/// saved. The walk goes on through interrupt and exception frames and ends in user mode (then
+/// with the address of the `pt_regs` the kernel was entered with), at the end of a stack, or
+/// where the tables or guest memory give out.
+fn orc_stack(
+    table: &OrcTable,
+    read: impl Fn(u64) -> Option<u64>,
+    regs: &kvm_regs,
+) -> (Vec<u64>, Option<u64>) {
+    let mut stack = vec![regs.rip];
+    let (mut ip, mut sp, mut bp) = (regs.rip, regs.rsp, regs.rbp);
+    let mut saved = SavedRegs::Sampled(regs);
+    // The innermost instruction pointer is exact; a caller's is a return address, which
+    // belongs to the call before it.
+    let mut exact = true;
+    let mut user_entry = None;
+    while stack.len() < MAX_DEPTH {
+        let Some(orc) = table.find(if exact { ip } else { ip.wrapping_sub(1) }) else {
+            break;
+        };
+        if !matches!(
+            orc.kind,
+            FrameKind::Call | FrameKind::Regs | FrameKind::RegsPartial
+        ) {
+            break;
+        }
+        let offset = i64::from(orc.sp_offset);
+        let caller_sp = match orc.sp_reg {
+            reg::SP => sp.checked_add_signed(offset),
+            reg::BP => bp.checked_add_signed(offset),
+            reg::SP_INDIRECT => read(sp).and_then(|at| at.checked_add_signed(offset)),
+            reg::BP_INDIRECT => bp.checked_add_signed(offset).and_then(&read),
+            reg::R10 => saved.get(pt_regs::R10, &read),
+            reg::R13 => saved.get(pt_regs::R13, &read),
+            reg::DI => saved.get(pt_regs::DI, &read),
+            reg::DX => saved.get(pt_regs::DX, &read),
+            _ => None,
+        };
+        let Some(caller_sp) = caller_sp.filter(|&at| at >= KERNEL_SPACE) else {
+            break;
+        };
+        // The ip and sp a pt_regs (whole, or the hardware's part of it) at `frame` saved, if
+        // it interrupted kernel code: an entry from user mode is where the kernel stack ends.
+        let interrupted = |frame: u64| -> Option<(u64, u64)> {
+            let cs = read(frame + pt_regs::CS)?;
+            (cs & 3 != 3).then_some(())?;
+            Some((read(frame + pt_regs::IP)?, read(frame + pt_regs::SP)?))
+        };
+        let caller = match orc.kind {
+            FrameKind::Call => {
+                read(caller_sp.wrapping_sub(8)).map(|ret| (ret, caller_sp, SavedRegs::None))
+            }
+            FrameKind::Regs => {
+                interrupted(caller_sp).map(|(ip, sp)| (ip, sp, SavedRegs::InMemory(caller_sp)))
+            }
+            // The hardware's part sits at the end of where a whole pt_regs would be; the
+            // registers saved before it stay the ones to read.
+            _ => interrupted(caller_sp.wrapping_sub(pt_regs::IP)).map(|(ip, sp)| (ip, sp, saved)),
+        };
+        let Some((caller_ip, next_sp, next_saved)) = caller else {
+            let from_user = read(caller_sp + pt_regs::CS).is_some_and(|cs| cs & 3 == 3);
+            if orc.kind == FrameKind::Regs && from_user {
+                user_entry = Some(caller_sp);
+            }
+            break;
+        };
+        let offset = i64::from(orc.bp_offset);
+        let caller_bp = match orc.bp_reg {
+            reg::UNDEFINED => Some(next_saved.get(pt_regs::BP, &read).unwrap_or(bp)),
+            reg::PREV_SP => caller_sp.checked_add_signed(offset).and_then(&read),
+            reg::BP => bp.checked_add_signed(offset).and_then(&read),
+            _ => None,
+        };
+        let Some(caller_bp) = caller_bp else {
+            break;
+        };
+        // On one stack a caller's frame lies above its callee's (a walk that does not climb
+        // is corrupt and must not loop); interrupts and `call_on_irqstack()` switch stacks.
+        let same_stack = next_sp & !(KERNEL_STACK_SIZE - 1) == sp & !(KERNEL_STACK_SIZE - 1);
+        if caller_ip < KERNEL_SPACE || (same_stack && next_sp <= sp) {
+            break;
+        }
+        stack.push(caller_ip);
+        (ip, sp, bp, saved) = (caller_ip, next_sp, caller_bp, next_saved);
+        exact = orc.signal;
+    }
+    (stack, user_entry)
 }
 
 /// Where the guest kernel keeps the running task, to name the process a user sample is in:
@@ -160,7 +466,15 @@ mod tests {
         frame(0x300, 0x7fff_0000, 0x40_1000); // returns to user space: the chain ends
         frame(0x400, base + 0x8000, 0xffff_ffff_8100_4000);
         frame(0x8000, base + 0x8100, 0xffff_ffff_8100_8000); // another stack: not followed
-        let stack = kernel_stack(&mem, &sregs, 0xffff_ffff_8100_0005, base + 0x100);
+        let walk = |rip: u64, rbp: u64| {
+            let regs = kvm_regs {
+                rip,
+                rbp,
+                ..Default::default()
+            };
+            StackWalker::FramePointers.kernel_stack(&mem, &sregs, &regs)
+        };
+        let stack = walk(0xffff_ffff_8100_0005, base + 0x100);
         assert_eq!(
             stack,
             vec![
@@ -169,10 +483,178 @@ mod tests {
                 0xffff_ffff_8100_2000
             ]
         );
-        let stack = kernel_stack(&mem, &sregs, 0xffff_ffff_8100_0005, base + 0x400);
+        let stack = walk(0xffff_ffff_8100_0005, base + 0x400);
         assert_eq!(stack, vec![0xffff_ffff_8100_0005, 0xffff_ffff_8100_4000]);
         // An unmapped frame pointer ends the stack at the instruction pointer.
-        assert_eq!(kernel_stack(&mem, &sregs, 7, base + 0x40_0000), vec![7]);
+        assert_eq!(walk(7, base + 0x40_0000), vec![7]);
+    }
+
+    /// One ORC entry's bytes: the caller's stack pointer at `sp_reg + sp_offset`, its frame
+    /// pointer at `bp_reg + bp_offset`, the frame's type and signal bit.
+    fn orc(
+        sp_reg: u8,
+        sp_offset: i16,
+        bp_reg: u8,
+        bp_offset: i16,
+        kind: u8,
+        signal: bool,
+    ) -> [u8; 6] {
+        let [s0, s1] = sp_offset.to_le_bytes();
+        let [b0, b1] = bp_offset.to_le_bytes();
+        [
+            s0,
+            s1,
+            b0,
+            b1,
+            sp_reg | bp_reg << 4,
+            kind | u8::from(signal) << 3,
+        ]
+    }
+
+    const CALL: u8 = 2;
+    const REGS: u8 = 3;
+
+    #[test]
+    fn kernel_stacks_follow_the_orc_tables_through_entries_until_user_mode() {
+        let (mem, sregs) = kernel_mapped_memory();
+        let base = 0xffff_ffff_c000_0000u64;
+        let put = |offset: u64, value: u64| {
+            mem.write_obj(value, GuestAddress(0x20_0000 + offset))
+                .unwrap();
+        };
+        let text = 0xffff_ffff_8100_0000u64;
+        let (a, b, entry, d, e) = (text, text + 0x100, text + 0x200, text + 0x300, text + 0x400);
+        let (ips, orcs) = crate::profile::orc::table_bytes(
+            base,
+            &[
+                // a: one push deep, no frame pointer of its own.
+                (a, orc(reg::SP, 16, reg::UNDEFINED, 0, CALL, false)),
+                // b: a frame-pointer function (push rbp; mov rsp, rbp).
+                (b, orc(reg::BP, 16, reg::PREV_SP, -16, CALL, false)),
+                // entry code: a pt_regs at the stack pointer.
+                (entry, orc(reg::SP, 0, reg::UNDEFINED, 0, REGS, true)),
+                (d, orc(reg::SP, 8, reg::UNDEFINED, 0, CALL, false)),
+                (e, orc(reg::SP, 0, reg::UNDEFINED, 0, REGS, true)),
+            ],
+        );
+        let orc_walker = |ips: &[u8], orcs: &[u8]| {
+            let table = OrcTable::from_sections(base, ips, orcs).unwrap();
+            StackWalker::Orc(Arc::new(OrcKernel {
+                table,
+                syscalls: None,
+            }))
+        };
+        let walker = orc_walker(&ips, &orcs);
+        // a's return address into b; b's saved frame pointer and return into the entry code.
+        put(0x1008, b + 0x20);
+        put(0x1800, base + 0x1900);
+        put(0x1808, entry + 0x10);
+        // The entry's pt_regs at 0x1810: kernel mode, interrupted in d.
+        put(0x1810 + pt_regs::IP, d + 0x30);
+        put(0x1810 + pt_regs::CS, 0x10);
+        put(0x1810 + pt_regs::SP, base + 0x1a00);
+        put(0x1810 + pt_regs::BP, base + 0x1b00);
+        // d returns into e, whose pt_regs says user mode: the kernel stack ends there.
+        put(0x1a00, e + 1);
+        put(0x1a08 + pt_regs::CS, 0x33);
+        put(0x1a08 + pt_regs::IP, 0x40_1000);
+        let regs = kvm_regs {
+            rip: a + 5,
+            rsp: base + 0x1000,
+            rbp: base + 0x1800,
+            ..Default::default()
+        };
+        assert_eq!(
+            walker.kernel_stack(&mem, &sregs, &regs),
+            vec![a + 5, b + 0x20, entry + 0x10, d + 0x30, e + 1]
+        );
+        // Below the tables, or with the stack pointer in unmapped memory, only the sample.
+        let below = kvm_regs {
+            rip: text - 1,
+            ..regs
+        };
+        assert_eq!(walker.kernel_stack(&mem, &sregs, &below), vec![text - 1]);
+        let unmapped = kvm_regs {
+            rsp: base + 0x40_0000,
+            ..regs
+        };
+        assert_eq!(walker.kernel_stack(&mem, &sregs, &unmapped), vec![a + 5]);
+        // A frame that returns into itself: one that does not climb stops at once, one that
+        // climbs is cut at the depth limit.
+        let (ips, orcs) = crate::profile::orc::table_bytes(
+            base,
+            &[(a, orc(reg::SP, 0, reg::UNDEFINED, 0, CALL, false))],
+        );
+        let flat = orc_walker(&ips, &orcs);
+        put(0x0ff8, a + 5);
+        assert_eq!(flat.kernel_stack(&mem, &sregs, &regs), vec![a + 5]);
+        let (ips, orcs) = crate::profile::orc::table_bytes(
+            base,
+            &[(a, orc(reg::SP, 8, reg::UNDEFINED, 0, CALL, false))],
+        );
+        let climbing = orc_walker(&ips, &orcs);
+        for slot in 0..MAX_DEPTH as u64 {
+            put(0x1000 + slot * 8, a + 5);
+        }
+        assert_eq!(climbing.kernel_stack(&mem, &sregs, &regs).len(), MAX_DEPTH);
+    }
+
+    #[test]
+    fn a_system_call_is_named_from_its_number_where_jumps_left_no_frame_of_its_handler() {
+        let text = 0xffff_ffff_8100_0000u64;
+        let (dispatcher, switch, exit, handler, worker) =
+            (text, text + 0x100, text + 0x200, text + 0x300, text + 0x400);
+        let (table, entry) = (0xffff_ffff_8200_0000u64, 0xffff_c900_0000_3f58u64);
+        let handlers = SyscallHandlers {
+            dispatcher,
+            switch,
+            table,
+            handlers: vec![handler],
+            functions: vec![dispatcher, switch, exit, handler, worker, text + 0x500],
+        };
+        // do_syscall_64 calls the switch at +0x1b (returning to +0x20), the exit work at
+        // +0x3b (returning to +0x40), and at +0x5b the handler itself (a kernel that inlined
+        // the switch); the eight bytes before each return address hold the call.
+        let call_before = |ret: u64, target: u64| {
+            let offset = (target.wrapping_sub(ret) as i64 as i32).to_le_bytes();
+            let [a, b, c, d] = offset;
+            u64::from_le_bytes([0x90, 0x90, 0x90, CALL_REL32, a, b, c, d])
+        };
+        let read = |addr: u64| match addr {
+            a if a == dispatcher + 0x18 => Some(call_before(dispatcher + 0x20, switch)),
+            a if a == dispatcher + 0x38 => Some(call_before(dispatcher + 0x40, exit)),
+            a if a == dispatcher + 0x58 => Some(call_before(dispatcher + 0x60, handler)),
+            // The entry's pt_regs says call 39; the table maps 39 to the handler.
+            a if a == entry + pt_regs::ORIG_AX => Some(39),
+            a if a == table + 39 * 8 => Some(handler),
+            _ => None,
+        };
+        let name = |mut stack: Vec<u64>, entry: Option<u64>| {
+            handlers.name_the_call(&mut stack, entry, read);
+            stack
+        };
+        // In the worker the handler jumped to: the handler goes in between.
+        let in_worker = vec![worker + 5, dispatcher + 0x20];
+        assert_eq!(
+            name(in_worker.clone(), Some(entry)),
+            vec![worker + 5, handler + 1, dispatcher + 0x20]
+        );
+        assert_eq!(
+            name(vec![worker + 5, dispatcher + 0x60], None),
+            vec![worker + 5, handler + 1, dispatcher + 0x60]
+        );
+        // In the handler or the switch, in the exit work, in do_syscall_64's own code, with
+        // no entry to read the number from, or where the bytes hold no direct call: as it was.
+        for stack in [
+            vec![handler + 5, dispatcher + 0x20],
+            vec![switch + 5, dispatcher + 0x20],
+            vec![exit + 5, dispatcher + 0x40],
+            vec![dispatcher + 0x20],
+            vec![worker + 5, dispatcher + 0x30],
+        ] {
+            assert_eq!(name(stack.clone(), Some(entry)), stack);
+        }
+        assert_eq!(name(in_worker.clone(), None), in_worker);
     }
 
     #[test]
