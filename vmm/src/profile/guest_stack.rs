@@ -397,13 +397,18 @@ impl ProcessProbe {
             Some(offset) => offset?,
             None => {
                 let mut task = vec![0u8; TASK_SEARCH_BYTES];
-                let found = (0..task.len() / 4096).all(|page| {
+                let readable = (0..task.len() / 4096).all(|page| {
                     let at = page * 4096;
                     read(self.init_task + at as u64, &mut task[at..at + 4096]).is_some()
                 });
-                let offset = found
-                    .then(|| task.windows(8).position(|w| w == b"swapper\0"))
-                    .flatten()
+                // Early in a cold boot the kernel's addresses are not mapped yet (PVH starts
+                // with paging off): look again at the next sample.
+                if !readable {
+                    return None;
+                }
+                let offset = task
+                    .windows(8)
+                    .position(|w| w == b"swapper\0")
                     .map(|o| o as u64);
                 self.comm_offset = Some(offset);
                 offset?
@@ -673,6 +678,10 @@ mod tests {
             init_task: base + init_task,
             comm_offset: None,
         };
+        // Paging still off (a cold boot's first moments): nothing to read yet, nothing decided.
+        let paging_off = kvm_sregs { cr0: 1, ..sregs };
+        assert_eq!(probe.current_comm(&mem, &paging_off), None);
+        assert_eq!(probe.comm_offset, None);
         assert_eq!(probe.current_comm(&mem, &sregs).as_deref(), Some("etcd"));
         assert_eq!(probe.comm_offset, Some(Some(comm)));
         // A task pointer into nowhere names no process.

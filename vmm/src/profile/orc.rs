@@ -101,7 +101,10 @@ impl OrcTable {
     /// each entry's instruction as a 32-bit offset from the offset's own address.
     pub fn from_sections(ip_addr: u64, ip_bytes: &[u8], entry_bytes: &[u8]) -> Option<Self> {
         let count = ip_bytes.len() / 4;
-        if count == 0 || !ip_bytes.len().is_multiple_of(4) || entry_bytes.len() != count * OrcEntry::SIZE {
+        if count == 0
+            || !ip_bytes.len().is_multiple_of(4)
+            || entry_bytes.len() != count * OrcEntry::SIZE
+        {
             return None;
         }
         let ips: Vec<u64> = ip_bytes
