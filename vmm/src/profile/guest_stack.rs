@@ -177,9 +177,9 @@ impl SyscallHandlers {
         let handler = if self.is_handler(called) {
             called
         } else if called == self.switch {
-            let nr = user_entry.and_then(|at| read(at + pt_regs::ORIG_AX));
+            let nr = user_entry.and_then(|at| read(at.wrapping_add(pt_regs::ORIG_AX)));
             match nr.filter(|&nr| nr < MAX_SYSCALLS) {
-                Some(nr) => match read(self.table + nr * 8) {
+                Some(nr) => match read(self.table.wrapping_add(nr * 8)) {
                     Some(handler) if self.is_handler(handler) => handler,
                     _ => return,
                 },
@@ -190,7 +190,7 @@ impl SyscallHandlers {
         };
         let callee = self.function_of(depth - 1, stack[depth - 1]);
         if callee != Some(handler) && callee != Some(called) {
-            stack.insert(depth, handler + 1);
+            stack.insert(depth, handler.wrapping_add(1));
         }
     }
 }
@@ -309,9 +309,12 @@ fn orc_stack(
         // The ip and sp a pt_regs (whole, or the hardware's part of it) at `frame` saved, if
         // it interrupted kernel code: an entry from user mode is where the kernel stack ends.
         let interrupted = |frame: u64| -> Option<(u64, u64)> {
-            let cs = read(frame + pt_regs::CS)?;
+            let cs = read(frame.wrapping_add(pt_regs::CS))?;
             (cs & 3 != 3).then_some(())?;
-            Some((read(frame + pt_regs::IP)?, read(frame + pt_regs::SP)?))
+            Some((
+                read(frame.wrapping_add(pt_regs::IP))?,
+                read(frame.wrapping_add(pt_regs::SP))?,
+            ))
         };
         let caller = match orc.kind {
             FrameKind::Call => {
@@ -325,7 +328,7 @@ fn orc_stack(
             _ => interrupted(caller_sp.wrapping_sub(pt_regs::IP)).map(|(ip, sp)| (ip, sp, saved)),
         };
         let Some((caller_ip, next_sp, next_saved)) = caller else {
-            let from_user = read(caller_sp + pt_regs::CS).is_some_and(|cs| cs & 3 == 3);
+            let from_user = read(caller_sp.wrapping_add(pt_regs::CS)).is_some_and(|cs| cs & 3 == 3);
             if orc.kind == FrameKind::Regs && from_user {
                 user_entry = Some(caller_sp);
             }
@@ -584,6 +587,17 @@ mod tests {
             ..regs
         };
         assert_eq!(walker.kernel_stack(&mem, &sregs, &unmapped), vec![a + 5]);
+        // A stack pointer at the top of the address space (the guest's to choose) ends the
+        // walk without overflowing.
+        let at_the_top = kvm_regs {
+            rip: entry + 1,
+            rsp: u64::MAX - 8,
+            ..regs
+        };
+        assert_eq!(
+            walker.kernel_stack(&mem, &sregs, &at_the_top),
+            vec![entry + 1]
+        );
         // A frame that returns into itself: one that does not climb stops at once, one that
         // climbs is cut at the depth limit.
         let (ips, orcs) = crate::profile::orc::table_bytes(
