@@ -103,20 +103,13 @@ fn the_default_kernel_has_orc_tables_for_the_profiler() {
     };
     let table = &orc.table;
     assert!(table.len() > 10_000, "{} ORC entries", table.len());
-    let map = std::fs::read_to_string(kernel.with_file_name("System.map")).expect("System.map");
-    let address = |name: &str| {
-        map.lines()
-            .find_map(|l| {
-                let mut fields = l.split_whitespace();
-                let addr = fields.next()?;
-                (fields.nth(1)? == name).then(|| u64::from_str_radix(addr, 16).ok())?
-            })
-            .unwrap_or_else(|| panic!("{name} not in System.map"))
-    };
+    let do_syscall_64 = Symbols::beside(&kernel)
+        .address_of("do_syscall_64")
+        .expect("do_syscall_64 in System.map");
     // A C function called from the entry code: an ordinary call frame, its return address
     // just above the stack pointer at its first instruction.
     let entry = table
-        .find(address("do_syscall_64"))
+        .find(do_syscall_64)
         .expect("an entry for do_syscall_64");
     assert_eq!(
         (entry.kind, entry.sp_reg, entry.sp_offset),

@@ -9,7 +9,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::orc::{reg, FrameKind, OrcTable};
-use super::symbols::{map_beside, map_entries};
+use super::symbols::{frame_address, map_beside, map_entries, Symbols};
 
 /// Kernel addresses start here (the upper half of the 48-bit address space).
 const KERNEL_SPACE: u64 = 0xffff_8000_0000_0000;
@@ -92,8 +92,8 @@ struct SyscallHandlers {
     table: u64,
     /// Where each handler (`__x64_sys_*`) starts, sorted.
     handlers: Vec<u64>,
-    /// Where every kernel function starts, sorted: a function ends where the next starts.
-    functions: Vec<u64>,
+    /// The kernel's functions.
+    symbols: Symbols,
 }
 
 /// The opcode of a direct near call (`call rel32`), five bytes with its operand.
@@ -103,44 +103,26 @@ const MAX_SYSCALLS: u64 = 1024;
 
 impl SyscallHandlers {
     fn from_map(map: &str) -> Option<Self> {
-        let (mut dispatcher, mut switch, mut table) = (None, None, None);
-        let (mut handlers, mut functions) = (Vec::new(), Vec::new());
-        for (addr, kind, name) in map_entries(map) {
-            if name == "sys_call_table" {
-                table = Some(addr);
-            }
-            if !kind.eq_ignore_ascii_case("t") {
-                continue;
-            }
-            functions.push(addr);
-            match name {
-                "do_syscall_64" => dispatcher = Some(addr),
-                "x64_sys_call" => switch = Some(addr),
-                _ if name.starts_with("__x64_sys_") => handlers.push(addr),
-                _ => {}
-            }
-        }
-        functions.sort_unstable();
-        handlers.sort_unstable();
+        let symbols = Symbols::parse(map);
+        let table =
+            map_entries(map).find_map(|(addr, _, name)| (name == "sys_call_table").then_some(addr));
+        let handlers = symbols
+            .functions()
+            .filter(|(_, name)| name.starts_with("__x64_sys_"))
+            .map(|(addr, _)| addr)
+            .collect();
         Some(Self {
-            dispatcher: dispatcher?,
-            switch: switch?,
+            dispatcher: symbols.address_of("do_syscall_64")?,
+            switch: symbols.address_of("x64_sys_call")?,
             table: table?,
             handlers,
-            functions,
+            symbols,
         })
     }
 
-    /// Where the function the stack frame at `depth` lies in starts (a return address, below
-    /// the innermost frame, belongs to the call before it).
+    /// Where the function the stack frame at `depth` lies in starts.
     fn function_of(&self, depth: usize, addr: u64) -> Option<u64> {
-        let addr = if depth == 0 {
-            addr
-        } else {
-            addr.wrapping_sub(1)
-        };
-        let next = self.functions.partition_point(|&start| start <= addr);
-        self.functions.get(next.checked_sub(1)?).copied()
+        self.symbols.start_of(frame_address(depth, addr))
     }
 
     fn is_handler(&self, addr: u64) -> bool {
@@ -629,7 +611,12 @@ mod tests {
             switch,
             table,
             handlers: vec![handler],
-            functions: vec![dispatcher, switch, exit, handler, worker, text + 0x500],
+            symbols: Symbols::parse(&format!(
+                "{dispatcher:x} T do_syscall_64\n{switch:x} T x64_sys_call\n\
+                 {exit:x} T syscall_exit_to_user_mode\n{handler:x} T __x64_sys_getppid\n\
+                 {worker:x} t worker\n{:x} t after\n",
+                text + 0x500
+            )),
         };
         // do_syscall_64 calls the switch at +0x1b (returning to +0x20), the exit work at
         // +0x3b (returning to +0x40), and at +0x5b the handler itself (a kernel that inlined

@@ -17,7 +17,7 @@ pub(super) fn map_entries(text: &str) -> impl Iterator<Item = (u64, &str, &str)>
 }
 
 /// Kernel function names from a `System.map`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Symbols {
     /// Text symbols by address, sorted.
     text: Vec<(u64, String)>,
@@ -50,6 +50,24 @@ impl Symbols {
         self.text.iter().any(|(_, n)| n == name)
     }
 
+    /// Where the function called `name` starts.
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.text
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|&(addr, _)| addr)
+    }
+
+    /// The functions, by address.
+    pub(super) fn functions(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.text.iter().map(|(addr, name)| (*addr, name.as_str()))
+    }
+
+    /// Where the function containing `rip` starts.
+    pub(super) fn start_of(&self, rip: u64) -> Option<u64> {
+        self.containing(rip).map(|&(start, _)| start)
+    }
+
     /// The start address and name of the function containing `rip`.
     fn containing(&self, rip: u64) -> Option<&(u64, String)> {
         let at = self.text.partition_point(|(addr, _)| *addr <= rip);
@@ -73,19 +91,23 @@ impl Symbols {
     }
 }
 
-/// The function names of a kernel stack, innermost first. A return address names its caller
-/// (the call instruction precedes it), so it is looked up one byte back.
+/// The address to look up for the frame at `depth` of a kernel stack (innermost 0). A return
+/// address names its caller (the call instruction precedes it), so it is looked up one byte
+/// back.
+pub(super) fn frame_address(depth: usize, addr: u64) -> u64 {
+    if depth == 0 {
+        addr
+    } else {
+        addr.saturating_sub(1)
+    }
+}
+
+/// The function names of a kernel stack, innermost first.
 pub(super) fn frame_names(symbols: &Symbols, frames: &[u64]) -> Vec<String> {
     frames
         .iter()
         .enumerate()
-        .map(|(depth, &addr)| {
-            symbols.name(if depth == 0 {
-                addr
-            } else {
-                addr.saturating_sub(1)
-            })
-        })
+        .map(|(depth, &addr)| symbols.name(frame_address(depth, addr)))
         .collect()
 }
 
