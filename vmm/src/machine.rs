@@ -19,7 +19,7 @@
 mod ports;
 mod snapshot;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_enable_cap, KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER};
@@ -46,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::layout::{MAX_RAM, MIN_RAM};
 use crate::msr;
 use crate::page_work::PageWork;
-use crate::profile::{ExitReason, MachineProfile, ProcessProbe, StackWalker};
+use crate::profile::{ExitReason, KernelProbes, MachineProfile, ProcessProbe, StackWalker};
 use crate::skew::{ClockSkew, GuestClock};
 use crate::state::{self, StateFingerprint};
 use crate::template::Template;
@@ -870,15 +870,21 @@ impl Machine {
     }
 
     /// Collects exits by reason and samples from now on (`--profile`); samples are named by
-    /// process and their kernel stacks walked with what the guest kernel's files give.
-    pub fn enable_profile(&mut self) {
+    /// process and their kernel stacks walked with `probes`, read from this machine's kernel
+    /// (`KernelProbes::for_kernel`).
+    pub fn enable_profile(&mut self, probes: KernelProbes) {
         if self.profile.is_none() {
             self.profile = Some(MachineProfile::default());
             self.counts_at_profile_start = self.guest_counts();
             self.now_at_profile_start = self.now;
         }
-        self.process_probe = ProcessProbe::beside(&self.config.kernel);
-        self.stack_walker = StackWalker::for_kernel(&self.config.kernel);
+        self.process_probe = probes.process;
+        self.stack_walker = probes.stacks;
+    }
+
+    /// The guest kernel this machine boots.
+    pub fn kernel(&self) -> &Path {
+        &self.config.kernel
     }
 
     /// The profile collected so far, if profiling, with the guest's counts since it began;

@@ -33,7 +33,7 @@ use crate::host_tsc::{self, TscTrap};
 use crate::machine::{disk_name, ExitStats, Machine, MachineConfig, Status, Stop};
 use crate::network::{Network, NetworkConfig};
 use crate::profile::lookahead::{ParallelBound, ParallelEstimate};
-use crate::profile::MachineProfile;
+use crate::profile::{KernelProbeCache, MachineProfile};
 use crate::seed::Seed;
 use crate::skew::{ClockChange, GuestClock};
 use crate::template::{TemplateUse, Templates};
@@ -396,8 +396,8 @@ pub struct World {
     resumed_from: Option<SnapshotInfo>,
     /// Which machines have printed the console condition's text.
     printed: Vec<bool>,
-    /// Collecting a profile (`--profile`).
-    profiling: bool,
+    /// When collecting a profile (`--profile`): what sampling needs from each guest kernel.
+    profiling: Option<KernelProbeCache>,
     /// The run's steps replayed onto more threads, when profiling.
     parallel: Option<ParallelBound>,
     start_spread_ns: u64,
@@ -546,13 +546,14 @@ impl World {
                 every,
             )?),
         };
-        if config.sample_every.is_some() {
-            for node in &mut nodes {
-                if let Some(machine) = node.machine.as_mut() {
-                    machine.enable_profile();
-                }
+        let profiling = config.sample_every.map(|_| {
+            let mut kernels = KernelProbeCache::default();
+            for machine in nodes.iter_mut().filter_map(|node| node.machine.as_mut()) {
+                let probes = kernels.get(machine.kernel());
+                machine.enable_profile(probes);
             }
-        }
+            kernels
+        });
         let printed = vec![false; nodes.len()];
         Ok(Self {
             seed: config.seed,
@@ -580,7 +581,7 @@ impl World {
             snapshot_taken: None,
             resumed_from: resume.map(|r| r.info),
             printed,
-            profiling: config.sample_every.is_some(),
+            profiling,
             parallel: config.sample_every.map(|_| ParallelBound::default()),
             start_spread_ns: config.start_spread_ns,
             history: config.history,
@@ -790,8 +791,8 @@ impl World {
             boot.incarnation = incarnation;
         }
         let mut machine = Machine::power_on(&self.kvm, config.clone())?;
-        if self.profiling {
-            machine.enable_profile();
+        if let Some(kernels) = &mut self.profiling {
+            machine.enable_profile(kernels.get(machine.kernel()));
         }
         let at = config.epoch_ns;
         node.config = config;

@@ -26,7 +26,15 @@ pub fn kernel_activity<'a>(innermost_first: impl IntoIterator<Item = &'a str>) -
             "arch_do_signal_or_restart" => "signal delivery",
             "do_syscall_64" => "system call entry and exit",
             "kthread" => "kernel thread",
-            "do_idle" => "idle loop",
+            // do_idle() ends in a jump to schedule_idle(), so the switch from the idle task to
+            // a woken one is under cpu_startup_entry()'s frame, not do_idle()'s.
+            "do_idle" | "cpu_startup_entry" => "idle loop",
+            // The entry code's own instructions, shared by every exception, interrupt and (on
+            // PVM hosts) system call; its frames tell nothing of what entered it.
+            "error_entry"
+            | "error_return"
+            | "swapgs_restore_regs_and_return_to_usermode"
+            | "restore_regs_and_return_to_kernel" => "kernel entry and exit",
             "start_kernel" | "x86_64_start_kernel" => "boot",
             _ => match name.strip_prefix("__x64_sys_") {
                 Some(call) => return format!("system call {call}"),
@@ -107,8 +115,17 @@ mod tests {
             "idle loop"
         );
         assert_eq!(
+            activity("common_startup_64;x86_64_start_kernel;start_kernel;rest_init;cpu_startup_entry;schedule_idle;__schedule"),
+            "idle loop"
+        );
+        assert_eq!(
             activity("common_startup_64;x86_64_start_kernel;start_kernel;rest_init"),
             "boot"
+        );
+        assert_eq!(activity("error_entry"), "kernel entry and exit");
+        assert_eq!(
+            activity("swapgs_restore_regs_and_return_to_usermode"),
+            "kernel entry and exit"
         );
         assert_eq!(activity("sync_regs"), "other kernel code");
     }

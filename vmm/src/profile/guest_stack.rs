@@ -2,7 +2,8 @@
 //! guest kernel's call stack (with its ORC tables, or its frame pointers) and the name of the
 //! running process.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -35,16 +36,55 @@ pub struct OrcKernel {
     syscalls: Option<SyscallHandlers>,
 }
 
+/// What sampling needs from one guest kernel's files: read once per kernel and shared by the
+/// machines that boot it (a clone shares the ORC tables).
+#[derive(Clone, Debug)]
+pub struct KernelProbes {
+    /// Names the process of a user sample; `None` where `System.map` lacks its symbols.
+    pub process: Option<ProcessProbe>,
+    /// Walks the kernel stack of a kernel sample.
+    pub stacks: StackWalker,
+}
+
+impl KernelProbes {
+    /// The probes for the kernel at `kernel`, from its vmlinux and the `System.map` beside it.
+    pub fn for_kernel(kernel: &Path) -> Self {
+        let map = std::fs::read_to_string(map_beside(kernel)).ok();
+        Self {
+            process: map.as_deref().and_then(ProcessProbe::from_map),
+            stacks: StackWalker::with_map(kernel, map.as_deref()),
+        }
+    }
+}
+
+/// The probes of every guest kernel a run profiles, each read once.
+#[derive(Debug, Default)]
+pub struct KernelProbeCache(BTreeMap<PathBuf, KernelProbes>);
+
+impl KernelProbeCache {
+    /// The probes for the kernel at `kernel`, read on first use.
+    pub fn get(&mut self, kernel: &Path) -> KernelProbes {
+        self.0
+            .entry(kernel.to_path_buf())
+            .or_insert_with(|| KernelProbes::for_kernel(kernel))
+            .clone()
+    }
+}
+
 impl StackWalker {
     /// The walker for the kernel at `kernel`: its ORC tables where it has them, else its frame
     /// pointers.
     pub fn for_kernel(kernel: &Path) -> Self {
+        let map = std::fs::read_to_string(map_beside(kernel)).ok();
+        Self::with_map(kernel, map.as_deref())
+    }
+
+    /// As `for_kernel`, with the kernel's `System.map` already read.
+    fn with_map(kernel: &Path, map: Option<&str>) -> Self {
         let Some(table) = OrcTable::from_vmlinux(kernel) else {
             return Self::FramePointers;
         };
-        let syscalls = std::fs::read_to_string(map_beside(kernel))
-            .ok()
-            .and_then(|map| SyscallHandlers::from_map(&map));
+        let syscalls = map.and_then(SyscallHandlers::from_map);
         Self::Orc(Arc::new(OrcKernel { table, syscalls }))
     }
 
@@ -358,9 +398,13 @@ const COMM_LEN: usize = 16;
 impl ProcessProbe {
     /// The probe for the kernel whose `System.map` lies beside `kernel`, if it has the symbols.
     pub fn beside(kernel: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(map_beside(kernel)).ok()?;
+        Self::from_map(&std::fs::read_to_string(map_beside(kernel)).ok()?)
+    }
+
+    /// The probe for the kernel whose `System.map` is `map`, if it has the symbols.
+    fn from_map(map: &str) -> Option<Self> {
         let find = |wanted: &str| {
-            map_entries(&text).find_map(|(addr, _, name)| (name == wanted).then_some(addr))
+            map_entries(map).find_map(|(addr, _, name)| (name == wanted).then_some(addr))
         };
         Some(Self {
             pcpu_hot: find("pcpu_hot")?,
