@@ -2,7 +2,8 @@
 //! mode, a program spinning on it still sees time pass, deterministically, and
 //! `--no-vdso-clock` turns it off; timers within the timer slack expire together, and
 //! `--no-timer-slack` turns that off; an idle guest's kernel does not wake to compact memory
-//! (`--no-lazy-compaction` turns that off) nor for its other housekeeping.
+//! (`--no-lazy-compaction` turns that off) nor for its other housekeeping; the scheduler's
+//! clock counts as stable (`--no-stable-sched-clock` marks it unstable).
 
 use std::time::Duration;
 
@@ -98,6 +99,25 @@ fn the_vdso_clock_reads_in_user_mode_and_a_spin_on_it_ends_deterministically() {
     assert_eq!(user, 0, "user kicks with --no-vdso-clock");
     assert!(port >= 150, "{port} kicks through the port");
     assert_ne!(off.field("digest"), on.field("digest"));
+}
+
+/// How many times the kernel said it marked the scheduler's clock stable, and the TSC unstable.
+const SCHED_CLOCK: &str = "dmesg | grep -c 'sched_clock: Marking stable'; \
+                           dmesg | grep -c 'Marking TSC unstable'; true";
+
+#[test]
+fn the_scheduler_clock_is_stable_unless_switched_off() {
+    if !kvm_or_skip("the_scheduler_clock_is_stable_unless_switched_off") {
+        return;
+    }
+    let [on, off] = &with_and_without(&[], &["--no-stable-sched-clock"], SCHED_CLOCK);
+    // The two counts; the kernel's own power-down line follows them.
+    let counts = |run: &Run| run.console("m1").into_iter().take(2).collect::<Vec<_>>();
+    // simvm's sched_clock() reads its virtual clock, so nothing marks it unstable and the
+    // kernel switches to the stable clock's fast paths at its late initcall.
+    assert_eq!(counts(on), ["1", "0"], "{}", on.all());
+    // `tsc=unstable` marks the TSC unstable and, with it, the scheduler's clock for good.
+    assert_eq!(counts(off), ["0", "1"], "{}", off.all());
 }
 
 /// Two sleepers 1 ms apart and a lone 1 ms sleep, each line stamped by the console.

@@ -200,6 +200,11 @@ struct RunArgs {
     /// 256 KiB (for measuring the faults that saves; docs/performance.md "Guest tunings").
     #[arg(long)]
     no_wide_fault_around: bool,
+    /// The guest's scheduler clock is marked unstable (`tsc=unstable`), as before simvm marked
+    /// its virtual clock stable (for measuring what that saves; docs/performance.md "Guest
+    /// tunings").
+    #[arg(long)]
+    no_stable_sched_clock: bool,
     /// Who clears and copies the guest kernel's pages and large kernel buffers and fills its
     /// memory map at boot: `host` (simvm, one exit a page, copy or fill; the default where the
     /// host's KVM emulates guest kernel code, as PVM does) or `guest` (the default elsewhere).
@@ -566,6 +571,7 @@ fn run(args: RunArgs, argv: &[String]) -> Result<i32, String> {
                 stop_cleared_timers: !args.no_stop_cleared_timers,
                 lazy_compaction: !args.no_lazy_compaction,
                 wide_fault_around: !args.no_wide_fault_around,
+                stable_sched_clock: !args.no_stable_sched_clock,
             },
             page_work: args.page_work.unwrap_or_else(PageWork::for_this_host),
             offloads: Offloads {
@@ -812,6 +818,7 @@ fn reproduce_line(args: &RunArgs, with_snapshot: bool) -> String {
         (args.no_stop_cleared_timers, "--no-stop-cleared-timers"),
         (args.no_lazy_compaction, "--no-lazy-compaction"),
         (args.no_wide_fault_around, "--no-wide-fault-around"),
+        (args.no_stable_sched_clock, "--no-stable-sched-clock"),
         (args.cold, "--cold"),
         (args.aslr, "--aslr"),
     ];

@@ -22,8 +22,10 @@ const FIXED: &[&str] = &[
     // (and reads an entropy timestamp) before it parses `simvm=1`. `cx16`: SLUB's per-CPU
     // freelists use CMPXCHG16B, which PVM's ring-0 emulator cannot run; without it SLUB takes
     // its interrupts-off emulation.
+    // Without the TSC feature Linux registers no TSC clocksource, so `tsc=unstable` is not
+    // needed; it would also mark the scheduler's clock unstable, which simvm's is not
+    // (GuestTuning::stable_sched_clock).
     "clearcpuid=tsc,rdtscp,tsc_deadline_timer,rdrand,rdseed,smap,popcnt,erms,fsrm,x2apic,cx16",
-    "tsc=unstable",
     // Delay loops calibrated to a fixed value instead of measured against host time.
     "lpj=1000",
     // The RNG is seeded from the run's seed (SETUP_RNG_SEED) and never from the CPU.
