@@ -9,15 +9,29 @@
 //! page fault, network receive processing run on the way out of an interrupt (or inside a
 //! loopback `write()`) counts as network receive. This also looks through a quirk of PVM hosts,
 //! where a system call arrives as a user page fault (guest patch 0002), so every system call's
-//! stack starts in `exc_page_fault`.
+//! stack starts in `exc_page_fault`: a stack the walk rooted at `entry_SYSCALL_64` is a system
+//! call's, its page-fault frames the call's entry.
 
 /// The activity of one kernel stack, its frames' function names innermost first.
 pub fn kernel_activity<'a>(innermost_first: impl IntoIterator<Item = &'a str>) -> String {
-    for name in innermost_first {
+    let frames: Vec<&str> = innermost_first.into_iter().collect();
+    for (depth, &name) in frames.iter().enumerate() {
         let activity = match name {
             "net_rx_action" => "network receive (softirq)",
             "handle_softirqs" => "other softirq",
-            "handle_mm_fault" | "exc_page_fault" | "asm_exc_page_fault" => "page fault",
+            "handle_mm_fault" => "page fault",
+            // The profiler roots a system call that arrived as a page fault at
+            // `entry_SYSCALL_64` (guest_stack.rs): the fault's entry is then the call's.
+            "exc_page_fault" | "asm_exc_page_fault" => {
+                let outer = frames[depth..]
+                    .iter()
+                    .find(|&&f| f != "exc_page_fault" && f != "asm_exc_page_fault");
+                if outer == Some(&"entry_SYSCALL_64") {
+                    "system call entry and exit"
+                } else {
+                    "page fault"
+                }
+            }
             "__common_interrupt" | "common_interrupt" | "asm_common_interrupt" => "interrupt",
             // A process's threads die on their way back to user mode (a fatal signal, or the
             // group exit another thread started), and the last one tears down the address
@@ -63,6 +77,22 @@ mod tests {
         assert_eq!(
             activity("asm_exc_page_fault;exc_page_fault;do_syscall_64;syscall_exit_to_user_mode"),
             "system call entry and exit"
+        );
+        // Sampled in the fault's entry before it dispatches the call (or after): the profiler
+        // put the stack under entry_SYSCALL_64.
+        assert_eq!(
+            activity("entry_SYSCALL_64;asm_exc_page_fault;exc_page_fault"),
+            "system call entry and exit"
+        );
+        assert_eq!(
+            activity("entry_SYSCALL_64;asm_exc_page_fault"),
+            "system call entry and exit"
+        );
+        // A real page fault, and one taken inside a system call.
+        assert_eq!(activity("asm_exc_page_fault;exc_page_fault"), "page fault");
+        assert_eq!(
+            activity("entry_SYSCALL_64;asm_exc_page_fault;exc_page_fault;do_syscall_64;__x64_sys_read;_copy_to_user;asm_exc_page_fault;exc_page_fault"),
+            "page fault"
         );
     }
 

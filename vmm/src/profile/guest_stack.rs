@@ -106,6 +106,7 @@ impl StackWalker {
                 let (mut stack, user_entry) = orc_stack(&kernel.table, read, regs);
                 if let Some(syscalls) = &kernel.syscalls {
                     syscalls.name_the_call(&mut stack, user_entry, read);
+                    syscalls.root_at_the_syscall_entry(&mut stack, user_entry, sregs.cr2);
                 }
                 stack
             }
@@ -132,8 +133,24 @@ struct SyscallHandlers {
     table: u64,
     /// Where each handler (`__x64_sys_*`) starts, sorted.
     handlers: Vec<u64>,
+    /// Where a system call arrives as a page fault (guest patch 0002), if the kernel has the
+    /// functions: `entry_SYSCALL_64` and the page fault's entry and handler.
+    fault_entry: Option<SyscallFault>,
     /// The kernel's functions.
     symbols: Symbols,
+}
+
+/// The functions of a system call that arrives as a page fault: on a PVM host a `SYSCALL` from
+/// user mode faults fetching the first instruction of `entry_SYSCALL_64` (CR2 holds its
+/// address), and `exc_page_fault()` runs the call (guest patch 0002).
+#[derive(Debug)]
+struct SyscallFault {
+    /// Where `entry_SYSCALL_64` starts: the faulting address.
+    syscall_entry: u64,
+    /// Where `asm_exc_page_fault`, the fault's entry stub, starts.
+    stub: u64,
+    /// Where `exc_page_fault` starts.
+    handler: u64,
 }
 
 /// The opcode of a direct near call (`call rel32`), five bytes with its operand.
@@ -151,13 +168,57 @@ impl SyscallHandlers {
             .filter(|(_, name)| name.starts_with("__x64_sys_"))
             .map(|(addr, _)| addr)
             .collect();
+        let fault_entry = (|| {
+            Some(SyscallFault {
+                syscall_entry: symbols.address_of("entry_SYSCALL_64")?,
+                stub: symbols.address_of("asm_exc_page_fault")?,
+                handler: symbols.address_of("exc_page_fault")?,
+            })
+        })();
         Some(Self {
             dispatcher: symbols.address_of("do_syscall_64")?,
             switch: symbols.address_of("x64_sys_call")?,
             table: table?,
             handlers,
+            fault_entry,
             symbols,
         })
+    }
+
+    /// Puts a system call that arrived as a page fault under `entry_SYSCALL_64`, as the
+    /// outermost frame, so that the fault's entry work counts for the call and not as a page
+    /// fault: a stack that ends (at the `pt_regs` of an entry from user mode) in the page
+    /// fault's stub, when the fault handler called `do_syscall_64`, or, in the fault's own
+    /// entry and handler before and after the call, when CR2 (`cr2`, the sample's) holds the
+    /// address of `entry_SYSCALL_64`. A real page fault's stack stays as it is.
+    ///
+    /// With the handler's frame: `entry_SYSCALL_64`, `asm_exc_page_fault`, `exc_page_fault`,
+    /// `do_syscall_64`; where the handler jumps to `do_syscall_64` (the speed kernel's), its
+    /// frame is not on the stack.
+    fn root_at_the_syscall_entry(&self, stack: &mut Vec<u64>, user_entry: Option<u64>, cr2: u64) {
+        let Some(fault) = &self.fault_entry else {
+            return;
+        };
+        let functions: Vec<Option<u64>> = stack
+            .iter()
+            .enumerate()
+            .map(|(depth, &addr)| self.function_of(depth, addr))
+            .collect();
+        if user_entry.is_none() || functions.last() != Some(&Some(fault.stub)) {
+            return;
+        }
+        // The handler calls do_syscall_64, or jumps to it (then the stub is its caller).
+        let dispatched_by_the_fault = functions.windows(2).any(|pair| {
+            pair[0] == Some(self.dispatcher)
+                && (pair[1] == Some(fault.handler) || pair[1] == Some(fault.stub))
+        });
+        let in_the_fault_entry = functions
+            .iter()
+            .all(|&f| f == Some(fault.stub) || f == Some(fault.handler));
+        if dispatched_by_the_fault || (in_the_fault_entry && cr2 == fault.syscall_entry) {
+            // A return address names the function of the byte before it.
+            stack.push(fault.syscall_entry.wrapping_add(1));
+        }
     }
 
     /// Where the function the stack frame at `depth` lies in starts.
@@ -655,6 +716,7 @@ mod tests {
             switch,
             table,
             handlers: vec![handler],
+            fault_entry: None,
             symbols: Symbols::parse(&format!(
                 "{dispatcher:x} T do_syscall_64\n{switch:x} T x64_sys_call\n\
                  {exit:x} T syscall_exit_to_user_mode\n{handler:x} T __x64_sys_getppid\n\
@@ -705,6 +767,88 @@ mod tests {
             assert_eq!(name(stack.clone(), Some(entry)), stack);
         }
         assert_eq!(name(in_worker.clone(), None), in_worker);
+    }
+
+    #[test]
+    fn a_system_call_that_arrived_as_a_page_fault_is_rooted_at_its_entry() {
+        let text = 0xffff_ffff_8100_0000u64;
+        let (syscall_entry, stub, fault, dispatcher, handle_mm_fault, read) = (
+            text,
+            text + 0x100,
+            text + 0x200,
+            text + 0x300,
+            text + 0x400,
+            text + 0x500,
+        );
+        let handlers = SyscallHandlers {
+            dispatcher,
+            switch: text + 0x600,
+            table: 0xffff_ffff_8200_0000,
+            handlers: vec![read],
+            fault_entry: Some(SyscallFault {
+                syscall_entry,
+                stub,
+                handler: fault,
+            }),
+            symbols: Symbols::parse(&format!(
+                "{syscall_entry:x} T entry_SYSCALL_64\n{stub:x} T asm_exc_page_fault\n\
+                 {fault:x} T exc_page_fault\n{dispatcher:x} T do_syscall_64\n\
+                 {handle_mm_fault:x} T handle_mm_fault\n{read:x} T __x64_sys_read\n\
+                 {:x} t after\n",
+                text + 0x700
+            )),
+        };
+        let user_entry = Some(0xffff_c900_0000_3f58u64);
+        let root = |mut stack: Vec<u64>, user_entry: Option<u64>, cr2: u64| {
+            handlers.root_at_the_syscall_entry(&mut stack, user_entry, cr2);
+            stack
+        };
+        let rooted = |stack: &[u64]| [stack, &[syscall_entry + 1]].concat();
+        let user_address = 0x7f00_0000_1000u64;
+        // Dispatched by the fault handler, whatever CR2 holds by now (a fault inside the call
+        // changes it), a page fault inside the call included.
+        let in_read = vec![read + 9, dispatcher + 0x20, fault + 0x40, stub + 0x10];
+        assert_eq!(
+            root(in_read.clone(), user_entry, user_address),
+            rooted(&in_read)
+        );
+        // The handler jumped to do_syscall_64: no frame of its own.
+        let jumped = vec![read + 9, dispatcher + 0x20, stub + 0x10];
+        assert_eq!(
+            root(jumped.clone(), user_entry, user_address),
+            rooted(&jumped)
+        );
+        let fault_in_read = [
+            &[handle_mm_fault + 3, fault + 0x80, stub + 0x10][..],
+            &in_read,
+        ]
+        .concat();
+        assert_eq!(
+            root(fault_in_read.clone(), user_entry, 0),
+            rooted(&fault_in_read)
+        );
+        // In the fault's entry or handler around the call: by CR2.
+        let in_entry = vec![fault + 0x8, stub + 0x10];
+        assert_eq!(
+            root(in_entry.clone(), user_entry, syscall_entry),
+            rooted(&in_entry)
+        );
+        assert_eq!(
+            root(vec![stub + 0x4], user_entry, syscall_entry),
+            rooted(&[stub + 0x4])
+        );
+        // A real page fault, a stack whose walk did not reach the entry from user mode, one
+        // that ends elsewhere: as they were.
+        let real_fault = vec![handle_mm_fault + 3, fault + 0x80, stub + 0x10];
+        for (stack, entry, cr2) in [
+            (real_fault.clone(), user_entry, user_address),
+            (real_fault, user_entry, syscall_entry),
+            (in_entry.clone(), user_entry, user_address),
+            (in_read.clone(), None, syscall_entry),
+            (vec![read + 9, dispatcher + 0x20], user_entry, syscall_entry),
+        ] {
+            assert_eq!(root(stack.clone(), entry, cr2), stack);
+        }
     }
 
     #[test]
