@@ -153,6 +153,16 @@ struct SyscallFault {
     handler: u64,
 }
 
+impl SyscallFault {
+    fn from_symbols(symbols: &Symbols) -> Option<Self> {
+        Some(Self {
+            syscall_entry: symbols.address_of("entry_SYSCALL_64")?,
+            stub: symbols.address_of("asm_exc_page_fault")?,
+            handler: symbols.address_of("exc_page_fault")?,
+        })
+    }
+}
+
 /// The opcode of a direct near call (`call rel32`), five bytes with its operand.
 const CALL_REL32: u8 = 0xe8;
 /// Linux x86-64 has about 460 system calls; a larger number is not one.
@@ -168,13 +178,7 @@ impl SyscallHandlers {
             .filter(|(_, name)| name.starts_with("__x64_sys_"))
             .map(|(addr, _)| addr)
             .collect();
-        let fault_entry = (|| {
-            Some(SyscallFault {
-                syscall_entry: symbols.address_of("entry_SYSCALL_64")?,
-                stub: symbols.address_of("asm_exc_page_fault")?,
-                handler: symbols.address_of("exc_page_fault")?,
-            })
-        })();
+        let fault_entry = SyscallFault::from_symbols(&symbols);
         Some(Self {
             dispatcher: symbols.address_of("do_syscall_64")?,
             switch: symbols.address_of("x64_sys_call")?,
@@ -457,11 +461,6 @@ const TASK_SEARCH_BYTES: usize = 8192;
 const COMM_LEN: usize = 16;
 
 impl ProcessProbe {
-    /// The probe for the kernel whose `System.map` lies beside `kernel`, if it has the symbols.
-    pub fn beside(kernel: &Path) -> Option<Self> {
-        Self::from_map(&std::fs::read_to_string(map_beside(kernel)).ok()?)
-    }
-
     /// The probe for the kernel whose `System.map` is `map`, if it has the symbols.
     fn from_map(map: &str) -> Option<Self> {
         let find = |wanted: &str| {
