@@ -72,14 +72,8 @@ impl KernelProbeCache {
 }
 
 impl StackWalker {
-    /// The walker for the kernel at `kernel`: its ORC tables where it has them, else its frame
-    /// pointers.
-    pub fn for_kernel(kernel: &Path) -> Self {
-        let map = std::fs::read_to_string(map_beside(kernel)).ok();
-        Self::with_map(kernel, map.as_deref())
-    }
-
-    /// As `for_kernel`, with the kernel's `System.map` already read.
+    /// The walker for the kernel at `kernel`, whose `System.map` is `map`: its ORC tables where
+    /// it has them, else its frame pointers.
     fn with_map(kernel: &Path, map: Option<&str>) -> Self {
         let Some(table) = OrcTable::from_vmlinux(kernel) else {
             return Self::FramePointers;
