@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use simvm_tests::image;
 use simvm_vmm::profile::orc::{reg, FrameKind};
-use simvm_vmm::profile::{KernelProbes, StackWalker, Symbols};
+use simvm_vmm::profile::{KernelProbes, Symbols, Unwinder};
 use simvm_vmm::tuning::GuestTuning;
 
 /// `CONFIG_X` -> value, for every option set in a `.config`.
@@ -95,13 +95,12 @@ fn the_default_kernel_parses_every_tuning_parameter() {
 #[test]
 fn the_default_kernel_has_orc_tables_for_the_profiler() {
     let kernel = image(None).kernel;
-    let StackWalker::Orc(orc) = KernelProbes::for_kernel(&kernel).stacks else {
+    let Unwinder::Orc(table) = KernelProbes::for_kernel(&kernel).stacks.unwinder else {
         panic!(
             "{} has no ORC tables: the profiler would follow frame pointers it does not have",
             kernel.display()
         );
     };
-    let table = &orc.table;
     assert!(table.len() > 10_000, "{} ORC entries", table.len());
     let symbols = Symbols::beside(&kernel);
     // C functions: an ordinary call frame, the return address just above the stack pointer at

@@ -435,7 +435,7 @@ impl Machine {
             config,
             profile: None,
             process_probe: None,
-            stack_walker: StackWalker::FramePointers,
+            stack_walker: StackWalker::frame_pointers(),
             counts_at_profile_start: GuestCounts::default(),
             syscalls_seen: 0,
             last_syscall_by: None,

@@ -28,7 +28,7 @@ pub mod orc;
 mod report;
 mod symbols;
 
-pub use guest_stack::{KernelProbeCache, KernelProbes, ProcessProbe, StackWalker};
+pub use guest_stack::{KernelProbeCache, KernelProbes, ProcessProbe, StackWalker, Unwinder};
 pub use report::RunProfile;
 pub use symbols::Symbols;
 

@@ -21,19 +21,21 @@ const KERNEL_STACK_SIZE: u64 = 16 << 10;
 
 /// How the guest kernel's call stack is walked at a sample.
 #[derive(Clone, Debug)]
-pub enum StackWalker {
+pub struct StackWalker {
+    /// How a frame leads to its caller's.
+    pub unwinder: Unwinder,
+    /// The kernel's system call handlers, to name the call a stack is in and root it at its
+    /// entry; `None` where `System.map` lacks them.
+    syscalls: Option<Arc<SyscallHandlers>>,
+}
+
+/// How a frame of the guest kernel's stack leads to its caller's.
+#[derive(Clone, Debug)]
+pub enum Unwinder {
     /// Along the chain of saved frame pointers (a kernel built with `CONFIG_FRAME_POINTER`).
     FramePointers,
     /// With the kernel's ORC tables (`CONFIG_UNWINDER_ORC`), read from its vmlinux.
-    Orc(Arc<OrcKernel>),
-}
-
-/// What an ORC walk of one kernel needs: its tables, and its system call handlers to name the
-/// call a stack is in.
-#[derive(Debug)]
-pub struct OrcKernel {
-    pub table: OrcTable,
-    syscalls: Option<SyscallHandlers>,
+    Orc(Arc<OrcTable>),
 }
 
 /// What sampling needs from one guest kernel's files: read once per kernel and shared by the
@@ -72,14 +74,24 @@ impl KernelProbeCache {
 }
 
 impl StackWalker {
+    /// Along frame pointers, with nothing known about the kernel's functions: a machine's
+    /// walker until its profile is enabled.
+    pub fn frame_pointers() -> Self {
+        Self {
+            unwinder: Unwinder::FramePointers,
+            syscalls: None,
+        }
+    }
+
     /// The walker for the kernel at `kernel`, whose `System.map` is `map`: its ORC tables where
     /// it has them, else its frame pointers.
     fn with_map(kernel: &Path, map: Option<&str>) -> Self {
-        let Some(table) = OrcTable::from_vmlinux(kernel) else {
-            return Self::FramePointers;
+        let unwinder = match OrcTable::from_vmlinux(kernel) {
+            Some(table) => Unwinder::Orc(Arc::new(table)),
+            None => Unwinder::FramePointers,
         };
-        let syscalls = map.and_then(SyscallHandlers::from_map);
-        Self::Orc(Arc::new(OrcKernel { table, syscalls }))
+        let syscalls = map.and_then(SyscallHandlers::from_map).map(Arc::new);
+        Self { unwinder, syscalls }
     }
 
     /// The guest kernel's call stack at a sample taken in kernel mode, innermost first: the
@@ -94,17 +106,25 @@ impl StackWalker {
             let phys = crate::crash::translate(mem, sregs, vaddr)?;
             mem.read_obj(GuestAddress(phys)).ok()
         };
-        match self {
-            Self::FramePointers => frame_pointer_stack(read, regs.rip, regs.rbp),
-            Self::Orc(kernel) => {
-                let (mut stack, user_entry) = orc_stack(&kernel.table, read, regs);
-                if let Some(syscalls) = &kernel.syscalls {
-                    syscalls.name_the_call(&mut stack, user_entry, read);
-                    syscalls.root_at_the_syscall_entry(&mut stack, user_entry, sregs.cr2);
-                }
-                stack
-            }
+        let (mut stack, user_entry) = match &self.unwinder {
+            Unwinder::FramePointers => frame_pointer_stack(read, regs.rip, regs.rbp),
+            Unwinder::Orc(table) => orc_stack(table, read, regs),
+        };
+        if let Some(syscalls) = &self.syscalls {
+            // The entry code from user mode runs with the user's frame pointer until it has
+            // saved the registers: where a frame-pointer walk stops at once on such a value,
+            // the sample is in an entry from user mode (an ORC walk finds its pt_regs).
+            let entering_from_user = matches!(self.unwinder, Unwinder::FramePointers)
+                && stack.len() == 1
+                && regs.rbp < KERNEL_SPACE;
+            syscalls.name_the_call(&mut stack, user_entry, read);
+            syscalls.root_at_the_syscall_entry(
+                &mut stack,
+                user_entry.is_some() || entering_from_user,
+                sregs.cr2,
+            );
         }
+        stack
     }
 }
 
@@ -188,12 +208,13 @@ impl SyscallHandlers {
     /// fault: a stack that ends (at the `pt_regs` of an entry from user mode) in the page
     /// fault's stub, when the fault handler called `do_syscall_64`, or, in the fault's own
     /// entry and handler before and after the call, when CR2 (`cr2`, the sample's) holds the
-    /// address of `entry_SYSCALL_64`. A real page fault's stack stays as it is.
+    /// address of `entry_SYSCALL_64`. A real page fault's stack stays as it is. `from_user`
+    /// says the walk reached the entry from user mode.
     ///
     /// With the handler's frame: `entry_SYSCALL_64`, `asm_exc_page_fault`, `exc_page_fault`,
     /// `do_syscall_64`; where the handler jumps to `do_syscall_64` (the speed kernel's), its
     /// frame is not on the stack.
-    fn root_at_the_syscall_entry(&self, stack: &mut Vec<u64>, user_entry: Option<u64>, cr2: u64) {
+    fn root_at_the_syscall_entry(&self, stack: &mut Vec<u64>, from_user: bool, cr2: u64) {
         let Some(fault) = &self.fault_entry else {
             return;
         };
@@ -202,7 +223,7 @@ impl SyscallHandlers {
             .enumerate()
             .map(|(depth, &addr)| self.function_of(depth, addr))
             .collect();
-        if user_entry.is_none() || functions.last() != Some(&Some(fault.stub)) {
+        if !from_user || functions.last() != Some(&Some(fault.stub)) {
             return;
         }
         // The handler calls do_syscall_64, or jumps to it (then the stub is its caller).
@@ -277,31 +298,60 @@ impl SyscallHandlers {
 }
 
 /// The stack by frame pointers: `rip`, then the return addresses found by following the chain
-/// from `rbp`. The chain ends at the first frame outside kernel space, guest memory or the
-/// stack it started on: the entry code below the first frame has no frame pointer, and what
-/// lies there would read as stale frames.
-fn frame_pointer_stack(read: impl Fn(u64) -> Option<u64>, rip: u64, rbp: u64) -> Vec<u64> {
+/// from `rbp`, through the registers an entry from kernel mode saved; and the `pt_regs` of the
+/// entry from user mode where the chain reaches one. The chain ends at the first frame outside
+/// kernel space, guest memory or the stack it started on: what lies beyond would read as stale
+/// frames.
+fn frame_pointer_stack(
+    read: impl Fn(u64) -> Option<u64>,
+    rip: u64,
+    rbp: u64,
+) -> (Vec<u64>, Option<u64>) {
     let mut stack = vec![rip];
     let mut frame = rbp;
     let on_stack = |addr: u64| addr & !(KERNEL_STACK_SIZE - 1) == rbp & !(KERNEL_STACK_SIZE - 1);
-    while stack.len() < MAX_DEPTH
-        && frame >= KERNEL_SPACE
-        && frame.is_multiple_of(8)
-        && on_stack(frame)
-    {
-        let (Some(next), Some(ret)) = (read(frame), read(frame.wrapping_add(8))) else {
+    while stack.len() < MAX_DEPTH && frame >= KERNEL_SPACE && on_stack(frame) {
+        // An entry saved the registers and pointed the frame pointer one byte past them
+        // (`ENCODE_FRAME_POINTER`): the interrupted kernel code's frame goes on from them, and
+        // an entry from user mode is where the kernel stack ends.
+        let next_frame = if frame % 8 == 1 {
+            let regs = frame - 1;
+            let Some(cs) = read(regs.wrapping_add(pt_regs::CS)) else {
+                break;
+            };
+            if cs & 3 == 3 {
+                return (stack, Some(regs));
+            }
+            let (Some(ip), Some(bp)) = (
+                read(regs.wrapping_add(pt_regs::IP)),
+                read(regs.wrapping_add(pt_regs::BP)),
+            ) else {
+                break;
+            };
+            if ip < KERNEL_SPACE {
+                break;
+            }
+            stack.push(ip);
+            bp
+        } else if frame.is_multiple_of(8) {
+            let (Some(next), Some(ret)) = (read(frame), read(frame.wrapping_add(8))) else {
+                break;
+            };
+            if ret < KERNEL_SPACE {
+                break;
+            }
+            stack.push(ret);
+            next
+        } else {
             break;
         };
-        if ret < KERNEL_SPACE {
+        // A caller's frame lies above its callee's: a chain that does not climb is corrupt.
+        if next_frame <= frame {
             break;
         }
-        stack.push(ret);
-        if next == frame {
-            break;
-        }
-        frame = next;
+        frame = next_frame;
     }
-    stack
+    (stack, None)
 }
 
 /// Offsets in `struct pt_regs` (x86-64) of the registers an ORC walk reads.
@@ -560,7 +610,7 @@ mod tests {
                 rbp,
                 ..Default::default()
             };
-            StackWalker::FramePointers.kernel_stack(&mem, &sregs, &regs)
+            StackWalker::frame_pointers().kernel_stack(&mem, &sregs, &regs)
         };
         let stack = walk(0xffff_ffff_8100_0005, base + 0x100);
         assert_eq!(
@@ -575,6 +625,58 @@ mod tests {
         assert_eq!(stack, vec![0xffff_ffff_8100_0005, 0xffff_ffff_8100_4000]);
         // An unmapped frame pointer ends the stack at the instruction pointer.
         assert_eq!(walk(7, base + 0x40_0000), vec![7]);
+        // A frame that does not climb ends the chain.
+        frame(0x500, base + 0x500, 0xffff_ffff_8100_5000);
+        let stack = walk(0xffff_ffff_8100_0005, base + 0x500);
+        assert_eq!(stack, vec![0xffff_ffff_8100_0005, 0xffff_ffff_8100_5000]);
+
+        // Entries: a pt_regs at 0x1000 saved by an entry from kernel mode, the handler's
+        // frame pointing one byte past it; the interrupted code's frame at 0x1200 returns into
+        // an entry from user mode, whose pt_regs at 0x1400 ends the stack.
+        let put = |offset: u64, value: u64| {
+            mem.write_obj(value, GuestAddress(0x20_0000 + offset))
+                .unwrap();
+        };
+        frame(0x0f00, base + 0x1001, 0xffff_ffff_8100_1100);
+        put(0x1000 + pt_regs::CS, 0x10);
+        put(0x1000 + pt_regs::IP, 0xffff_ffff_8100_1200);
+        put(0x1000 + pt_regs::BP, base + 0x1200);
+        frame(0x1200, base + 0x1401, 0xffff_ffff_8100_1300);
+        put(0x1400 + pt_regs::CS, 0x33);
+        put(0x1400 + pt_regs::IP, 0x40_1000);
+        let read = |vaddr: u64| -> Option<u64> {
+            let phys = crate::crash::translate(&mem, &sregs, vaddr)?;
+            mem.read_obj(GuestAddress(phys)).ok()
+        };
+        assert_eq!(
+            frame_pointer_stack(read, 0xffff_ffff_8100_0005, base + 0xf00),
+            (
+                vec![
+                    0xffff_ffff_8100_0005,
+                    0xffff_ffff_8100_1100,
+                    0xffff_ffff_8100_1200,
+                    0xffff_ffff_8100_1300
+                ],
+                Some(base + 0x1400)
+            )
+        );
+        // In the handler before its own frame: the encoded pointer is the frame pointer.
+        assert_eq!(
+            frame_pointer_stack(read, 0xffff_ffff_8100_1105, base + 0x1401),
+            (vec![0xffff_ffff_8100_1105], Some(base + 0x1400))
+        );
+        // Saved registers that say the entry interrupted user code at a kernel address, or
+        // a pointer misaligned otherwise: the chain ends there.
+        put(0x1800 + pt_regs::CS, 0x10);
+        put(0x1800 + pt_regs::IP, 0x40_1000);
+        assert_eq!(
+            frame_pointer_stack(read, 0xffff_ffff_8100_0005, base + 0x1801),
+            (vec![0xffff_ffff_8100_0005], None)
+        );
+        assert_eq!(
+            frame_pointer_stack(read, 0xffff_ffff_8100_0005, base + 0x1803),
+            (vec![0xffff_ffff_8100_0005], None)
+        );
     }
 
     /// One ORC entry's bytes: the caller's stack pointer at `sp_reg + sp_offset`, its frame
@@ -627,10 +729,10 @@ mod tests {
         );
         let orc_walker = |ips: &[u8], orcs: &[u8]| {
             let table = OrcTable::from_sections(base, ips, orcs).unwrap();
-            StackWalker::Orc(Arc::new(OrcKernel {
-                table,
+            StackWalker {
+                unwinder: Unwinder::Orc(Arc::new(table)),
                 syscalls: None,
-            }))
+            }
         };
         let walker = orc_walker(&ips, &orcs);
         // a's return address into b; b's saved frame pointer and return into the entry code.
@@ -764,36 +866,11 @@ mod tests {
 
     #[test]
     fn a_system_call_that_arrived_as_a_page_fault_is_rooted_at_its_entry() {
-        let text = 0xffff_ffff_8100_0000u64;
-        let (syscall_entry, stub, fault, dispatcher, handle_mm_fault, read) = (
-            text,
-            text + 0x100,
-            text + 0x200,
-            text + 0x300,
-            text + 0x400,
-            text + 0x500,
-        );
-        let handlers = SyscallHandlers {
-            dispatcher,
-            switch: text + 0x600,
-            table: 0xffff_ffff_8200_0000,
-            handlers: vec![read],
-            fault_entry: Some(SyscallFault {
-                syscall_entry,
-                stub,
-                handler: fault,
-            }),
-            symbols: Symbols::parse(&format!(
-                "{syscall_entry:x} T entry_SYSCALL_64\n{stub:x} T asm_exc_page_fault\n\
-                 {fault:x} T exc_page_fault\n{dispatcher:x} T do_syscall_64\n\
-                 {handle_mm_fault:x} T handle_mm_fault\n{read:x} T __x64_sys_read\n\
-                 {:x} t after\n",
-                text + 0x700
-            )),
-        };
-        let user_entry = Some(0xffff_c900_0000_3f58u64);
-        let root = |mut stack: Vec<u64>, user_entry: Option<u64>, cr2: u64| {
-            handlers.root_at_the_syscall_entry(&mut stack, user_entry, cr2);
+        let (handlers, [syscall_entry, stub, fault, dispatcher, handle_mm_fault, read]) =
+            syscall_fault_kernel();
+        let user_entry = true;
+        let root = |mut stack: Vec<u64>, from_user: bool, cr2: u64| {
+            handlers.root_at_the_syscall_entry(&mut stack, from_user, cr2);
             stack
         };
         let rooted = |stack: &[u64]| [stack, &[syscall_entry + 1]].concat();
@@ -837,11 +914,100 @@ mod tests {
             (real_fault.clone(), user_entry, user_address),
             (real_fault, user_entry, syscall_entry),
             (in_entry.clone(), user_entry, user_address),
-            (in_read.clone(), None, syscall_entry),
+            (in_read.clone(), false, syscall_entry),
             (vec![read + 9, dispatcher + 0x20], user_entry, syscall_entry),
         ] {
             assert_eq!(root(stack.clone(), entry, cr2), stack);
         }
+    }
+
+    /// The system call handlers of a kernel whose system calls arrive as page faults, and
+    /// where its functions start: `entry_SYSCALL_64`, `asm_exc_page_fault`, `exc_page_fault`,
+    /// `do_syscall_64`, `handle_mm_fault`, `__x64_sys_read`.
+    fn syscall_fault_kernel() -> (SyscallHandlers, [u64; 6]) {
+        let text = 0xffff_ffff_8100_0000u64;
+        let functions @ [syscall_entry, stub, fault, dispatcher, handle_mm_fault, read] =
+            [0, 0x100, 0x200, 0x300, 0x400, 0x500].map(|offset| text + offset);
+        let handlers = SyscallHandlers {
+            dispatcher,
+            switch: text + 0x600,
+            table: 0xffff_ffff_8200_0000,
+            handlers: vec![read],
+            fault_entry: Some(SyscallFault {
+                syscall_entry,
+                stub,
+                handler: fault,
+            }),
+            symbols: Symbols::parse(&format!(
+                "{syscall_entry:x} T entry_SYSCALL_64\n{stub:x} T asm_exc_page_fault\n\
+                 {fault:x} T exc_page_fault\n{dispatcher:x} T do_syscall_64\n\
+                 {handle_mm_fault:x} T handle_mm_fault\n{read:x} T __x64_sys_read\n\
+                 {:x} t after\n",
+                text + 0x700
+            )),
+        };
+        (handlers, functions)
+    }
+
+    #[test]
+    fn a_frame_pointer_walk_roots_a_system_call_at_its_entry() {
+        let (mem, sregs) = kernel_mapped_memory();
+        let base = 0xffff_ffff_c000_0000u64;
+        let (handlers, [syscall_entry, stub, fault, dispatcher, handle_mm_fault, read]) =
+            syscall_fault_kernel();
+        let walker = StackWalker {
+            unwinder: Unwinder::FramePointers,
+            syscalls: Some(Arc::new(handlers)),
+        };
+        let frame = |offset: u64, next: u64, ret: u64| {
+            mem.write_obj(next, GuestAddress(0x20_0000 + offset))
+                .unwrap();
+            mem.write_obj(ret, GuestAddress(0x20_0000 + offset + 8))
+                .unwrap();
+        };
+        // read() called from do_syscall_64, called from the fault handler, whose frame
+        // pointer was the entry's: one byte past the pt_regs of an entry from user mode.
+        frame(0x100, base + 0x200, dispatcher + 0x20);
+        frame(0x200, base + 0x300, fault + 0x40);
+        frame(0x300, base + 0x401, stub + 0x10);
+        mem.write_obj(0x33u64, GuestAddress(0x20_0400 + pt_regs::CS))
+            .unwrap();
+        let user_address = 0x7f00_0000_1000u64;
+        let walk = |rip: u64, rbp: u64, cr2: u64| {
+            let regs = kvm_regs {
+                rip,
+                rbp,
+                ..Default::default()
+            };
+            let sregs = kvm_sregs { cr2, ..sregs };
+            walker.kernel_stack(&mem, &sregs, &regs)
+        };
+        assert_eq!(
+            walk(read + 9, base + 0x100, user_address),
+            vec![
+                read + 9,
+                dispatcher + 0x20,
+                fault + 0x40,
+                stub + 0x10,
+                syscall_entry + 1
+            ]
+        );
+        // In the entry before it saved the registers (the user's frame pointer still in
+        // place): by CR2.
+        assert_eq!(
+            walk(stub + 3, 0x7ffd_0000_1000, syscall_entry),
+            vec![stub + 3, syscall_entry + 1]
+        );
+        assert_eq!(
+            walk(stub + 3, 0x7ffd_0000_1000, user_address),
+            vec![stub + 3]
+        );
+        // A real page fault from user mode stays one.
+        frame(0x80, base + 0x300, fault + 0x80);
+        assert_eq!(
+            walk(handle_mm_fault + 3, base + 0x80, user_address),
+            vec![handle_mm_fault + 3, fault + 0x80, stub + 0x10]
+        );
     }
 
     #[test]
