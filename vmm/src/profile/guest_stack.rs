@@ -665,7 +665,7 @@ mod tests {
             frame_pointer_stack(read, 0xffff_ffff_8100_1105, base + 0x1401),
             (vec![0xffff_ffff_8100_1105], Some(base + 0x1400))
         );
-        // Saved registers that say the entry interrupted user code at a kernel address, or
+        // Saved registers of an entry from kernel mode with a user instruction pointer, or
         // a pointer misaligned otherwise: the chain ends there.
         put(0x1800 + pt_regs::CS, 0x10);
         put(0x1800 + pt_regs::IP, 0x40_1000);
